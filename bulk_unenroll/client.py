@@ -1,0 +1,164 @@
+"""One DELETE, and the pure table that turns its answer into an outcome, a retry or an abort."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from .models import Enrollment, Outcome
+
+USER_AGENT = "bulk-unenroll/0.1"
+
+
+class Action(Enum):
+    DONE = "done"
+    """A definite outcome for the row."""
+    RETRY = "retry"
+    """Transient: try again after a backoff (the row's retries are spent)."""
+    SLOW_DOWN = "slow_down"
+    """Per-minute 429: pause every worker, retry without spending the row's retries."""
+    QUOTA = "quota"
+    """Daily quota spent: stop or wait for the reset."""
+    ABORT = "abort"
+    """The key or the setup is wrong: stop the whole run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one attempt learnt: a response, or why there was none."""
+
+    status: int | None
+    code: str = ""
+    message: str = ""
+    request_id: str = ""
+    headers: httpx.Headers | None = None
+    removed_confirmed: bool = False
+    error: str = ""
+    """Transport failure (timeout, reset); empty when a response arrived."""
+    maybe_applied: bool = False
+    """The server may have acted without us seeing the answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    outcome: Outcome | None = None
+    detail: str = ""
+
+
+def classify(answer: Answer) -> Verdict:
+    """The classification table, from (HTTP status, error code) to what happens next."""
+    status, code = answer.status, answer.code
+    if status is None:
+        return Verdict(Action.RETRY, detail=answer.error)
+    if 200 <= status < 300:
+        if answer.removed_confirmed:
+            return Verdict(Action.DONE, Outcome.REMOVED)
+        return Verdict(Action.RETRY, detail=f"HTTP {status} without the documented success body")
+    if 300 <= status < 400:
+        return Verdict(
+            Action.ABORT,
+            detail=f"the API answered a redirect (HTTP {status}): "
+            "check --base-url; redirects are not followed for a DELETE",
+        )
+    if status == 401:
+        return Verdict(
+            Action.ABORT,
+            detail="the API key was rejected (401 invalid_key): "
+            "it is invalid, expired or revoked; set a valid LEADLEX_API_KEY",
+        )
+    if status == 403:
+        return Verdict(
+            Action.ABORT,
+            detail="the API key lacks permission (403 "
+            f"{code or 'insufficient_permissions'}): give it campaigns:write",
+        )
+    if status == 404:
+        if code == "enrollment_not_found":
+            return Verdict(Action.DONE, Outcome.NOT_ENROLLED)
+        if code in ("campaign_not_found", "not_found"):
+            return Verdict(Action.DONE, Outcome.REJECTED, "no campaign with this id")
+        if code:
+            return Verdict(Action.DONE, Outcome.REJECTED, answer.message or f"404 {code}")
+        return Verdict(
+            Action.ABORT,
+            detail="the API answered 404 without a LeadLex error body: "
+            "is --base-url right? (it should end in /api-gateway)",
+        )
+    if status == 429:
+        if answer.headers is not None and answer.headers.get("x-ratelimit-remaining") == "0":
+            return Verdict(Action.QUOTA, detail="daily quota spent")
+        return Verdict(Action.SLOW_DOWN, detail="rate limited (429)")
+    if status in (408, 425) or status >= 500:
+        return Verdict(Action.RETRY, detail=f"HTTP {status}" + (f" {code}" if code else ""))
+    return Verdict(Action.DONE, Outcome.REJECTED, answer.message or f"HTTP {status}")
+
+
+def url_for(base_url: str, enrollment: Enrollment) -> str:
+    """Percent-encode both ids, so nothing in a cell can change the path or the query."""
+    campaign = quote(enrollment.campaign_id, safe="")
+    contact = quote(enrollment.contact_id, safe="")
+    return f"{base_url.rstrip('/')}/v1/campaigns/{campaign}/contacts/{contact}"
+
+
+def _parse(response: httpx.Response) -> Answer:
+    request_id = response.headers.get("x-request-id", "")
+    code = message = ""
+    confirmed = False
+    try:
+        body = json.loads(response.content) if response.content else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict):
+        error, data = body.get("error"), body.get("data")
+        if isinstance(error, dict):
+            code = str(error.get("code") or "")
+            message = str(error.get("message") or "")[:300]
+        if isinstance(data, dict):
+            confirmed = data.get("removed") is True
+    elif response.status_code >= 500 or response.status_code == 404:
+        kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
+        message = f"non-JSON body ({kind}, {len(response.content)} bytes)"
+    return Answer(
+        status=response.status_code,
+        code=code,
+        message=message,
+        request_id=request_id,
+        headers=response.headers,
+        removed_confirmed=confirmed,
+        maybe_applied=response.status_code >= 500
+        or (200 <= response.status_code < 300 and not confirmed),
+    )
+
+
+def make_client(api_key: str, timeout: float, max_connections: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        follow_redirects=False,
+    )
+
+
+async def delete(
+    client: httpx.AsyncClient, base_url: str, enrollment: Enrollment, timeout: float
+) -> Answer:
+    """Send one DELETE. Never raises for the network: a lost answer is an Answer too."""
+    try:
+        # Watchdog: a server that trickles bytes can dodge httpx's per-read timeout.
+        with anyio.fail_after(timeout * 2 + 5):
+            response = await client.delete(url_for(base_url, enrollment))
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        return Answer(None, error=f"could not connect ({type(exc).__name__})")
+    except (httpx.TimeoutException, TimeoutError):
+        return Answer(None, error="no answer within the timeout", maybe_applied=True)
+    except httpx.TransportError as exc:
+        return Answer(None, error=f"connection lost ({type(exc).__name__})", maybe_applied=True)
+    return _parse(response)

@@ -1,0 +1,159 @@
+"""The job's settings: frozen, validated eagerly, free of env, argv and I/O."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+
+DEFAULT_BASE_URL = "https://data.leadlex.com/functions/v1/api-gateway"
+
+SAFETY_MARGIN = 0.98
+"""Pace at 98% of a limit: a sliding window enforced to the millisecond sees no 429."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Calls per period, e.g. 40/s or 50/min."""
+
+    calls: float
+    period: float
+
+    @property
+    def per_second(self) -> float:
+        return self.calls / self.period
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        match = re.fullmatch(
+            r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*", text
+        )
+        if not match or float(match[1]) <= 0:
+            raise InputError(
+                f"--rate {text!r} is not a rate: write calls per second or minute, "
+                "for example 40/s or 50/min"
+            )
+        period = {"s": 1.0, "m": 60.0, "h": 3600.0}[match[2][0]]
+        return cls(float(match[1]), period)
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.period, f"{self.period:g}s")
+        return f"{self.calls:g}/{unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A LeadLex workspace plan: the daily quota and the per-minute limit."""
+
+    name: str
+    per_day: int
+    per_minute: int
+
+    @property
+    def rate(self) -> Rate:
+        return Rate(self.per_minute, 60.0)
+
+
+PLANS = {
+    p.name: p for p in (Plan("starter", 100, 10), Plan("pro", 1_000, 50), Plan("org", 10_000, 200))
+}
+
+
+def plan_for_daily_limit(limit: int) -> Plan:
+    """The plan whose daily quota is `limit`, or the largest one below it for custom tiers."""
+    fitting = [p for p in PLANS.values() if p.per_day <= limit]
+    return max(fitting, key=lambda p: p.per_day) if fitting else PLANS["starter"]
+
+
+class Secret:
+    """An API key that never shows itself in output, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_retries: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """How to find the two id columns in an input file."""
+
+    campaign_column: str | None = None
+    contact_column: str | None = None
+    campaign: str | None = None
+    """Every row belongs to this campaign (a contacts-only file)."""
+    delimiter: str | None = None
+    sheet: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobConfig:
+    input: Path
+    out: Path
+    api_key: Secret = field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    rate: Rate | None = None
+    """None: learn the plan from the first response's X-RateLimit-Limit."""
+    plan: Plan | None = None
+    concurrency: int | None = None
+    """None: enough workers for rate x latency, chosen from the rate."""
+    timeout: float = 30.0
+    retry: RetryPolicy = RetryPolicy()
+    reserve: int = 0
+    wait_for_quota: bool = False
+    max_removals: int | None = None
+    read: ReadOptions = ReadOptions()
+    grace_period: float = 10.0
+    breaker_threshold: int = 25
+    """Consecutive transient failures after which the API is taken to be down."""
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise InputError(
+                f"--base-url {self.base_url!r} must start with https:// (or http:// for a sandbox)"
+            )
+        checks = [
+            (self.timeout > 0, "--timeout must be more than 0 seconds"),
+            (self.retry.max_retries >= 0, "--max-retries cannot be negative"),
+            (self.reserve >= 0, "--reserve cannot be negative"),
+            (self.concurrency is None or self.concurrency >= 1, "--concurrency must be at least 1"),
+            (self.max_removals is None or self.max_removals >= 1, "--max-removals must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+    def pace(self, learnt: Plan | None = None) -> Rate | None:
+        """The rate to send at: --rate, else --plan, else the learnt plan; less the margin."""
+        if self.rate is not None:
+            base = self.rate
+        elif (plan := self.plan or learnt) is not None:
+            base = plan.rate
+        else:
+            return None
+        return Rate(base.calls * SAFETY_MARGIN, base.period)
+
+    def workers(self, rate: Rate | None) -> int:
+        """In-flight ceiling: rate x a generous 2 s latency, so a slow API never caps the rate."""
+        if self.concurrency is not None:
+            return self.concurrency
+        per_second = rate.per_second if rate else PLANS["org"].rate.per_second
+        return max(4, min(256, math.ceil(per_second * 2.0)))

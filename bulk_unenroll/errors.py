@@ -1,0 +1,27 @@
+"""One root exception: whatever ends the whole run. Row outcomes are data, never exceptions."""
+
+from __future__ import annotations
+
+
+class BulkUnenrollError(Exception):
+    """A problem that stops the run; the message says what is wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class InputError(BulkUnenrollError):
+    """The input file or the options cannot be used; nothing was sent."""
+
+    exit_code = 2
+
+
+class ResultsFileError(BulkUnenrollError):
+    """The results file cannot be read, locked or written; finished rows stay intact."""
+
+    exit_code = 74
+
+
+class AuthError(BulkUnenrollError):
+    """The API refused the key (401) or its permissions (403); sending stopped at once."""
+
+    exit_code = 3

@@ -1,0 +1,287 @@
+"""The results file: append-only, flushed as rows finish, locked, read back for resume.
+
+Beside it live two small companions: `<out>.lock` (one run at a time; the lock dies with its
+process) and `<out>.sent` (pairs a request went out for, written before the request, so a
+rerun after a crash knows which `enrollment_not_found` answers may be its own earlier work).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import json
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+import polars as pl
+
+from .errors import ResultsFileError
+from .models import Enrollment, Outcome, RowResult
+from .reader import CAMPAIGN, CONTACT, History, pair_hashes
+
+COLUMNS = (
+    "row",
+    "campaign_id",
+    "contact_id",
+    "status",
+    "http_status",
+    "error_code",
+    "attempts",
+    "request_id",
+    "detail",
+    "finished_at",
+)
+HEADER = ",".join(COLUMNS) + "\n"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+FSYNC_EVERY = 1.0
+PAIR_SETTLED = [o.value for o in (Outcome.REMOVED, Outcome.NOT_ENROLLED, Outcome.REJECTED)]
+ROW_SETTLED = [o.value for o in (Outcome.INVALID, Outcome.DUPLICATE)]
+
+
+def escape_cell(value: str) -> str:
+    """Keep spreadsheet apps from running a cell as a formula (OWASP CSV injection)."""
+    return "'" + value if value.startswith(FORMULA_START) else value
+
+
+def unescape(column: str) -> pl.Expr:
+    """Undo `escape_cell`, so ids read back exactly as they were sent."""
+    col = pl.col(column)
+    escaped = col.str.starts_with("'") & col.str.slice(1, 1).is_in(list(FORMULA_START))
+    return pl.when(escaped).then(col.str.slice(1)).otherwise(col).alias(column)
+
+
+def _utc(moment: datetime | None) -> str:
+    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fail(path: Path, action: str, exc: OSError) -> ResultsFileError:
+    return ResultsFileError(
+        f"cannot {action} {path}: {exc.strerror or exc}. "
+        "Rows written so far are intact; fix this (free space, permissions) and rerun."
+    )
+
+
+class Lock:
+    """An exclusive lock on `<out>.lock` naming its holder; released when the process dies."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out.with_name(out.name + ".lock")
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise _fail(self.path, "create the lock file", exc) from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 4096, 0).decode(errors="replace").strip()
+            os.close(self._fd)
+            raise ResultsFileError(
+                f"another run is using {out} ({holder or 'holder unknown'}); "
+                "wait for it to finish or stop it, then rerun"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, self._holder().encode(), 0)
+
+    @staticmethod
+    def _holder() -> str:
+        started = _utc(None)
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": started})
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+        os.close(self._fd)
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """A kill mid-write can leave half a line; drop it so the row is redone, not misread."""
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        chunk = min(size, 1 << 20)
+        f.seek(size - chunk)
+        tail = f.read(chunk)
+        cut = tail.rfind(b"\n")
+        f.truncate(size - chunk + cut + 1 if cut >= 0 else 0)
+
+
+def _read_history(out: Path, sent: Path) -> tuple[History, int]:
+    """Settled pairs, rows recorded without a call, pairs once sent; and the failed count."""
+    lazy = pl.scan_csv(out, infer_schema=False).select(
+        pl.col("row").cast(pl.Int64), unescape(CAMPAIGN), unescape(CONTACT), "status"
+    )
+    records = (
+        lazy.with_columns(*pair_hashes(pl.col(CAMPAIGN), pl.col(CONTACT)))
+        .select("row", "h1", "h2", "status")
+        .collect()
+    )
+    settled = (
+        records.filter(pl.col("status").is_in(PAIR_SETTLED))
+        .unique(["h1", "h2"], keep="last", maintain_order=True)
+        .select("h1", "h2", pl.col("status").alias("prev"))
+    )
+    recorded_rows = records.filter(pl.col("status").is_in(ROW_SETTLED))["row"]
+    failed = int((records["status"] == Outcome.FAILED.value).sum())
+    attempted = pl.DataFrame(schema={"h1": pl.UInt64, "h2": pl.UInt64})
+    if sent.exists() and sent.stat().st_size:
+        attempted = (
+            pl.scan_csv(sent, has_header=False, new_columns=[CAMPAIGN, CONTACT], infer_schema=False)
+            .select(*pair_hashes(unescape(CAMPAIGN), unescape(CONTACT)))
+            .unique()
+            .collect()
+        )
+    return History(settled, recorded_rows, attempted), failed
+
+
+def read_history(out: Path) -> History:
+    """Read-only look at an earlier run's results, for --dry-run (no lock, nothing changed)."""
+    if not out.exists() or not out.stat().st_size:
+        return History()
+    _check_header(out)
+    sent = out.with_name(out.name + ".sent")
+    data = out.read_bytes()
+    if not data.endswith(b"\n"):
+        with tempfile.TemporaryDirectory() as tmp:
+            whole = Path(tmp) / "results.csv"
+            whole.write_bytes(data[: data.rfind(b"\n") + 1])
+            return _read_history(whole, sent)[0]
+    return _read_history(out, sent)[0]
+
+
+def _check_header(out: Path) -> None:
+    with out.open(encoding="utf-8", errors="replace") as f:
+        first = f.readline()
+    if first != HEADER:
+        raise ResultsFileError(
+            f"{out} exists but is not a bulk_unenroll results file "
+            f"(its first line is {first.strip()[:80]!r}); choose another --out"
+        )
+
+
+class Journal:
+    """Owns the results file and its companions for one run."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.sent_path = out.with_name(out.name + ".sent")
+        if out.is_dir():
+            raise ResultsFileError(
+                f"--out {out} is a directory; give a file path such as results.csv"
+            )
+        if not out.parent.exists():
+            raise ResultsFileError(f"--out {out}: folder {out.parent} does not exist")
+        self._lock = Lock(out)
+        self.history = History()
+        self._failed_before = 0
+        self._wrote = False
+        try:
+            if out.exists() and out.stat().st_size:
+                _cut_torn_tail(out)
+            if out.exists() and out.stat().st_size:
+                _check_header(out)
+                if self.sent_path.exists():
+                    _cut_torn_tail(self.sent_path)
+                self.history, self._failed_before = _read_history(out, self.sent_path)
+            self._results: IO[str] = out.open("a", encoding="utf-8", newline="")
+            if self._results.tell() == 0:
+                self._results.write(HEADER)
+            self._sent: IO[str] = self.sent_path.open("a", encoding="utf-8", newline="")
+        except ResultsFileError:
+            self._lock.release()
+            raise
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            self._lock.release()
+            if isinstance(exc, OSError):
+                raise _fail(out, "open", exc) from None
+            raise ResultsFileError(f"cannot read back {out}: {exc}") from None
+        self._csv = csv.writer(self._results, lineterminator="\n")
+        self._sent_csv = csv.writer(self._sent, lineterminator="\n")
+        self._synced_at = time.monotonic()
+        self._dirty = False
+
+    def record(self, results: Iterable[RowResult]) -> None:
+        """Append finished rows and flush, so a kill loses only what is still in flight."""
+        try:
+            self._csv.writerows(
+                (
+                    r.row,
+                    escape_cell(r.campaign_id),
+                    escape_cell(r.contact_id),
+                    r.outcome.value,
+                    "" if r.http_status is None else r.http_status,
+                    escape_cell(r.error_code),
+                    r.attempts,
+                    escape_cell(r.request_id),
+                    escape_cell(r.detail),
+                    _utc(r.finished_at),
+                )
+                for r in results
+            )
+            self._results.flush()
+        except OSError as exc:
+            raise _fail(self.out, "write", exc) from None
+        self._wrote = self._dirty = True
+        self.sync_if_due()
+
+    def mark_sent(self, enrollment: Enrollment) -> None:
+        """Written before the request leaves: survives a kill with the request in flight."""
+        try:
+            self._sent_csv.writerow(
+                (escape_cell(enrollment.campaign_id), escape_cell(enrollment.contact_id))
+            )
+            self._sent.flush()
+        except OSError as exc:
+            raise _fail(self.sent_path, "write", exc) from None
+        self._dirty = True
+
+    def sync_if_due(self, force: bool = False) -> None:
+        """fsync at most once a second: power loss costs at most a second of records."""
+        if not self._dirty or (not force and time.monotonic() - self._synced_at < FSYNC_EVERY):
+            return
+        try:
+            os.fsync(self._results.fileno())
+            os.fsync(self._sent.fileno())
+        except OSError as exc:
+            raise _fail(self.out, "sync", exc) from None
+        self._synced_at, self._dirty = time.monotonic(), False
+
+    def close(self) -> None:
+        """Sync, then fold superseded `failed` records so each row has one record again."""
+        try:
+            self.sync_if_due(force=True)
+            self._results.close()
+            self._sent.close()
+            if self._failed_before and self._wrote:
+                compact(self.out)
+        finally:
+            self._lock.release()
+
+
+def compact(out: Path) -> None:
+    """Keep each row's latest record, sorted by row; atomic via a temporary file and rename."""
+    tmp = out.with_name(out.name + ".compacting")
+    try:
+        (
+            pl.scan_csv(out, infer_schema=False)
+            .unique("row", keep="last", maintain_order=True)
+            .sort(pl.col("row").cast(pl.Int64), maintain_order=True)
+            .collect()
+            .write_csv(tmp, quote_style="necessary")
+        )
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(out)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise ResultsFileError(f"cannot tidy {out} (it is intact, only unsorted): {exc}") from None

@@ -1,0 +1,124 @@
+"""Pure data: what a row is, how it ended, and the job's tally."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """How one input row ended. The value is what the results file says."""
+
+    REMOVED = "removed"
+    NOT_ENROLLED = "not_enrolled"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+
+    @property
+    def settled(self) -> bool:
+        """Settled rows are never sent again; only `failed` is retried by a rerun."""
+        return self is not Outcome.FAILED
+
+    @property
+    def ok(self) -> bool:
+        """Outcomes that leave nothing for a person to look at."""
+        return self in (Outcome.REMOVED, Outcome.NOT_ENROLLED, Outcome.DUPLICATE)
+
+
+class StopReason(StrEnum):
+    """Why a run stopped; decides the exit code together with the results."""
+
+    COMPLETE = "complete"
+    QUOTA = "quota"
+    API_DOWN = "api_down"
+    MAX_REMOVALS = "max_removals"
+    SIGINT = "sigint"
+    SIGTERM = "sigterm"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """One (campaign, contact) pair to unenroll; `row` counts data rows from 1."""
+
+    row: int
+    campaign_id: str
+    contact_id: str
+    attempted_before: bool = False
+    """An earlier run sent this pair and never recorded a definite answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """The record of one row in the results file."""
+
+    row: int
+    campaign_id: str
+    contact_id: str
+    outcome: Outcome
+    http_status: int | None = None
+    error_code: str = ""
+    attempts: int = 0
+    request_id: str = ""
+    detail: str = ""
+    finished_at: datetime | None = None
+    lost_response: bool = False
+    """A request for this pair may have been applied without us seeing the answer."""
+
+
+@dataclass
+class Summary:
+    """The job as the results file now stands, plus what this invocation did."""
+
+    total_rows: int = 0
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    """Per input row, its latest outcome: earlier runs' and this one's."""
+    error_codes: Counter[str] = field(default_factory=Counter)
+    settled_before: int = 0
+    """Rows an earlier run had already settled (skipped this time)."""
+    to_send: int = 0
+    calls: int = 0
+    rows_settled_by_calls: int = 0
+    rate_limited: int = 0
+    """429 answers for the per-minute window (pacing signals, not row failures)."""
+    lost_then_not_enrolled: int = 0
+    """`not_enrolled` after a lost answer: most likely removed by an earlier attempt."""
+    stop_reason: StopReason = StopReason.COMPLETE
+    stop_detail: str = ""
+    quota_reset_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def unfinished(self) -> int:
+        """Rows with no record at all yet."""
+        return self.total_rows - sum(self.outcomes.values())
+
+    @property
+    def remaining(self) -> int:
+        """Rows a rerun would still work on: the unfinished and the failed."""
+        return self.unfinished + self.outcomes[Outcome.FAILED]
+
+    @property
+    def calls_per_settled_row(self) -> float | None:
+        if not self.rows_settled_by_calls:
+            return None
+        return self.calls / self.rows_settled_by_calls
+
+    @property
+    def duration_seconds(self) -> float:
+        if self.started_at is None or self.finished_at is None:
+            return 0.0
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def exit_code(self) -> int:
+        """The whole job's state: 0 clean, 1 needs a look, 75 rerun later, 130/143 interrupted."""
+        if self.unfinished > 0:
+            return {StopReason.SIGINT: 130, StopReason.SIGTERM: 143}.get(self.stop_reason, 75)
+        needs_look = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
+        return 1 if any(self.outcomes[o] for o in needs_look) else 0

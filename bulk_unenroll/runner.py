@@ -1,0 +1,449 @@
+"""Orchestration: one producer, a fixed pool of workers, one writer; stop reasons and signals."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import httpx
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from . import client
+from .config import PLANS, JobConfig, plan_for_daily_limit
+from .errors import AuthError
+from .journal import Journal, read_history
+from .models import Enrollment, Outcome, RowResult, StopReason, Summary
+from .pacing import Pacer, Quota, retry_after
+from .reader import SendPlan, Source, build_plan, work_batches
+
+PROGRESS_EVERY = 0.5
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot for progress displays."""
+
+    summary: Summary
+    in_flight: int
+    sent_rows: int
+    pace_per_second: float | None
+    pacer_state: str
+    pause_left: float | None
+
+
+class Job:
+    """One bulk unenrollment: plan it, then run it against the API."""
+
+    def __init__(
+        self,
+        config: JobConfig,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
+        handle_signals: bool = False,
+    ) -> None:
+        self.config = config
+        self.source = Source(config.input, config.read)
+        self.summary = Summary()
+        self._on_progress = on_progress
+        self._on_event = on_event or (lambda _message: None)
+        self._handle_signals = handle_signals
+        self._journal: Journal | None = None
+        self._plan: SendPlan | None = None
+        self._in_flight = 0
+        self._sent_rows = 0
+        self._removed = 0
+        self._dead_campaigns: dict[str, int] = {}
+        self._consecutive_transient = 0
+        self._stopping = anyio.Event()
+        self._quota = Quota()
+        self._pacer: Pacer | None = None
+        self._plan_learnt = False
+
+    # -- planning -------------------------------------------------------------------------
+
+    async def plan(self, *, dry_run: bool = False) -> SendPlan:
+        """Read and validate the input, compare with the results file; locks it unless dry."""
+        self.source.columns()  # fail fast on a missing column, before any lock or pass
+        if dry_run:
+            history = await anyio.to_thread.run_sync(read_history, self.config.out)
+        else:
+            self._journal = await anyio.to_thread.run_sync(Journal, self.config.out)
+            history = self._journal.history
+        try:
+            plan = await anyio.to_thread.run_sync(build_plan, self.source, history)
+        except BaseException:
+            self.close()
+            raise
+        self._plan = plan
+        s = self.summary
+        s.total_rows = plan.total_rows
+        before = plan.settled_before()
+        s.outcomes.update(before)
+        s.settled_before = sum(before.values())
+        s.to_send = plan.count(0)
+        return plan
+
+    def close(self) -> None:
+        """Release the results file (sync, tidy, unlock). Safe to call twice."""
+        if self._journal is not None:
+            journal, self._journal = self._journal, None
+            journal.close()
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self) -> Summary:
+        """Send every planned row; returns the summary. Raises only for what ends the run."""
+        if self._plan is None:
+            await self.plan()
+        assert self._plan is not None and self._journal is not None
+        cfg = self.config
+        self.summary.started_at = datetime.now(UTC)
+        pace = cfg.pace()
+        probe = pace is None
+        self._pacer = Pacer(pace or cfg.pace(PLANS["starter"]), probe_first=probe)
+        workers = cfg.workers(pace)
+        try:
+            async with client.make_client(cfg.api_key.reveal(), cfg.timeout, workers) as http:
+                await self._run_pool(http, workers)
+        finally:
+            self.summary.finished_at = datetime.now(UTC)
+            self.close()
+        if self.summary.stop_reason is StopReason.ABORTED:
+            raise AuthError(self.summary.stop_detail)
+        return self.summary
+
+    async def _run_pool(self, http: httpx.AsyncClient, workers: int) -> None:
+        work_send, work_recv = anyio.create_memory_object_stream[Enrollment](workers * 2)
+        done_send, done_recv = anyio.create_memory_object_stream[RowResult](4096)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._writer, done_recv)
+            if self._handle_signals:
+                tg.start_soon(self._watch_signals, tg.cancel_scope)
+            tg.start_soon(self._tick)
+            async with anyio.create_task_group() as pool:
+                self._pool_scope = pool.cancel_scope
+                async with work_recv, done_send:
+                    pool.start_soon(self._produce, work_send, done_send.clone())
+                    for _ in range(workers):
+                        pool.start_soon(self._work, http, work_recv.clone(), done_send.clone())
+            tg.cancel_scope.cancel()  # the writer has drained by now; stop watcher and ticker
+
+    async def _produce(
+        self, work: MemoryObjectSendStream[Enrollment], done: MemoryObjectSendStream[RowResult]
+    ) -> None:
+        assert self._plan is not None
+        batches = work_batches(self.source, self._plan)
+        async with work, done:
+            while not self._stopping.is_set():
+                batch = await anyio.to_thread.run_sync(next, batches, None)
+                if batch is None:
+                    return
+                enrollments, records = batch
+                for record in records:
+                    await done.send(record)
+                for enrollment in enrollments:
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        await work.send(enrollment)
+                    except anyio.BrokenResourceError:
+                        return
+
+    async def _work(
+        self,
+        http: httpx.AsyncClient,
+        work: MemoryObjectReceiveStream[Enrollment],
+        done: MemoryObjectSendStream[RowResult],
+    ) -> None:
+        async with work, done:
+            async for enrollment in work:
+                if self._stopping.is_set():
+                    return
+                result = await self._unenroll(http, enrollment)
+                if result is not None:
+                    await done.send(result)
+
+    async def _writer(self, done: MemoryObjectReceiveStream[RowResult]) -> None:
+        assert self._journal is not None
+        async with done:
+            async for first in done:
+                batch = [first]
+                while len(batch) < 1000:
+                    try:
+                        batch.append(done.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                self._journal.record(batch)
+                for result in batch:
+                    self.summary.outcomes[result.outcome] += 1
+                    if result.error_code:
+                        self.summary.error_codes[result.error_code] += 1
+
+    async def _tick(self) -> None:
+        """Sync the results once a second and feed the progress display."""
+        while True:
+            await anyio.sleep(PROGRESS_EVERY)
+            if self._journal is not None:
+                self._journal.sync_if_due()
+            if self._on_progress is not None:
+                self._on_progress(self.progress())
+
+    def progress(self) -> Progress:
+        state, left = self._pacer.state() if self._pacer else ("starting", None)
+        return Progress(
+            summary=self.summary,
+            in_flight=self._in_flight,
+            sent_rows=self._sent_rows,
+            pace_per_second=self._pacer.per_second if self._pacer else None,
+            pacer_state=state,
+            pause_left=left,
+        )
+
+    def stop(self, reason: StopReason, detail: str = "") -> None:
+        """Stop dispatching; requests already sent finish and are recorded."""
+        if not self._stopping.is_set():
+            self.summary.stop_reason, self.summary.stop_detail = reason, detail
+            self._stopping.set()
+            if detail:
+                self._on_event(detail)
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self._stopping.is_set() and self.summary.stop_reason in (
+                    StopReason.SIGINT,
+                    StopReason.SIGTERM,
+                ):
+                    # Second signal: leave now. Every record written so far is whole and flushed.
+                    if self._journal is not None:
+                        self._journal.sync_if_due(force=True)
+                    os._exit(128 + signum)
+                reason = StopReason.SIGINT if signum == signal.SIGINT else StopReason.SIGTERM
+                self.stop(
+                    reason,
+                    f"{reason.value.upper()} received: finishing {self._in_flight} request(s) in "
+                    f"flight (up to {self.config.grace_period:g}s); signal again to quit at once",
+                )
+                await anyio.sleep(self.config.grace_period)
+                self._pool_scope.cancel()
+
+    # -- one row ----------------------------------------------------------------------------
+
+    def _dead_campaign_result(self, e: Enrollment, attempts: int) -> RowResult | None:
+        first = self._dead_campaigns.get(e.campaign_id)
+        if first is None:
+            return None
+        return RowResult(
+            e.row,
+            e.campaign_id,
+            e.contact_id,
+            Outcome.REJECTED,
+            http_status=None,
+            error_code="campaign_not_found",
+            attempts=attempts,
+            detail=f"not sent: the campaign answered campaign_not_found for row {first}",
+            finished_at=datetime.now(UTC),
+        )
+
+    async def _ready_to_send(self) -> bool:
+        """Wait for a slot from the pacer and the quota; False when the run is stopping."""
+        cfg, pacer, quota = self.config, self._pacer, self._quota
+        assert pacer is not None
+        while True:
+            if self._stopping.is_set():
+                return False
+            if cfg.max_removals is not None and self._removed + self._in_flight >= cfg.max_removals:
+                self.stop(
+                    StopReason.MAX_REMOVALS, f"stopped after --max-removals {cfg.max_removals}"
+                )
+                return False
+            if quota.spent(self._in_flight, cfg.reserve):
+                if self._in_flight:
+                    await anyio.sleep(0.05)  # answers in flight will refresh the count
+                    continue
+                if not self._wait_for_quota():
+                    return False
+                continue
+            await pacer.acquire()
+            if not (self._stopping.is_set() or quota.spent(self._in_flight, cfg.reserve)):
+                return not self._stopping.is_set()
+
+    def _wait_for_quota(self) -> bool:
+        """The daily quota is spent: stop, or (with --wait-for-quota) pause until it resets."""
+        assert self._pacer is not None
+        left = self._quota.seconds_to_reset()
+        if left is not None:
+            self.summary.quota_reset_at = datetime.fromtimestamp(self._quota.reset_at or 0, UTC)
+        if not self.config.wait_for_quota:
+            self.stop(
+                StopReason.QUOTA,
+                "daily quota spent"
+                + (f" (keeping --reserve {self.config.reserve})" if self.config.reserve else ""),
+            )
+            return False
+        if left is None or left <= 0:
+            left = 60.0  # reset unknown or already due: look again in a minute
+        state, _ = self._pacer.state()
+        if state != "waiting for quota reset":
+            until = datetime.now().astimezone() + timedelta(seconds=left)
+            self._on_event(
+                f"daily quota spent: waiting until {until:%Y-%m-%d %H:%M:%S %Z} for the reset"
+            )
+        self._pacer.pause(left + 1.0, "waiting for quota reset")
+        self._quota.start_new_window()
+        return True
+
+    async def _unenroll(self, http: httpx.AsyncClient, e: Enrollment) -> RowResult | None:
+        """Attempts until a definite outcome; None when the run stops first (row stays to do)."""
+        cfg, pacer = self.config, self._pacer
+        assert pacer is not None and self._journal is not None
+        attempts = retries = 0
+        maybe_applied, lost_reasons = e.attempted_before, []
+        if e.attempted_before:
+            lost_reasons.append("a request in an earlier run got no definite answer")
+        marked = False
+        while True:
+            dead = self._dead_campaign_result(e, attempts)
+            if dead is not None:
+                return dead
+            if not await self._ready_to_send():
+                return None
+            if not marked:
+                self._journal.mark_sent(e)
+                marked = True
+                self._sent_rows += 1
+            self._in_flight += 1
+            try:
+                answer = await client.delete(http, cfg.base_url, e, cfg.timeout)
+            finally:
+                self._in_flight -= 1
+            attempts += 1
+            self.summary.calls += 1
+            if answer.headers is not None:
+                self._quota.observe(answer.headers)
+                self._learn_plan()
+            verdict = client.classify(answer)
+            action = verdict.action
+            if action is client.Action.DONE:
+                assert verdict.outcome is not None
+                self._consecutive_transient = 0
+                pacer.succeeded()
+                return self._finish(e, answer, verdict, attempts, maybe_applied, lost_reasons)
+            if action is client.Action.SLOW_DOWN:
+                self.summary.rate_limited += 1
+                pause = pacer.rate_limited(retry_after(answer.headers or httpx.Headers()))
+                self._on_event(f"429 rate limited: pausing all workers {pause:.1f}s, then slower")
+                continue
+            if action is client.Action.QUOTA:
+                self._quota.remaining = 0
+                continue
+            if action is client.Action.ABORT:
+                self.stop(StopReason.ABORTED, verdict.detail)
+                return None
+            # Transient: retry with backoff, unless the API looks down altogether.
+            maybe_applied = maybe_applied or answer.maybe_applied
+            if answer.maybe_applied:
+                lost_reasons.append(verdict.detail)
+            self._consecutive_transient += 1
+            if self._consecutive_transient >= cfg.breaker_threshold:
+                self.stop(
+                    StopReason.API_DOWN,
+                    (
+                        f"the API looks down: {self._consecutive_transient} attempts in a row "
+                        "failed "
+                        f"(last: {verdict.detail}); stopped sending, rerun later"
+                    ),
+                )
+                return None
+            retries += 1
+            if retries > cfg.retry.max_retries:
+                return RowResult(
+                    e.row,
+                    e.campaign_id,
+                    e.contact_id,
+                    Outcome.FAILED,
+                    http_status=answer.status,
+                    error_code=answer.code,
+                    attempts=attempts,
+                    request_id=answer.request_id,
+                    detail=f"no definite answer after {attempts} attempts (last: {verdict.detail})",
+                    finished_at=datetime.now(UTC),
+                )
+            hint = retry_after(answer.headers) if answer.headers is not None else None
+            ceiling = min(cfg.retry.max_delay, cfg.retry.base_delay * 2 ** (retries - 1))
+            await anyio.sleep(hint if hint is not None else random.uniform(0, ceiling))
+
+    def _finish(
+        self,
+        e: Enrollment,
+        answer: client.Answer,
+        verdict: client.Verdict,
+        attempts: int,
+        maybe_applied: bool,
+        lost_reasons: list[str],
+    ) -> RowResult:
+        outcome = verdict.outcome
+        assert outcome is not None
+        detail = verdict.detail
+        if outcome is Outcome.NOT_ENROLLED and maybe_applied:
+            self.summary.lost_then_not_enrolled += 1
+            detail = (
+                "an earlier attempt may have removed it: its answer was lost ("
+                + "; ".join(dict.fromkeys(lost_reasons))
+                + ")"
+            )
+        if outcome is Outcome.REJECTED and answer.code in ("campaign_not_found", "not_found"):
+            self._dead_campaigns.setdefault(e.campaign_id, e.row)
+        if outcome is Outcome.REMOVED:
+            self._removed += 1
+        self.summary.rows_settled_by_calls += 1
+        return RowResult(
+            e.row,
+            e.campaign_id,
+            e.contact_id,
+            outcome,
+            http_status=answer.status,
+            error_code=answer.code,
+            attempts=attempts,
+            request_id=answer.request_id,
+            detail=detail,
+            finished_at=datetime.now(UTC),
+        )
+
+    def _learn_plan(self) -> None:
+        """Pace at the plan the first X-RateLimit-Limit reveals, unless told a rate."""
+        if self._plan_learnt or self._pacer is None:
+            return
+        self._plan_learnt = True
+        if self.config.rate is not None or self.config.plan is not None:
+            return
+        limit = self._quota.limit
+        if limit is None:
+            self._on_event(
+                "the API did not report its limits; pacing at Starter's 10/min "
+                "(pass --plan or --rate to go faster)"
+            )
+            self._pacer.learn(None)
+            return
+        plan = plan_for_daily_limit(limit)
+        pace = self.config.pace(plan)
+        self._on_event(f"daily limit {limit:,}: {plan.name} plan, pacing at {pace}")
+        self._pacer.learn(pace)
+
+
+async def run_job(config: JobConfig, **hooks: object) -> Summary:
+    """Plan and run a job in one call (the library's async entry point)."""
+    job = Job(config, **hooks)  # type: ignore[arg-type]
+    await job.plan()
+    return await job.run()
+
+
+def unenroll_file(config: JobConfig, **hooks: object) -> Summary:
+    """Synchronous wrapper for schedulers (Airflow, Prefect) that do not run an event loop."""
+    return anyio.run(lambda: run_job(config, **hooks), backend="asyncio")

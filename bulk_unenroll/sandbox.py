@@ -1,0 +1,407 @@
+"""A fake LeadLex API on loopback: real HTTP, the documented bodies and headers, plan limits
+and fault knobs. Used by `make demo`, rehearsals (`bulk-unenroll sandbox`) and the tests.
+It shares no code with the client, so the client is tested against an independent reading
+of the docs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import random
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import anyio
+import polars as pl
+
+from .config import Rate, ReadOptions
+from .errors import InputError
+
+ROUTE = re.compile(r"^(?:/[^?]*)?/v1/campaigns/([^/?]+)/contacts/([^/?]+)/?(?:\?.*)?$")
+Pair = tuple[str, str]
+
+
+@dataclass
+class Faults:
+    """Probabilities per request, and a fixed latency. All zero: a well-behaved API."""
+
+    latency: float = 0.0
+    error_503: float = 0.0
+    html_500: float = 0.0
+    reset_before: float = 0.0
+    """Connection dropped before the removal is processed."""
+    reset_after: float = 0.0
+    """The removal happens, then the connection drops: the answer is lost."""
+    hang: float = 0.0
+    """Accept the request and never answer."""
+    empty_2xx: float = 0.0
+    """Process, then answer 200 with an empty body."""
+    retry_after: bool = True
+    """Send Retry-After on per-window 429s."""
+
+
+@dataclass
+class Limits:
+    """A per-window limit enforced as a strict sliding window, and a daily quota."""
+
+    per_window: int | None = None
+    window: float = 60.0
+    per_day: int | None = None
+    day_seconds: float = 86_400.0
+    """The quota resets at multiples of this many seconds since the epoch (00:00 UTC daily)."""
+
+    @classmethod
+    def plan(cls, name: str, day_seconds: float = 86_400.0) -> Limits:
+        per_day, per_minute = {"starter": (100, 10), "pro": (1000, 50), "org": (10_000, 200)}[name]
+        return cls(per_minute, 60.0, per_day, day_seconds)
+
+
+@dataclass
+class State:
+    """The sandbox's own record, the truth the tests compare results against."""
+
+    enrolled: set[Pair] = field(default_factory=set)
+    campaigns: set[str] = field(default_factory=set)
+    removed: Counter[Pair] = field(default_factory=Counter)
+    """Pairs this server actually removed (count is always 1)."""
+    deletes: Counter[Pair] = field(default_factory=Counter)
+    """DELETE requests that reached the handler, per pair."""
+    calls: int = 0
+    rate_limited: int = 0
+    quota_refused: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+
+
+class Sandbox:
+    """The API's behaviour, independent of transport."""
+
+    def __init__(
+        self,
+        enrolled: Iterable[Pair] = (),
+        *,
+        campaigns: Iterable[str] = (),
+        limits: Limits | None = None,
+        faults: Faults | None = None,
+        api_key: str | None = None,
+        forbidden: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        self.state = State(enrolled=set(enrolled))
+        self.state.campaigns = {c for c, _ in self.state.enrolled} | set(campaigns)
+        self.limits = limits or Limits()
+        self.faults = faults or Faults()
+        self.api_key = api_key
+        self.forbidden = forbidden
+        self._random = random.Random(seed)
+        self._window: deque[float] = deque()
+        self._day: tuple[int, int] = (-1, 0)
+        self._ids = itertools.count(1)
+
+    def _quota_headers(self) -> dict[str, str]:
+        lim = self.limits
+        if lim.per_day is None:
+            return {}
+        index, used = self._day
+        return {
+            "X-RateLimit-Limit": str(lim.per_day),
+            "X-RateLimit-Remaining": str(max(0, lim.per_day - used)),
+            "X-RateLimit-Reset": str(math.ceil((index + 1) * lim.day_seconds)),
+        }
+
+    def _admit(self) -> tuple[int, dict[str, str]] | None:
+        """Count this call against the limits; a 429 (status, headers) if it is refused."""
+        lim, now = self.limits, time.time()
+        if lim.per_day is not None:
+            index = int(now // lim.day_seconds)
+            if index != self._day[0]:
+                self._day = (index, 0)
+            if self._day[1] >= lim.per_day:
+                self.state.quota_refused += 1
+                return 429, self._quota_headers()
+        if lim.per_window is not None:
+            tick = time.monotonic()
+            while self._window and self._window[0] <= tick - lim.window:
+                self._window.popleft()
+            if len(self._window) >= lim.per_window:
+                self.state.rate_limited += 1
+                headers = self._quota_headers()
+                if self.faults.retry_after:
+                    wait = self._window[0] + lim.window - tick
+                    headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                return 429, headers
+            self._window.append(tick)
+        if lim.per_day is not None:
+            self._day = (self._day[0], self._day[1] + 1)
+        return None
+
+    def handle(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[str, int, dict[str, str], bytes]:
+        """Decide the answer: (what to do, status, headers, body)."""
+        st = self.state
+        st.calls += 1
+        extra = {"X-Request-ID": f"req_{next(self._ids):08x}"}
+        match = ROUTE.match(path)
+        if method != "DELETE" or not match:
+            return "answer", *_error(404, "route_not_found", "no such route", extra)
+        auth = headers.get("authorization", "")
+        key = auth.removeprefix("Bearer ").strip()
+        if not key.startswith("wbk_") or (self.api_key is not None and key != self.api_key):
+            return "answer", *_error(401, "invalid_key", "Invalid or expired API key", extra)
+        if self.forbidden:
+            return "answer", *_error(
+                403, "insufficient_permissions", "Missing campaigns:write", extra
+            )
+        roll, f = self._random.random(), self.faults
+        for kind, p in (("hang", f.hang), ("reset_before", f.reset_before)):
+            if roll < p:
+                return kind, 0, {}, b""
+            roll -= p
+        if roll < f.error_503:
+            return (
+                "answer",
+                503,
+                {**extra, "Content-Type": "application/json"},
+                b'{"error":{"code":"service_unavailable","message":"try later"}}',
+            )
+        roll -= f.error_503
+        if roll < f.html_500:
+            return (
+                "answer",
+                500,
+                {**extra, "Content-Type": "text/html"},
+                b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+            )
+        roll -= f.html_500
+        refused = self._admit()
+        if refused is not None:
+            _, limit_headers = refused
+            return "answer", *_error(
+                429, "rate_limited", "Rate limit exceeded", {**extra, **limit_headers}
+            )
+        extra.update(self._quota_headers())
+        campaign, contact = unquote(match[1]), unquote(match[2])
+        pair = (campaign, contact)
+        st.deletes[pair] += 1
+        if campaign not in st.campaigns:
+            return "answer", *_error(404, "campaign_not_found", "No campaign with this ID", extra)
+        if pair not in st.enrolled:
+            return "answer", *_error(
+                404, "enrollment_not_found", "Contact is not enrolled in this campaign", extra
+            )
+        st.enrolled.discard(pair)
+        st.removed[pair] += 1
+        if roll < f.reset_after:
+            return "reset_after", 0, {}, b""
+        roll -= f.reset_after
+        if roll < f.empty_2xx:
+            return "answer", 200, {**extra, "Content-Type": "application/json"}, b""
+        body = {"data": {"removed": True, "campaign_id": campaign, "contact_id": contact}}
+        return (
+            "answer",
+            200,
+            {**extra, "Content-Type": "application/json"},
+            json.dumps(body).encode(),
+        )
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    body = json.dumps({"error": {"code": code, "message": message, "details": {}}}).encode()
+    return status, {**headers, "Content-Type": "application/json"}, body
+
+
+REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+async def _serve_connection(
+    api: Sandbox, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ")
+            if len(parts) != 3:
+                return
+            method, path, _ = parts
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name:
+                    headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length", "0") or 0)
+            if length:
+                await reader.readexactly(length)
+            if path.startswith("/_sandbox/state"):
+                st = api.state
+                body = json.dumps(
+                    {
+                        "calls": st.calls,
+                        "removed": len(st.removed),
+                        "enrolled": len(st.enrolled),
+                        "rate_limited": st.rate_limited,
+                        "quota_refused": st.quota_refused,
+                    }
+                ).encode()
+                kind, status, out_headers = "answer", 200, {"Content-Type": "application/json"}
+            else:
+                if api.faults.latency:
+                    await asyncio.sleep(api.faults.latency)
+                kind, status, out_headers, body = api.handle(method, path, headers)
+            api.state.statuses[status] += 1
+            if kind == "hang":
+                await reader.read()  # until the client gives up and closes
+                return
+            if kind in ("reset_before", "reset_after"):
+                writer.transport.abort()
+                return
+            out = [
+                f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}",
+                f"Content-Length: {len(body)}",
+            ]
+            out += [f"{k}: {v}" for k, v in out_headers.items()]
+            writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + body)
+            await writer.drain()
+            if headers.get("connection", "").lower() == "close":
+                return
+    except ConnectionError:
+        return
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+async def serve(api: Sandbox, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
+    """Start listening; the caller owns the server."""
+    return await asyncio.start_server(lambda r, w: _serve_connection(api, r, w), host, port)
+
+
+class SandboxThread:
+    """The sandbox in a background thread with its own event loop (for tests and benchmarks)."""
+
+    def __init__(self, api: Sandbox, port: int = 0) -> None:
+        self.api = api
+        self._port = port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self.base_url = ""
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(serve(self.api, port=self._port))
+        port = server.sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}/api-gateway"
+        self._server = server
+        self._ready.set()
+        self._loop.run_forever()
+        server.close()
+        self._loop.run_until_complete(server.wait_closed())
+        self._loop.close()
+
+    def __enter__(self) -> SandboxThread:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def running(api: Sandbox) -> Iterator[SandboxThread]:
+    with SandboxThread(api) as server:
+        yield server
+
+
+def _parse_faults(text: str) -> Faults:
+    faults = Faults()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in Faults.__dataclass_fields__ or name in ("latency", "retry_after"):
+            raise InputError(
+                f"--faults: unknown fault {name!r}; known: error_503, html_500, "
+                "reset_before, reset_after, hang, empty_2xx"
+            )
+        try:
+            setattr(faults, name, float(value))
+        except ValueError:
+            raise InputError(f"--faults: {item!r} needs a probability, e.g. {name}=0.05") from None
+    return faults
+
+
+def build_from_options(read: ReadOptions, **kw: Any) -> Sandbox:
+    """The sandbox described by `bulk-unenroll sandbox` options."""
+    rnd = random.Random(kw["seed"])
+    pairs: list[Pair] = []
+    if kw["enroll_from"] is not None:
+        from .reader import Source, normalise
+
+        for raw in Source(kw["enroll_from"], read).batches():
+            valid = normalise(raw).filter(pl.col("reason").is_null())
+            pairs += valid.select("campaign_id", "contact_id").iter_rows()
+    unknown = set(kw["unknown_campaign"])
+    campaigns = {c for c, _ in pairs} - unknown
+    enrolled = [p for p in pairs if p[0] in campaigns and rnd.random() < kw["enrolled_fraction"]]
+    limits = (
+        Limits.plan(kw["limit_plan"], kw["day_seconds"])
+        if kw["limit_plan"]
+        else Limits(day_seconds=kw["day_seconds"])
+    )
+    if kw["rate_limit"]:
+        rate = Rate.parse(kw["rate_limit"])
+        limits.per_window, limits.window = int(rate.calls), rate.period
+    if kw["daily_quota"] is not None:
+        limits.per_day = kw["daily_quota"]
+    faults = _parse_faults(kw["faults"])
+    faults.latency = kw["latency"]
+    api = Sandbox(
+        enrolled,
+        campaigns=campaigns,
+        limits=limits,
+        faults=faults,
+        api_key=kw["require_key"],
+        seed=kw["seed"],
+    )
+    return api
+
+
+async def serve_forever(api: Sandbox, port: int, ready_file: Path | None) -> None:
+    server = await serve(api, port=port)
+    host, bound = server.sockets[0].getsockname()[:2]
+    url = f"http://{host}:{bound}/api-gateway"
+    st = api.state
+    print(
+        f"LeadLex sandbox: {len(st.enrolled):,} enrollments in {len(st.campaigns):,} campaigns",
+        flush=True,
+    )
+    print(f"listening on {url}  (point a run at it: --base-url {url})", flush=True)
+    if ready_file is not None:
+        await anyio.Path(ready_file).write_text(url + "\n", encoding="utf-8")
+    async with server:
+        await server.serve_forever()

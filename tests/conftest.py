@@ -1,0 +1,73 @@
+"""Shared fixtures: a real sandbox on loopback, the CLI as a subprocess, input files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from bulk_unenroll.sandbox import Sandbox, SandboxThread
+
+API_KEY = "wbk_test_key_8d7f6e5a4b3c"
+CLI_TIMEOUT = 120
+
+
+def new_uuid(rnd_int: int) -> str:
+    return str(uuid.UUID(int=rnd_int, version=4))
+
+
+def write_csv(
+    path: Path, rows: Sequence[Sequence[str]], header: Sequence[str] = ("campaign_id", "contact_id")
+) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Sandbox], SandboxThread]]:
+    """Start sandboxes on 127.0.0.1 for one test; all are stopped after it."""
+    started: list[SandboxThread] = []
+
+    def start(api: Sandbox) -> SandboxThread:
+        server = SandboxThread(api).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)
+
+
+def cli_env(base_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADLEX_")}
+    env.update(LEADLEX_API_KEY=API_KEY, LEADLEX_BASE_URL=base_url, **extra)
+    return env
+
+
+def run_cli(
+    args: Sequence[str], env: dict[str, str], timeout: float = CLI_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m bulk_unenroll ARGS` the way a user does, with no terminal attached."""
+    return subprocess.run(
+        [sys.executable, "-m", "bulk_unenroll", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
