@@ -122,17 +122,19 @@ class Job:
         work_send, work_recv = anyio.create_memory_object_stream[Enrollment](workers * 2)
         done_send, done_recv = anyio.create_memory_object_stream[RowResult](4096)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._writer, done_recv)
             if self._handle_signals:
-                tg.start_soon(self._watch_signals, tg.cancel_scope)
+                tg.start_soon(self._watch_signals)
             tg.start_soon(self._tick)
-            async with anyio.create_task_group() as pool:
-                self._pool_scope = pool.cancel_scope
-                async with work_recv, done_send:
-                    pool.start_soon(self._produce, work_send, done_send.clone())
-                    for _ in range(workers):
-                        pool.start_soon(self._work, http, work_recv.clone(), done_send.clone())
-            tg.cancel_scope.cancel()  # the writer has drained by now; stop watcher and ticker
+            async with anyio.create_task_group() as flow:
+                flow.start_soon(self._writer, done_recv)
+                async with anyio.create_task_group() as pool:
+                    self._pool_scope = pool.cancel_scope
+                    async with work_recv, done_send:
+                        pool.start_soon(self._produce, work_send, done_send.clone())
+                        for _ in range(workers):
+                            pool.start_soon(self._work, http, work_recv.clone(), done_send.clone())
+            # The writer has recorded every result by now; stop the watcher and the ticker.
+            tg.cancel_scope.cancel()
 
     async def _produce(
         self, work: MemoryObjectSendStream[Enrollment], done: MemoryObjectSendStream[RowResult]
@@ -213,7 +215,7 @@ class Job:
             if detail:
                 self._on_event(detail)
 
-    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+    async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 if self._stopping.is_set() and self.summary.stop_reason in (
