@@ -34,6 +34,11 @@ class Progress:
     pace_per_second: float | None
     pacer_state: str
     pause_left: float | None
+    finished_rows: int = 0
+    """Rows of this run's send list that have ended (any outcome, `failed` included)."""
+    quota_limit: int | None = None
+    quota_remaining: int | None = None
+    """The daily quota as the last answer reported it; None until an answer says."""
 
 
 class Job:
@@ -57,6 +62,7 @@ class Job:
         self._plan: SendPlan | None = None
         self._in_flight = 0
         self._sent_rows = 0
+        self._finished_rows = 0
         self._removed = 0
         self._dead_campaigns: dict[str, int] = {}
         self._consecutive_transient = 0
@@ -169,6 +175,7 @@ class Job:
                     return
                 result = await self._unenroll(http, enrollment)
                 if result is not None:
+                    self._finished_rows += 1
                     await done.send(result)
 
     async def _writer(self, done: MemoryObjectReceiveStream[RowResult]) -> None:
@@ -205,6 +212,9 @@ class Job:
             pace_per_second=self._pacer.per_second if self._pacer else None,
             pacer_state=state,
             pause_left=left,
+            finished_rows=self._finished_rows,
+            quota_limit=self._quota.limit,
+            quota_remaining=self._quota.remaining,
         )
 
     def stop(self, reason: StopReason, detail: str = "") -> None:
