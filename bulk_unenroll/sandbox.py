@@ -47,6 +47,10 @@ class Faults:
     """Accept the request and never answer."""
     empty_2xx: float = 0.0
     """Process, then answer 200 with an empty body."""
+    malformed_2xx: float = 0.0
+    """Process, then answer 200 with a JSON body cut short."""
+    empty_5xx: float = 0.0
+    """Answer 502 with an empty body, without processing."""
     retry_after: bool = True
     """Send Retry-After on per-window 429s."""
 
@@ -184,6 +188,9 @@ class Sandbox:
                 b"<html><body><h1>502 Bad Gateway</h1></body></html>",
             )
         roll -= f.html_500
+        if roll < f.empty_5xx:
+            return "answer", 502, {**extra}, b""
+        roll -= f.empty_5xx
         refused = self._admit()
         if refused is not None:
             _, limit_headers = refused
@@ -207,6 +214,9 @@ class Sandbox:
         roll -= f.reset_after
         if roll < f.empty_2xx:
             return "answer", 200, {**extra, "Content-Type": "application/json"}, b""
+        roll -= f.empty_2xx
+        if roll < f.malformed_2xx:
+            return "answer", 200, {**extra, "Content-Type": "application/json"}, b'{"data": {"re'
         body = {"data": {"removed": True, "campaign_id": campaign, "contact_id": contact}}
         return (
             "answer",
@@ -230,6 +240,7 @@ REASONS = {
     404: "Not Found",
     429: "Too Many Requests",
     500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
 }
 
@@ -295,9 +306,26 @@ async def _serve_connection(
             writer.close()
 
 
-async def serve(api: Sandbox, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
-    """Start listening; the caller owns the server."""
-    return await asyncio.start_server(lambda r, w: _serve_connection(api, r, w), host, port)
+async def serve(
+    api: Sandbox,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    connections: set[asyncio.Task[None]] | None = None,
+) -> asyncio.Server:
+    """Start listening; the caller owns the server. Open connections' tasks go in
+    `connections`, so a shutdown can end hung ones (Python 3.11 servers cannot)."""
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if connections is not None and task is not None:
+            connections.add(task)
+        try:
+            await _serve_connection(api, reader, writer)
+        finally:
+            if connections is not None and task is not None:
+                connections.discard(task)
+
+    return await asyncio.start_server(connection, host, port)
 
 
 class SandboxThread:
@@ -308,28 +336,40 @@ class SandboxThread:
         self._port = port
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
+        self._stop = asyncio.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)
         self.base_url = ""
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(serve(self.api, port=self._port))
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        connections: set[asyncio.Task[None]] = set()
+        server = await serve(self.api, port=self._port, connections=connections)
         port = server.sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}/api-gateway"
-        self._server = server
         self._ready.set()
-        self._loop.run_forever()
+        await self._stop.wait()
+        # Stop accepting, then end open (possibly hung) connections, then let the loop go.
         server.close()
-        self._loop.run_until_complete(server.wait_closed())
-        self._loop.close()
+        for task in list(connections):
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+        await server.wait_closed()
 
     def __enter__(self) -> SandboxThread:
         self._thread.start()
-        self._ready.wait(10)
+        if not self._ready.wait(10):
+            raise RuntimeError("the sandbox did not start within 10 s")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
 
@@ -346,7 +386,7 @@ def _parse_faults(text: str) -> Faults:
         if name not in Faults.__dataclass_fields__ or name in ("latency", "retry_after"):
             raise InputError(
                 f"--faults: unknown fault {name!r}; known: error_503, html_500, "
-                "reset_before, reset_after, hang, empty_2xx"
+                "reset_before, reset_after, hang, empty_2xx, malformed_2xx, empty_5xx"
             )
         try:
             setattr(faults, name, float(value))
