@@ -4,22 +4,38 @@ its result to an exit code. No HTTP, no polars, no business rules here."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
+import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import click
 
 from . import __version__
 from .config import DEFAULT_BASE_URL, PLANS, JobConfig, Rate, ReadOptions, RetryPolicy, Secret
-from .errors import BulkUnenrollError, InputError
-from .render import Console
+from .errors import BulkUnenrollError, InputError, ResultsFileError
+from .render import LOG_FORMATS, PLAIN_EVERY, Console
+from .report import (
+    PlanFigures,
+    build_report,
+    export_rows,
+    parse_statuses,
+    plan_figures,
+    summary_dict,
+    write_json,
+)
 from .runner import Job
 
 KEY_ENV = "LEADLEX_API_KEY"
+DEBUG_ENV = "BULK_UNENROLL_DEBUG"
+INTERNAL_ERROR = 70
+_secrets: set[str] = set()
+"""Every key this process has read: scrubbed from any message it prints."""
 
 
 def _read_key(key_file: Path | None, needed: bool) -> Secret:
@@ -30,6 +46,7 @@ def _read_key(key_file: Path | None, needed: bool) -> Secret:
             raise InputError(f"cannot read --api-key-file {key_file}: {exc.strerror}") from None
         if not key:
             raise InputError(f"--api-key-file {key_file} is empty")
+        _secrets.add(key)
         return Secret(key)
     key = os.environ.get(KEY_ENV, "").strip()
     if not key and needed:
@@ -37,12 +54,77 @@ def _read_key(key_file: Path | None, needed: bool) -> Secret:
             f"no API key: set the {KEY_ENV} environment variable or pass --api-key-file PATH "
             "(keys are never taken on the command line, where ps and shell history see them)"
         )
+    if key:
+        _secrets.add(key)
     return Secret(key)
+
+
+def redact(text: str) -> str:
+    """Scrub API keys from a message, whatever put them there."""
+    env_key = os.environ.get(KEY_ENV, "").strip()
+    for secret in sorted(_secrets | ({env_key} if env_key else set()), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    text = re.sub(r"wbk_[A-Za-z0-9_\-]+", "wbk_***", text)
+    return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups from task groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def internal_error(exc: BaseException) -> NoReturn:
+    """A bug: one line, never a traceback (unless asked for), never the key; exit 70."""
+    if os.environ.get(DEBUG_ENV) == "1":
+        click.echo(redact("".join(traceback.format_exception(exc))), err=True)
+    leaf = _leaf(exc)
+    message = redact(str(leaf)).replace("\n", " ")[:500]
+    click.echo(
+        f"internal error: {type(leaf).__name__}: {message} — the results file is intact; "
+        f"please report this (set {DEBUG_ENV}=1 for the traceback)",
+        err=True,
+    )
+    sys.exit(INTERNAL_ERROR)
+
+
+class _Commands(click.Group):
+    """The command group; any unexpected exception becomes `internal_error`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            internal_error(exc)
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+def _apply(f: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
 def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that reads an input file."""
-    for option in reversed(
+    return _apply(
+        f,
         [
             click.option("--campaign-column", metavar="NAME", help="Column holding campaign ids."),
             click.option("--contact-column", metavar="NAME", help="Column holding contact ids."),
@@ -58,10 +140,62 @@ def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--sheet", metavar="NAME", help="Excel sheet to read (default: the first)."
             ),
-        ]
-    ):
-        f = option(f)
-    return f
+        ],
+    )
+
+
+def pace_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """What the plan's time estimate and the run's pacing depend on."""
+    return _apply(
+        f,
+        [
+            click.option(
+                "--rate",
+                metavar="N/s|N/min",
+                help="Pace; default: the plan's per-minute limit, learnt from the API.",
+            ),
+            click.option(
+                "--plan",
+                type=click.Choice(sorted(PLANS)),
+                help="Pace at this plan's per-minute limit (starter 10/min, pro 50/min, "
+                "org 200/min).",
+            ),
+            click.option(
+                "--reserve",
+                type=int,
+                default=0,
+                show_default=True,
+                help="Daily calls to leave unused for other integrations.",
+            ),
+            click.option(
+                "--max-removals",
+                type=int,
+                help="Stop cleanly after this many removals (review, then rerun to continue).",
+            ),
+        ],
+    )
+
+
+def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """How the job tells its story."""
+    return _apply(
+        f,
+        [
+            click.option(
+                "--summary-json",
+                type=click.Path(path_type=Path, dir_okay=False),
+                help="Also write the summary as JSON to this file (for schedulers).",
+            ),
+            click.option(
+                "--log-format",
+                type=click.Choice(LOG_FORMATS),
+                default="text",
+                show_default=True,
+                help="json: one JSON object per line on stderr (events, progress, summary).",
+            ),
+            click.option("--quiet", "-q", is_flag=True, help="Only errors and the final result."),
+        ],
+    )
 
 
 def _read_options(kw: dict[str, Any]) -> ReadOptions:
@@ -79,10 +213,140 @@ def _read_options(kw: dict[str, Any]) -> ReadOptions:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="bulk-unenroll")
 def main() -> None:
-    """Remove contacts from LeadLex email campaigns in bulk: paced, resumable, truthful."""
+    """Remove contacts from LeadLex email campaigns in bulk: paced, resumable, truthful.
+
+    Start with `plan` to see what a run would do, `run` to do it, `report` to read a
+    results file afterwards, and `sandbox` to rehearse against a fake API.
+    """
+
+
+# -- plan and run ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Request:
+    command: str
+    dry_run: bool
+    yes: bool
+    summary_json: Path | None
+    results_given: bool
+
+
+@dataclass
+class _Session:
+    """What the job got to before it ended, however it ended."""
+
+    job: Job | None = None
+    figures: PlanFigures | None = None
+    ran: bool = False
+
+
+def continue_command() -> str:
+    return shlex.join(["bulk-unenroll", *sys.argv[1:]])
+
+
+def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool) -> JobConfig:
+    read = _read_options(kw)
+    rate, plan = kw.pop("rate"), kw.pop("plan")
+    return JobConfig(
+        input=input_path,
+        out=out,
+        api_key=_read_key(kw.pop("api_key_file", None), needed=key_needed),
+        base_url=kw.pop("base_url", DEFAULT_BASE_URL),
+        rate=Rate.parse(rate) if rate else None,
+        plan=PLANS[plan] if plan else None,
+        concurrency=kw.pop("concurrency", None),
+        timeout=kw.pop("timeout", 30.0),
+        retry=RetryPolicy(max_retries=kw.pop("max_retries", 5)),
+        reserve=kw.pop("reserve"),
+        wait_for_quota=kw.pop("wait_for_quota", False),
+        max_removals=kw.pop("max_removals"),
+        read=read,
+    )
+
+
+async def _drive(config: JobConfig, console: Console, req: _Request, session: _Session) -> int:
+    job = Job(
+        config,
+        on_event=console.event,
+        on_progress=console.progress,
+        handle_signals=not req.dry_run,
+    )
+    session.job = job
+    try:
+        plan = await job.plan(dry_run=req.dry_run)
+        session.figures = plan_figures(plan, job.summary, config)
+        console.plan(session.figures, dry_run=req.dry_run)
+        if req.dry_run:
+            return 0
+        if job.summary.to_send and not req.yes and not console.confirm(session.figures):
+            console.error("cancelled at the prompt; nothing was sent", 130)
+            return 130
+        session.ran = True
+        with console.running(job.progress):
+            summary = await job.run()
+    finally:
+        job.close()
+    return summary.exit_code
+
+
+def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Request) -> NoReturn:
+    """Plan, confirm, run; then the summary, its JSON and the exit code, however it ended."""
+    session = _Session()
+    config: JobConfig | None = None
+    error: str | None = None
+    try:
+        config = make_config()
+        code = anyio.run(_drive, config, console, req, session, backend="asyncio")
+    except BaseException as exc:
+        known = _find(exc, BulkUnenrollError)
+        if isinstance(known, BulkUnenrollError):
+            code, error = known.exit_code, redact(str(known))
+        elif _find(exc, KeyboardInterrupt) is not None:
+            code, error = 130, "interrupted before sending began; nothing was sent"
+        else:
+            raise
+    command = continue_command()
+    job = session.job
+    data = None
+    if job is not None and config is not None:
+        data = summary_dict(
+            job.summary,
+            command=req.command,
+            input=config.input,
+            results=config.out if req.results_given else None,
+            figures=session.figures,
+            exit_code=code,
+            error=error,
+            continue_command=None if req.dry_run else command,
+        )
+        if session.ran:
+            console.summary(job.summary, command, data)
+    if error is not None:
+        console.error(error, code)
+    if req.summary_json is not None:
+        if data is None:
+            data = {"schema_version": 1, "command": req.command, "exit_code": code, "error": error}
+        try:
+            write_json(req.summary_json, data)
+        except ResultsFileError as exc:
+            console.error(str(exc), exc.exit_code)
+            code = code or exc.exit_code
+    sys.exit(code)
+
+
+def _console(kw: dict[str, Any]) -> Console:
+    return Console(
+        quiet=kw.pop("quiet"),
+        log_format=kw.pop("log_format"),
+        progress_interval=kw.pop("progress_interval", PLAIN_EVERY),
+    )
 
 
 @main.command()
@@ -107,14 +371,7 @@ def main() -> None:
     show_default=True,
     help="API gateway (env LEADLEX_BASE_URL).",
 )
-@click.option(
-    "--rate",
-    metavar="N/s|N/min",
-    help="Pace; default: the plan's per-minute limit, learnt from the API.",
-)
-@click.option(
-    "--plan", type=click.Choice(sorted(PLANS)), help="Pace at this plan's per-minute limit."
-)
+@pace_options
 @click.option(
     "--concurrency", type=int, help="Most requests in flight (default: enough for the rate)."
 )
@@ -127,76 +384,99 @@ def main() -> None:
     help="Retries per row for 5xx, timeouts and resets.",
 )
 @click.option(
-    "--reserve",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Daily calls to leave unused for other integrations.",
-)
-@click.option(
     "--wait-for-quota",
     is_flag=True,
     help="When the daily quota is spent, sleep until it resets instead of exiting 75.",
 )
-@click.option("--max-removals", type=int, help="Stop cleanly after this many removals.")
 @click.option(
     "--dry-run", is_flag=True, help="Plan only: read, validate, compare with --out; send nothing."
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
-@click.option("--quiet", "-q", is_flag=True, help="Only errors and the final summary.")
+@click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0.5),
+    default=PLAIN_EVERY,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between progress lines when not on a terminal.",
+)
+@output_options
 def run(input_path: Path, out: Path, **kw: Any) -> None:
     """Unenroll every (campaign, contact) pair in INPUT, recording each row in --out."""
-    console = Console(quiet=kw.pop("quiet"))
+    console = _console(kw)
+    dry_run = kw.pop("dry_run")
+    req = _Request(
+        command="plan" if dry_run else "run",
+        dry_run=dry_run,
+        yes=kw.pop("yes"),
+        summary_json=kw.pop("summary_json"),
+        results_given=True,
+    )
+    _execute(lambda: _config(input_path, out, kw, key_needed=not dry_run), console, req)
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    help="Results file of earlier runs: rows it settled are left out of the plan.",
+)
+@input_options
+@pace_options
+@output_options
+def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
+    """Show what `run` would do with INPUT (same as `run --dry-run`); send nothing."""
+    console = _console(kw)
+    req = _Request(
+        command="plan",
+        dry_run=True,
+        yes=True,
+        summary_json=kw.pop("summary_json"),
+        results_given=out is not None,
+    )
+    # Without --out nothing was done before: an empty file stands in for the results.
+    results = out if out is not None else Path(os.devnull)
+    _execute(lambda: _config(input_path, results, kw, key_needed=False), console, req)
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("results", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--status",
+    metavar="LIST",
+    help="Rows to select, comma-separated (default: rejected,failed,invalid).",
+)
+@click.option(
+    "--export",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the selected rows as a new input file: .csv, .parquet or .xlsx.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def report(results: Path, status: str | None, export: Path | None, as_json: bool) -> None:
+    """Summarise RESULTS (any run's results file) and export rows to fix and feed back."""
+    console = Console()
     try:
-        read = _read_options(kw)
-        dry_run = kw.pop("dry_run")
-        rate, plan = kw.pop("rate"), kw.pop("plan")
-        config = JobConfig(
-            input=input_path,
-            out=out,
-            api_key=_read_key(kw.pop("api_key_file"), needed=not dry_run),
-            base_url=kw.pop("base_url"),
-            rate=Rate.parse(rate) if rate else None,
-            plan=PLANS[plan] if plan else None,
-            concurrency=kw.pop("concurrency"),
-            timeout=kw.pop("timeout"),
-            retry=RetryPolicy(max_retries=kw.pop("max_retries")),
-            reserve=kw.pop("reserve"),
-            wait_for_quota=kw.pop("wait_for_quota"),
-            max_removals=kw.pop("max_removals"),
-            read=read,
-        )
-        code = anyio.run(_run, config, console, dry_run, kw.pop("yes"), backend="asyncio")
+        statuses = parse_statuses(status)
+        console.report(build_report(results, statuses), as_json)
+        if export is not None:
+            count, chosen = export_rows(results, export, statuses)
+            names = ",".join(o.value for o in chosen)
+            click.echo(
+                f"exported {count:,} row(s) with status {names} to {export}; fix them, then "
+                f"run: bulk-unenroll run {shlex.quote(str(export))} --out NEW_RESULTS.csv",
+                err=True,
+            )
     except BulkUnenrollError as exc:
         console.error(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.error("interrupted before sending began; nothing was sent")
-        sys.exit(130)
-    sys.exit(code)
 
 
-def continue_command() -> str:
-    return shlex.join(["bulk-unenroll", *sys.argv[1:]])
-
-
-async def _run(config: JobConfig, console: Console, dry_run: bool, yes: bool) -> int:
-    job = Job(
-        config, on_event=console.event, on_progress=console.progress, handle_signals=not dry_run
-    )
-    try:
-        plan = await job.plan(dry_run=dry_run)
-        console.plan(plan, job.summary, config)
-        if dry_run:
-            return 0
-        if job.summary.to_send and not yes and not console.confirm(plan, job.summary):
-            console.error("cancelled; nothing was sent")
-            return 1
-        summary = await job.run()
-    finally:
-        job.close()
-    console.summary(summary, continue_command())
-    return summary.exit_code
+# -- sandbox ---------------------------------------------------------------------------------
 
 
 @main.command()
@@ -265,7 +545,10 @@ def sandbox(**kw: Any) -> None:
     except BulkUnenrollError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    anyio.run(serve_forever, api, kw["port"], kw["ready_file"], backend="asyncio")
+    try:
+        anyio.run(serve_forever, api, kw["port"], kw["ready_file"], backend="asyncio")
+    except KeyboardInterrupt:
+        click.echo("sandbox stopped", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

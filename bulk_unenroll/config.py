@@ -12,7 +12,17 @@ from .errors import InputError
 DEFAULT_BASE_URL = "https://data.leadlex.com/functions/v1/api-gateway"
 
 SAFETY_MARGIN = 0.98
-"""Pace at 98% of a limit: a sliding window enforced to the millisecond sees no 429."""
+"""Pace at 98% of a limit. N calls at that pace span N/0.98 windows, so a strict sliding window
+of any length leaves 2% of itself (20 ms of a 1 s window, 1.2 s of a minute) for the pacer's own
+catch-up tolerance (`pacing.CATCH_UP`) and for network and server jitter: zero 429s, 97-98% of
+the rate. See docs/benchmarks.md for the measured figures."""
+
+UNLIMITED_WORKERS = 8
+"""In flight with `--rate unlimited`: on loopback httpx peaks at a handful of connections
+(its pool slows as connections grow, encode/httpx#3215); --concurrency raises it for slow APIs."""
+
+ASSUMED_LATENCY = 2.0
+"""Workers = rate x this: enough for an API this slow; a faster one simply keeps most idle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,22 +36,34 @@ class Rate:
     def per_second(self) -> float:
         return self.calls / self.period
 
+    @property
+    def unlimited(self) -> bool:
+        return math.isinf(self.calls)
+
     @classmethod
     def parse(cls, text: str) -> Rate:
+        if text.strip().lower() in ("unlimited", "none", "max"):
+            return UNLIMITED
         match = re.fullmatch(
             r"\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*", text
         )
         if not match or float(match[1]) <= 0:
             raise InputError(
                 f"--rate {text!r} is not a rate: write calls per second or minute, "
-                "for example 40/s or 50/min"
+                "for example 40/s or 50/min, or 'unlimited' for an unmetered key"
             )
         period = {"s": 1.0, "m": 60.0, "h": 3600.0}[match[2][0]]
         return cls(float(match[1]), period)
 
     def __str__(self) -> str:
+        if self.unlimited:
+            return "unlimited"
         unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.period, f"{self.period:g}s")
         return f"{self.calls:g}/{unit}"
+
+
+UNLIMITED = Rate(math.inf, 1.0)
+"""No pacing at all: for unmetered keys, the sandbox and benchmarks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +88,19 @@ def plan_for_daily_limit(limit: int) -> Plan:
     """The plan whose daily quota is `limit`, or the largest one below it for custom tiers."""
     fitting = [p for p in PLANS.values() if p.per_day <= limit]
     return max(fitting, key=lambda p: p.per_day) if fitting else PLANS["starter"]
+
+
+def is_published_plan(limit: int) -> bool:
+    """A daily limit that names a published plan (a custom tier's does not)."""
+    return any(p.per_day == limit for p in PLANS.values())
+
+
+def days_needed(calls: int, per_day: int, reserve: int = 0) -> int | None:
+    """Quota days a job of `calls` calls spans at `per_day`, keeping `reserve`; None if never."""
+    usable = per_day - reserve
+    if usable <= 0:
+        return None
+    return max(1, math.ceil(calls / usable)) if calls else 0
 
 
 class Secret:
@@ -149,11 +184,25 @@ class JobConfig:
             base = plan.rate
         else:
             return None
+        if base.unlimited:
+            return base
         return Rate(base.calls * SAFETY_MARGIN, base.period)
 
+    @property
+    def known_daily_quota(self) -> int | None:
+        """The daily quota known before any call: --plan's. Otherwise the API tells us."""
+        return self.plan.per_day if self.plan is not None else None
+
     def workers(self, rate: Rate | None) -> int:
-        """In-flight ceiling: rate x a generous 2 s latency, so a slow API never caps the rate."""
+        """Most requests in flight: rate x a generous latency, so a slow API never caps the rate.
+
+        The pacer, not this ceiling, decides how many are really in flight (rate x the actual
+        latency); idle workers wait on the pacer and open no connection. None: learning the plan.
+        """
         if self.concurrency is not None:
             return self.concurrency
-        per_second = rate.per_second if rate else PLANS["org"].rate.per_second
-        return max(4, min(256, math.ceil(per_second * 2.0)))
+        if rate is not None and rate.unlimited:
+            return UNLIMITED_WORKERS
+        # While learning, leave room for the largest plan and for a custom tier above it.
+        per_second = rate.per_second if rate else 2 * PLANS["org"].rate.per_second
+        return max(4, min(256, math.ceil(per_second * ASSUMED_LATENCY)))

@@ -1,100 +1,478 @@
-"""Telling the operator what is happening: the plan, events, progress and the summary."""
+"""Telling the operator what is happening: the plan, events, progress and the summary.
+
+Three shapes of the same figures: a rich live display on a terminal; a plain line every N
+seconds anywhere else (rich's live display prints nothing until the end when stderr is not a
+terminal, so a multi-day cron job would log no progress at all); and one JSON object per line
+for log collectors. Only results (a run's summary, a report) go to stdout.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 import time
-from datetime import datetime
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import click
+from rich.console import Console as RichConsole
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
-from .config import JobConfig
+from .config import Rate
 from .models import Outcome, StopReason, Summary
-from .reader import SendPlan
+from .report import PlanFigures, ResultsReport
 from .runner import Progress
 
+LOG_FORMATS = ("text", "json")
 PLAIN_EVERY = 30.0
+RATE_WINDOW = 60.0
+"""The rate shown is the rows finished over the last minute."""
+
+EXIT_MEANINGS = {
+    0: "done: every row removed, not enrolled or a duplicate",
+    1: "finished, but some rows are rejected, failed or invalid: see the results file",
+    2: "usage or input error: nothing was sent",
+    3: "aborted: the API refused the key or its permissions; rerun once it is fixed",
+    74: "the results file could not be used: rows written so far are intact",
+    75: "stopped early with rows left to do: rerun later to continue",
+    130: "interrupted: rerun to continue",
+    143: "terminated: rerun to continue",
+}
 
 
 def _n(value: int) -> str:
     return f"{value:,}"
 
 
-class Console:
-    """Plain text for now: lines on stderr, the summary on stdout."""
+def duration(seconds: float) -> str:
+    """`42s`, `3m07s`, `5h12m`, `3d04h`: short enough for a progress line."""
+    total = max(0, round(seconds))
+    if total < 60:
+        return f"{total}s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
 
-    def __init__(self, quiet: bool = False) -> None:
+
+def rate_text(rate: Rate | float | None, noun: str = "") -> str:
+    """Per second or per minute, whichever reads better: `4.9/s`, `9.8 rows/min`."""
+    if rate is None:
+        return "unknown"
+    per_second = rate.per_second if isinstance(rate, Rate) else rate
+    unit = f" {noun}/" if noun else "/"
+    if per_second >= 1:
+        return f"{per_second:,.1f}{unit}s"
+    return f"{per_second * 60:,.1f}{unit}min"
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- progress figures ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The figures every progress shape shows."""
+
+    rows_total: int
+    rows_done: int
+    to_send: int
+    sent_done: int
+    in_flight: int
+    rows_per_second: float | None
+    pace_per_second: float | None
+    eta_seconds: float | None
+    pacer_state: str
+    pause_until: datetime | None
+    outcomes: dict[str, int]
+    calls: int
+    rate_limited: int
+    quota_limit: int | None
+    quota_remaining: int | None
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.rows_done / self.rows_total if self.rows_total else 100.0
+
+    def pacer_text(self) -> str:
+        """`sending`, or why the pacer holds and until when (local time)."""
+        if self.pause_until is None:
+            return self.pacer_state
+        until = self.pause_until
+        left = (until - datetime.now().astimezone()).total_seconds()
+        clock = f"{until:%H:%M:%S}" if left < 20 * 3600 else f"{until:%Y-%m-%d %H:%M:%S}"
+        return f"{self.pacer_state} until {clock} (in {duration(left)})"
+
+    def eta_text(self) -> str:
+        if self.pacer_state.startswith("waiting for quota"):
+            return "after the quota reset"
+        if self.eta_seconds is None:
+            return "unknown"
+        if self.to_send == self.sent_done:
+            return "done"
+        end = datetime.now().astimezone() + timedelta(seconds=self.eta_seconds)
+        return f"{duration(self.eta_seconds)} (around {end:%H:%M})"
+
+    def rate_text(self) -> str:
+        rows = self.rows_per_second
+        shown = rate_text(rows, "rows") if rows is not None else "measuring"
+        return f"{shown} (pace {rate_text(self.pace_per_second, 'calls')})"
+
+    def outcomes_text(self) -> str:
+        return ", ".join(f"{name} {_n(count)}" for name, count in self.outcomes.items())
+
+    def calls_text(self) -> str:
+        text = f"{_n(self.calls)} calls, {_n(self.rate_limited)} x 429"
+        if self.quota_remaining is not None and self.quota_limit is not None:
+            text += f", quota left today {_n(self.quota_remaining)} of {_n(self.quota_limit)}"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows_total": self.rows_total,
+            "rows_done": self.rows_done,
+            "to_send": self.to_send,
+            "sent_done": self.sent_done,
+            "in_flight": self.in_flight,
+            "rows_per_second": None
+            if self.rows_per_second is None
+            else round(self.rows_per_second, 3),
+            "pace_per_second": None
+            if self.pace_per_second is None
+            else round(self.pace_per_second, 3),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds),
+            "pacer_state": self.pacer_state,
+            "pause_until": None
+            if self.pause_until is None
+            else self.pause_until.astimezone(UTC).isoformat(timespec="seconds"),
+            "outcomes": self.outcomes,
+            "calls": self.calls,
+            "rate_limited": self.rate_limited,
+            "quota_limit": self.quota_limit,
+            "quota_remaining": self.quota_remaining,
+        }
+
+
+class RateMeter:
+    """Rows finished per second over the last minute of progress snapshots."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, now: float, rows: int) -> float | None:
+        self._samples.append((now, rows))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
+            self._samples.popleft()
+        first_at, first_rows = self._samples[0]
+        if now - first_at < 2.0:
+            return None
+        return (rows - first_rows) / (now - first_at)
+
+
+def snapshot(p: Progress, meter: RateMeter) -> Snapshot:
+    s = p.summary
+    rate = meter.add(time.monotonic(), p.finished_rows)
+    left = max(0, s.to_send - p.finished_rows)
+    speed = rate if rate else p.pace_per_second
+    pause_until = None
+    if p.pause_left is not None and p.pause_left > 0:
+        pause_until = datetime.now().astimezone() + timedelta(seconds=p.pause_left)
+    return Snapshot(
+        rows_total=s.total_rows,
+        rows_done=s.total_rows - s.unfinished,
+        to_send=s.to_send,
+        sent_done=p.finished_rows,
+        in_flight=p.in_flight,
+        rows_per_second=rate,
+        pace_per_second=p.pace_per_second,
+        eta_seconds=left / speed if speed else None,
+        pacer_state=p.pacer_state,
+        pause_until=pause_until,
+        outcomes={o.value: s.outcomes[o] for o in Outcome},
+        calls=s.calls,
+        rate_limited=s.rate_limited,
+        quota_limit=p.quota_limit,
+        quota_remaining=p.quota_remaining,
+    )
+
+
+def live_view(snap: Snapshot) -> RenderableType:
+    """The terminal display: a bar, then one labelled line per figure."""
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(
+        ProgressBar(total=max(1, snap.rows_total), completed=snap.rows_done, width=50),
+        Text(f"{_n(snap.rows_done)} / {_n(snap.rows_total)} rows ({snap.percent:.1f}%)"),
+    )
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("rate", Text(f"{snap.rate_text()}, {_n(snap.in_flight)} in flight"))
+    grid.add_row("ETA", Text(snap.eta_text()))
+    grid.add_row("outcomes", Text(snap.outcomes_text()))
+    grid.add_row("calls", Text(snap.calls_text()))
+    grid.add_row("pacer", Text(snap.pacer_text()))
+    return Group(bar, grid)
+
+
+def plain_line(snap: Snapshot) -> str:
+    """The same figures on one line, for logs."""
+    return (
+        f"progress: {_n(snap.rows_done)}/{_n(snap.rows_total)} rows ({snap.percent:.1f}%); "
+        f"rate {snap.rate_text()}; ETA {snap.eta_text()}; {snap.outcomes_text()}; "
+        f"{snap.calls_text()}; {_n(snap.in_flight)} in flight; {snap.pacer_text()}"
+    )
+
+
+# -- the console -----------------------------------------------------------------------------
+
+
+def plan_lines(f: PlanFigures) -> list[str]:
+    lines = [
+        f"plan for {f.input}:",
+        f"  rows read                  {_n(f.rows):>10}",
+        f"  invalid (never sent)       {_n(f.invalid):>10}",
+    ]
+    lines += [f"      row {row}: {reason}" for row, reason in f.invalid_examples]
+    lines += [
+        f"  duplicates (sent once)     {_n(f.duplicates):>10}",
+        f"  settled by an earlier run  {_n(f.settled_before):>10}",
+        f"  to send                    {_n(f.to_send):>10}"
+        + (f"   ({_n(f.resend)} sent before without a definite answer)" if f.resend else ""),
+        f"  campaigns                  {_campaigns(f):>10}",
+    ]
+    width = max([len(c) for c, _ in f.top_campaigns] + [10])
+    lines += [f"      {c:<{width}}  {_n(rows):>8} rows" for c, rows in f.top_campaigns]
+    shown = sum(rows for _, rows in f.top_campaigns)
+    if f.to_send > shown:
+        more = f"{f.campaigns - len(f.top_campaigns):,}" + ("" if f.campaigns_exact else "+")
+        lines.append(f"      ... and {more} more campaigns ({_n(f.to_send - shown)} rows)")
+    if not f.to_send:
+        lines.append("nothing to send.")
+        return lines
+    lines.append(
+        f"  calls needed               {_n(f.calls_needed):>10}   "
+        "(one per row; retries and 429s come on top)"
+    )
+    lines.append(f"  {'at':<34}{'pace':>11}  {'sending time':>12}  {'quota days':>10}")
+    for e in f.estimates:
+        days = "never" if e.quota_days is None else _n(e.quota_days)
+        per_day = f" ({_n(e.per_day or 0)}/day)"
+        lines.append(
+            f"  {e.label:<34}{e.per_second * 60:>7,.1f}/min  "
+            f"{duration(e.sending_seconds):>12}  {days:>10}{per_day}"
+        )
+    if len(f.estimates) > 1:
+        lines.append(
+            "  (the plan is not known yet: a run learns it from the API's first answer; "
+            "--plan picks one)"
+        )
+    if f.max_removals is not None:
+        lines.append(f"  stops after {_n(f.max_removals)} removals (--max-removals)")
+    return lines
+
+
+def _campaigns(f: PlanFigures) -> str:
+    return _n(f.campaigns) if f.campaigns_exact else f"{_n(f.campaigns)}+"
+
+
+def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
+    """The job as the results file now stands, then what this run did, then what is next."""
+    lines = ["", f"summary: all {_n(s.total_rows)} rows, as the results file now stands"]
+    for outcome in Outcome:
+        lines.append(f"  {outcome.value:<24}{_n(s.outcomes[outcome]):>10}")
+    lines.append(f"  {'not yet done':<24}{_n(s.unfinished):>10}")
+    lines.append("this run:")
+    lines.append(f"  {'settled before, skipped':<24}{_n(s.settled_before):>10}")
+    per_row = s.calls_per_settled_row
+    lines.append(
+        f"  {'calls spent':<24}{_n(s.calls):>10}"
+        + (f"   ({per_row:.3f} per settled row)" if per_row is not None else "")
+    )
+    lines.append(f"  {'429 answers':<24}{_n(s.rate_limited):>10}")
+    if s.error_codes:
+        codes = ", ".join(f"{code} {_n(n)}" for code, n in sorted(s.error_codes.items()))
+        lines.append(f"  {'error codes':<24}{codes}")
+    lines.append(f"  {'duration':<24}{duration(s.duration_seconds):>10}")
+    if s.lost_then_not_enrolled:
+        lines.append(
+            f"  {_n(s.lost_then_not_enrolled)} not_enrolled after a lost answer: most likely "
+            "removed by an earlier attempt whose answer never arrived"
+        )
+    if s.stop_reason is not StopReason.COMPLETE:
+        lines.append(f"stopped early: {s.stop_detail or s.stop_reason.value}")
+    if s.quota_reset_at is not None and "resets" not in s.stop_detail:
+        utc = s.quota_reset_at.astimezone(UTC)
+        local = utc.astimezone()
+        left = (utc - datetime.now(UTC)).total_seconds()
+        lines.append(
+            f"daily quota resets at {utc:%Y-%m-%d %H:%M:%S} UTC "
+            f"({local:%Y-%m-%d %H:%M:%S %Z} local), in {duration(left)}"
+        )
+    if s.remaining:
+        lines.append(f"{_n(s.remaining)} row(s) left to do; to continue, run: {command}")
+    lines.append(f"exit code {exit_code}: {EXIT_MEANINGS.get(exit_code, '')}".rstrip(": "))
+    return lines
+
+
+def report_lines(r: ResultsReport) -> list[str]:
+    lines = [f"results file {r.path}: {_n(r.rows)} rows recorded"]
+    for name, count in r.outcomes.items():
+        lines.append(f"  {name:<24}{_n(count):>10}")
+    if r.error_codes:
+        codes = ", ".join(f"{code} {_n(n)}" for code, n in r.error_codes.items())
+        lines.append(f"  {'error codes':<24}{codes}")
+    if r.first_finished is not None and r.last_finished is not None:
+        span = (r.last_finished - r.first_finished).total_seconds()
+        lines.append(
+            f"  {'finished':<24}{r.first_finished:%Y-%m-%d %H:%M:%S} to "
+            f"{r.last_finished:%Y-%m-%d %H:%M:%S} UTC ({duration(span)})"
+        )
+    chosen = ", ".join(o.value for o in r.selected)
+    lines.append(f"  {'selected rows':<24}{_n(r.selected_rows):>10}   (status {chosen})")
+    if r.outcomes.get(Outcome.FAILED.value):
+        lines.append("failed rows are retried by rerunning the same command with the same --out")
+    return lines
+
+
+class Console:
+    """Where each message goes, in which shape; quiet keeps errors and the final result."""
+
+    def __init__(
+        self,
+        *,
+        quiet: bool = False,
+        log_format: str = "text",
+        progress_interval: float = PLAIN_EVERY,
+        interactive: bool | None = None,
+    ) -> None:
         self.quiet = quiet
+        self.json = log_format == "json"
+        self.interval = progress_interval
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self._rich = RichConsole(stderr=True, highlight=False)
+        self._live: Live | None = None
+        self._meter = RateMeter()
         self._last_line = time.monotonic()
 
-    def error(self, message: str) -> None:
-        click.echo(f"error: {message}", err=True)
+    # -- shapes ------------------------------------------------------------------------------
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """One JSON object per line on stderr."""
+        line = json.dumps({"type": kind, "time": _iso_now(), **fields}, ensure_ascii=False)
+        click.echo(line, err=True)
+
+    def _line(self, text: str) -> None:
+        stamped = f"[{datetime.now():%H:%M:%S}] {text}"
+        if self._live is not None:
+            self._rich.print(Text(stamped))
+        else:
+            click.echo(stamped, err=True)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def error(self, message: str, exit_code: int | None = None) -> None:
+        if self.json:
+            self.emit("error", message=message, exit_code=exit_code)
+        else:
+            click.echo(f"error: {message}", err=True)
 
     def event(self, message: str) -> None:
-        if not self.quiet:
-            click.echo(f"[{datetime.now():%H:%M:%S}] {message}", err=True)
-
-    def plan(self, plan: SendPlan, summary: Summary, config: JobConfig) -> None:
         if self.quiet:
             return
-        s = summary
-        lines = [
-            f"plan for {config.input}:",
-            f"  rows read            {_n(s.total_rows)}",
-            f"  invalid              {_n(s.outcomes[Outcome.INVALID] + plan.count(1))}",
-            f"  duplicates           {_n(s.outcomes[Outcome.DUPLICATE] + plan.count(2))}",
-            f"  settled earlier      {_n(s.settled_before)}",
-            f"  to send              {_n(s.to_send)}",
-            f"  campaigns            {_n(len(plan.campaign_counts))}",
-        ]
-        for row, reason in plan.invalid_examples:
-            lines.append(f"    e.g. row {row}: {reason}")
-        click.echo("\n".join(lines), err=True)
+        if self.json:
+            self.emit("event", message=message)
+        else:
+            self._line(message)
 
-    def confirm(self, plan: SendPlan, summary: Summary) -> bool:
-        if not sys.stdin.isatty():
+    def plan(self, figures: PlanFigures, *, dry_run: bool) -> None:
+        """On stderr, like every message: stdout carries only a run's summary and reports.
+        A dry run's plan is its result, so --quiet does not hide it."""
+        if self.json:
+            if dry_run or not self.quiet:
+                self.emit("plan", **figures.as_dict())
+            return
+        if self.quiet and not dry_run:
+            return
+        click.echo("\n".join(plan_lines(figures)), err=True)
+
+    def confirm(self, figures: PlanFigures) -> bool:
+        """Ask only a person at a terminal; cron, CI and pipes are never prompted."""
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
             return True
-        return click.confirm(
-            f"remove up to {_n(summary.to_send)} enrollments from "
-            f"{_n(len(plan.campaign_counts))} campaigns?",
-            default=False,
-            err=True,
+        up_to = figures.to_send
+        if figures.max_removals is not None:
+            up_to = min(up_to, figures.max_removals)
+        try:
+            return click.confirm(
+                f"remove up to {_n(up_to)} enrollments from {_campaigns(figures)} campaigns?",
+                default=False,
+                err=True,
+            )
+        except click.Abort:
+            click.echo("", err=True)
+            return False
+
+    @contextlib.contextmanager
+    def running(self, latest: Callable[[], Progress]) -> Iterator[None]:
+        """The live display, on a terminal only, for as long as the run sends."""
+        if not self.interactive or self.json or self.quiet:
+            yield
+            return
+        self._live = Live(
+            Text("starting..."),
+            console=self._rich,
+            auto_refresh=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
+        self._live.start(refresh=True)
+        try:
+            yield
+        finally:
+            live, self._live = self._live, None
+            with contextlib.suppress(Exception):
+                live.update(live_view(snapshot(latest(), self._meter)), refresh=True)
+            live.stop()
 
     def progress(self, p: Progress) -> None:
-        if self.quiet or time.monotonic() - self._last_line < PLAIN_EVERY:
+        if self.quiet:
+            return
+        snap = snapshot(p, self._meter)
+        if self._live is not None:
+            self._live.update(live_view(snap), refresh=True)
+            return
+        if time.monotonic() - self._last_line < self.interval:
             return
         self._last_line = time.monotonic()
-        s = p.summary
-        self.event(
-            f"progress: {_n(s.total_rows - s.remaining)}/{_n(s.total_rows)} rows done, "
-            f"{_n(p.in_flight)} in flight, {p.pacer_state}"
-        )
+        if self.json:
+            self.emit("progress", **snap.as_dict())
+        else:
+            self._line(plain_line(snap))
 
-    def summary(self, s: Summary, command: str) -> None:
-        lines = ["", "summary:"]
-        for outcome in Outcome:
-            lines.append(f"  {outcome.value:<14} {_n(s.outcomes[outcome])}")
-        lines.append(f"  {'not yet done':<14} {_n(s.unfinished)}")
-        if s.lost_then_not_enrolled:
-            lines.append(
-                f"  ({_n(s.lost_then_not_enrolled)} not_enrolled after a lost answer: "
-                "most likely removed by an earlier attempt)"
-            )
-        per_row = s.calls_per_settled_row
-        lines.append(
-            f"  calls spent    {_n(s.calls)}"
-            + (f" ({per_row:.3f} per settled row)" if per_row else "")
-        )
-        if s.rate_limited:
-            lines.append(f"  429s           {_n(s.rate_limited)}")
-        if s.stop_reason is not StopReason.COMPLETE:
-            lines.append(f"stopped early: {s.stop_detail or s.stop_reason.value}")
-        if s.quota_reset_at is not None:
-            local = s.quota_reset_at.astimezone()
-            lines.append(
-                f"quota resets at {s.quota_reset_at:%Y-%m-%d %H:%M UTC} ({local:%H:%M %Z} local)"
-            )
-        if s.remaining:
-            lines.append(f"{_n(s.remaining)} row(s) left; to continue run: {command}")
-        click.echo("\n".join(lines))
+    def summary(self, s: Summary, command: str, data: dict[str, Any]) -> None:
+        """Printed even with --quiet: it is the run's result."""
+        if self.json:
+            self.emit("summary", **data)
+        else:
+            click.echo("\n".join(summary_lines(s, command, data["exit_code"])))
+
+    def report(self, r: ResultsReport, as_json: bool) -> None:
+        if as_json:
+            click.echo(json.dumps(r.as_dict(), indent=2))
+        else:
+            click.echo("\n".join(report_lines(r)))

@@ -14,14 +14,15 @@ import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import client
-from .config import PLANS, JobConfig, plan_for_daily_limit
+from .config import PLANS, JobConfig, is_published_plan, plan_for_daily_limit
 from .errors import AuthError
 from .journal import Journal, read_history
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
-from .pacing import Pacer, Quota, retry_after
+from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after
 from .reader import SendPlan, Source, build_plan, work_batches
 
 PROGRESS_EVERY = 0.5
+WAITING_FOR_QUOTA = "waiting for quota reset"
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,8 @@ class Job:
         if not self._stopping.is_set():
             self.summary.stop_reason, self.summary.stop_detail = reason, detail
             self._stopping.set()
+            if self._pacer is not None:
+                self._pacer.close()  # wake workers waiting for a slot, a pause or the plan
             if detail:
                 self._on_event(detail)
 
@@ -263,51 +266,56 @@ class Job:
             finished_at=datetime.now(UTC),
         )
 
-    async def _ready_to_send(self) -> bool:
-        """Wait for a slot from the pacer and the quota; False when the run is stopping."""
+    async def _ready_to_send(self) -> float | None:
+        """Wait for a slot from the pacer and the quota: its time, or None when stopping."""
         cfg, pacer, quota = self.config, self._pacer, self._quota
         assert pacer is not None
         while True:
             if self._stopping.is_set():
-                return False
+                return None
             if cfg.max_removals is not None and self._removed + self._in_flight >= cfg.max_removals:
                 self.stop(
                     StopReason.MAX_REMOVALS, f"stopped after --max-removals {cfg.max_removals}"
                 )
-                return False
+                return None
             if quota.spent(self._in_flight, cfg.reserve):
                 if self._in_flight:
                     await anyio.sleep(0.05)  # answers in flight will refresh the count
                     continue
                 if not self._wait_for_quota():
-                    return False
+                    return None
                 continue
-            await pacer.acquire()
-            if not (self._stopping.is_set() or quota.spent(self._in_flight, cfg.reserve)):
-                return not self._stopping.is_set()
+            slot = await pacer.acquire()
+            if self._stopping.is_set():
+                return None
+            if not quota.spent(self._in_flight, cfg.reserve):
+                return slot
 
     def _wait_for_quota(self) -> bool:
         """The daily quota is spent: stop, or (with --wait-for-quota) pause until it resets."""
         assert self._pacer is not None
         left = self._quota.seconds_to_reset()
+        reset_at = None
         if left is not None:
-            self.summary.quota_reset_at = datetime.fromtimestamp(self._quota.reset_at or 0, UTC)
+            reset_at = datetime.fromtimestamp(self._quota.reset_at or 0, UTC)
+            self.summary.quota_reset_at = reset_at
+        spent = "daily quota spent" + (
+            f" (keeping --reserve {self.config.reserve})" if self.config.reserve else ""
+        )
         if not self.config.wait_for_quota:
-            self.stop(
-                StopReason.QUOTA,
-                "daily quota spent"
-                + (f" (keeping --reserve {self.config.reserve})" if self.config.reserve else ""),
-            )
+            when = f"; it resets {describe_reset(reset_at)}" if reset_at else ""
+            self.stop(StopReason.QUOTA, spent + when)
             return False
         if left is None or left <= 0:
             left = 60.0  # reset unknown or already due: look again in a minute
         state, _ = self._pacer.state()
-        if state != "waiting for quota reset":
-            until = datetime.now().astimezone() + timedelta(seconds=left)
+        if state != WAITING_FOR_QUOTA:
+            until = datetime.now(UTC) + timedelta(seconds=left)
             self._on_event(
-                f"daily quota spent: waiting until {until:%Y-%m-%d %H:%M:%S %Z} for the reset"
+                f"{spent}: waiting until the reset at {describe_reset(until)}, "
+                "then carrying on (--wait-for-quota)"
             )
-        self._pacer.pause(left + 1.0, "waiting for quota reset")
+        self._pacer.pause(left + 1.0, WAITING_FOR_QUOTA)
         self._quota.start_new_window()
         return True
 
@@ -324,8 +332,12 @@ class Job:
             dead = self._dead_campaign_result(e, attempts)
             if dead is not None:
                 return dead
-            if not await self._ready_to_send():
+            sent_at = await self._ready_to_send()
+            if sent_at is None:
                 return None
+            dead = self._dead_campaign_result(e, attempts)  # it may have died while we waited
+            if dead is not None:
+                return dead
             if not marked:
                 self._journal.mark_sent(e)
                 marked = True
@@ -337,20 +349,24 @@ class Job:
                 self._in_flight -= 1
             attempts += 1
             self.summary.calls += 1
-            if answer.headers is not None:
-                self._quota.observe(answer.headers)
-                self._learn_plan()
             verdict = client.classify(answer)
             action = verdict.action
+            if answer.headers is not None:
+                self._quota.observe(answer.headers)
+            self._learn_plan(answer, verdict)
             if action is client.Action.DONE:
                 assert verdict.outcome is not None
                 self._consecutive_transient = 0
-                pacer.succeeded()
+                pacer.succeeded(sent_at)
                 return self._finish(e, answer, verdict, attempts, maybe_applied, lost_reasons)
             if action is client.Action.SLOW_DOWN:
                 self.summary.rate_limited += 1
-                pause = pacer.rate_limited(retry_after(answer.headers or httpx.Headers()))
-                self._on_event(f"429 rate limited: pausing all workers {pause:.1f}s, then slower")
+                pause = pacer.rate_limited(retry_after(answer.headers or httpx.Headers()), sent_at)
+                if pause is not None:
+                    self._on_event(
+                        f"429 rate limited: pausing all workers {pause:.1f}s, "
+                        f"then {pace_text(pacer.per_second)}"
+                    )
                 continue
             if action is client.Action.QUOTA:
                 self._quota.remaining = 0
@@ -428,25 +444,37 @@ class Job:
             finished_at=datetime.now(UTC),
         )
 
-    def _learn_plan(self) -> None:
+    def _learn_plan(self, answer: client.Answer, verdict: client.Verdict) -> None:
         """Pace at the plan the first X-RateLimit-Limit reveals, unless told a rate."""
-        if self._plan_learnt or self._pacer is None:
+        pacer = self._pacer
+        if self._plan_learnt or pacer is None or not pacer.learning:
+            return
+        if verdict.action is client.Action.ABORT:
+            return  # the run stops; stop() releases the workers waiting for the plan
+        if answer.status is None or answer.status >= 500:
+            pacer.unanswered()  # no answer, or a gateway's: it says nothing of the plan
             return
         self._plan_learnt = True
-        if self.config.rate is not None or self.config.plan is not None:
-            return
         limit = self._quota.limit
+        climbing = "and climbing slowly until a 429 shows the limit (--plan or --rate sets it)"
         if limit is None:
+            pace = self.config.pace(PLANS["starter"])
             self._on_event(
-                "the API did not report its limits; pacing at Starter's 10/min "
-                "(pass --plan or --rate to go faster)"
+                f"the API did not report its daily limit: starting at Starter's {pace} {climbing}"
             )
-            self._pacer.learn(None)
+            pacer.learn(pace, adaptive=True)
             return
         plan = plan_for_daily_limit(limit)
         pace = self.config.pace(plan)
-        self._on_event(f"daily limit {limit:,}: {plan.name} plan, pacing at {pace}")
-        self._pacer.learn(pace)
+        if is_published_plan(limit):
+            self._on_event(f"daily limit {limit:,}: {plan.name} plan, pacing at {pace}")
+            pacer.learn(pace)
+        else:
+            self._on_event(
+                f"daily limit {limit:,} is no published plan: starting at {plan.name}'s "
+                f"{pace} {climbing}"
+            )
+            pacer.learn(pace, adaptive=True)
 
 
 async def run_job(config: JobConfig, **hooks: object) -> Summary:

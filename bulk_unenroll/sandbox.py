@@ -63,7 +63,9 @@ class Limits:
     window: float = 60.0
     per_day: int | None = None
     day_seconds: float = 86_400.0
-    """The quota resets at multiples of this many seconds since the epoch (00:00 UTC daily)."""
+    """The quota resets at multiples of this many seconds since `day_start` (00:00 UTC daily)."""
+    day_start: float = 0.0
+    """Unix time a quota day begins at (the epoch by default); lets a bench time a reset."""
 
     @classmethod
     def plan(cls, name: str, day_seconds: float = 86_400.0) -> Limits:
@@ -120,14 +122,14 @@ class Sandbox:
         return {
             "X-RateLimit-Limit": str(lim.per_day),
             "X-RateLimit-Remaining": str(max(0, lim.per_day - used)),
-            "X-RateLimit-Reset": str(math.ceil((index + 1) * lim.day_seconds)),
+            "X-RateLimit-Reset": str(math.ceil(lim.day_start + (index + 1) * lim.day_seconds)),
         }
 
     def _admit(self) -> tuple[int, dict[str, str]] | None:
         """Count this call against the limits; a 429 (status, headers) if it is refused."""
         lim, now = self.limits, time.time()
         if lim.per_day is not None:
-            index = int(now // lim.day_seconds)
+            index = int((now - lim.day_start) // lim.day_seconds)
             if index != self._day[0]:
                 self._day = (index, 0)
             if self._day[1] >= lim.per_day:

@@ -1,0 +1,362 @@
+"""The job's figures as data: the plan before a run, the summary after it, the report of any
+results file, and the export of chosen rows as a new input file. Rendering lives in render.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .config import PLANS, JobConfig, Plan
+from .errors import InputError, ResultsFileError
+from .journal import COLUMNS, unescape
+from .models import Outcome, Summary
+from .reader import DUPLICATE, INVALID, SEND, SETTLED, TOKEN_RE, SendPlan
+
+SCHEMA_VERSION = 1
+"""Bumped only when a key of the summary JSON changes meaning or goes away."""
+TOP_CAMPAIGNS = 10
+NEEDS_A_LOOK = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
+EXPORT_SUFFIXES = (".csv", ".parquet", ".xlsx")
+
+
+# -- before: the plan ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How long the calls take at one pace, and over how many quota days."""
+
+    label: str
+    per_second: float
+    sending_seconds: float
+    per_day: int | None
+    """Calls usable per quota day (the plan's quota less --reserve); None when unknown."""
+    quota_days: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "per_minute": round(self.per_second * 60, 3),
+            "sending_seconds": round(self.sending_seconds, 1),
+            "calls_per_day": self.per_day,
+            "quota_days": self.quota_days,
+        }
+
+
+@dataclass(frozen=True)
+class PlanFigures:
+    """What a run of this input against this results file would do, before it does it."""
+
+    input: Path
+    rows: int
+    invalid: int
+    duplicates: int
+    settled_before: int
+    to_send: int
+    resend: int
+    """Rows to send that an earlier run sent without getting a definite answer."""
+    campaigns: int
+    campaigns_exact: bool
+    top_campaigns: list[tuple[str, int]]
+    invalid_examples: list[tuple[int, str]]
+    estimates: list[Estimate]
+    max_removals: int | None = None
+
+    @property
+    def calls_needed(self) -> int:
+        """One call per row to send; retries and 429s come on top."""
+        return self.to_send
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "input": str(self.input),
+            "rows": self.rows,
+            "invalid": self.invalid,
+            "duplicates": self.duplicates,
+            "settled_before": self.settled_before,
+            "to_send": self.to_send,
+            "resend": self.resend,
+            "campaigns": self.campaigns,
+            "top_campaigns": [{"campaign_id": c, "rows": n} for c, n in self.top_campaigns],
+            "invalid_examples": [{"row": r, "reason": why} for r, why in self.invalid_examples],
+            "calls_needed": self.calls_needed,
+            "max_removals": self.max_removals,
+            "estimates": [e.as_dict() for e in self.estimates],
+        }
+
+
+def estimates(calls: int, config: JobConfig) -> list[Estimate]:
+    """Time and quota days at the given plan, or for every plan when it is not known."""
+    if calls == 0:
+        return []
+    plans: list[Plan] = [config.plan] if config.plan is not None else list(PLANS.values())
+    result = []
+    for plan in plans:
+        pace = config.pace(plan)
+        assert pace is not None
+        usable = plan.per_day - config.reserve
+        label = plan.name if config.rate is None else f"{plan.name} quota, --rate {config.rate}"
+        result.append(
+            Estimate(
+                label=label,
+                per_second=pace.per_second,
+                sending_seconds=calls / pace.per_second,
+                per_day=max(0, usable),
+                quota_days=math.ceil(calls / usable) if usable > 0 else None,
+            )
+        )
+    return result
+
+
+def plan_figures(plan: SendPlan, summary: Summary, config: JobConfig) -> PlanFigures:
+    """The plan's counts partition the rows: invalid + duplicates + settled + to send = rows."""
+    earlier = summary.outcomes
+    actions = plan.actions
+    resend = int(
+        actions.select(((pl.col("action") == SEND) & pl.col("attempted")).sum()).item() or 0
+    )
+    # SendPlan keeps the 1,000 largest campaigns: if their rows fall short, there are more.
+    counted = sum(plan.campaign_counts.values())
+    to_send = plan.count(SEND)
+    return PlanFigures(
+        input=config.input,
+        rows=plan.total_rows,
+        invalid=plan.count(INVALID) + earlier[Outcome.INVALID],
+        duplicates=plan.count(DUPLICATE) + earlier[Outcome.DUPLICATE],
+        settled_before=plan.count(SETTLED),
+        to_send=to_send,
+        resend=resend,
+        campaigns=len(plan.campaign_counts),
+        campaigns_exact=counted >= to_send,
+        top_campaigns=list(plan.campaign_counts.items())[:TOP_CAMPAIGNS],
+        invalid_examples=list(plan.invalid_examples),
+        estimates=estimates(to_send, config),
+        max_removals=config.max_removals,
+    )
+
+
+# -- after: the summary as JSON --------------------------------------------------------------
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def summary_dict(
+    summary: Summary,
+    *,
+    command: str,
+    input: Path | None = None,
+    results: Path | None = None,
+    figures: PlanFigures | None = None,
+    exit_code: int | None = None,
+    error: str | None = None,
+    continue_command: str | None = None,
+) -> dict[str, Any]:
+    """The summary with stable keys (documented in the README) for schedulers and logs."""
+    s = summary
+    per_row = s.calls_per_settled_row
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "input": None if input is None else str(input),
+        "results": None if results is None else str(results),
+        "exit_code": s.exit_code if exit_code is None else exit_code,
+        "error": error,
+        "rows": s.total_rows,
+        "outcomes": {o.value: s.outcomes[o] for o in Outcome},
+        "unfinished": s.unfinished,
+        "remaining": s.remaining,
+        "error_codes": dict(sorted(s.error_codes.items())),
+        "settled_before": s.settled_before,
+        "to_send": s.to_send,
+        "calls": s.calls,
+        "calls_per_settled_row": None if per_row is None else round(per_row, 4),
+        "rate_limited": s.rate_limited,
+        "lost_then_not_enrolled": s.lost_then_not_enrolled,
+        "stop_reason": s.stop_reason.value,
+        "stop_detail": s.stop_detail,
+        "quota_reset_at": _iso(s.quota_reset_at),
+        "started_at": _iso(s.started_at),
+        "finished_at": _iso(s.finished_at),
+        "duration_seconds": round(s.duration_seconds, 3),
+        "continue_command": continue_command if s.remaining else None,
+        "plan": None if figures is None else figures.as_dict(),
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write whole or not at all: a scheduler never reads half a summary."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ResultsFileError(
+            f"cannot write --summary-json {path}: {exc.strerror or exc}; the results file is intact"
+        ) from None
+
+
+# -- any results file: report and export -----------------------------------------------------
+
+
+def parse_statuses(text: str | None) -> tuple[Outcome, ...] | None:
+    """`failed,rejected` to outcomes; None selects nothing in particular."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    known = {o.value for o in Outcome}
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise InputError(
+            f"--status {text!r}: {', '.join(map(repr, unknown)) or 'nothing'} is not a status; "
+            f"choose from {', '.join(o.value for o in Outcome)} (comma-separated)"
+        )
+    return tuple(Outcome(n) for n in dict.fromkeys(names))
+
+
+def read_results(path: Path) -> pl.DataFrame:
+    """Each row's latest record, in row order; a torn last line (a killed run) is left out."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ResultsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    header = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
+    if header.split(",") != list(COLUMNS):
+        raise ResultsFileError(
+            f"{path} is not a bulk_unenroll results file (its first line is {header[:80]!r})"
+        )
+    whole = data[: data.rfind(b"\n") + 1]
+    try:
+        frame = pl.read_csv(io.BytesIO(whole), infer_schema=False)
+    except pl.exceptions.PolarsError as exc:
+        raise ResultsFileError(f"cannot read {path}: {exc}") from None
+    return (
+        frame.with_columns(pl.col("row").cast(pl.Int64, strict=False))
+        .filter(pl.col("row").is_not_null())
+        .unique("row", keep="last", maintain_order=True)
+        .sort("row")
+    )
+
+
+@dataclass
+class ResultsReport:
+    """What a results file says, whichever run wrote it."""
+
+    path: Path
+    rows: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    error_codes: dict[str, int] = field(default_factory=dict)
+    first_finished: datetime | None = None
+    last_finished: datetime | None = None
+    selected: tuple[Outcome, ...] = NEEDS_A_LOOK
+    selected_rows: int = 0
+
+    @property
+    def needs_a_look(self) -> int:
+        return sum(self.outcomes.get(o.value, 0) for o in NEEDS_A_LOOK)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "command": "report",
+            "results": str(self.path),
+            "rows": self.rows,
+            "outcomes": self.outcomes,
+            "error_codes": self.error_codes,
+            "first_finished_at": _iso(self.first_finished),
+            "last_finished_at": _iso(self.last_finished),
+            "selected_statuses": [o.value for o in self.selected],
+            "selected_rows": self.selected_rows,
+        }
+
+
+def _selection(frame: pl.DataFrame, statuses: tuple[Outcome, ...]) -> pl.DataFrame:
+    return frame.filter(pl.col("status").is_in([o.value for o in statuses]))
+
+
+def build_report(path: Path, statuses: tuple[Outcome, ...] | None = None) -> ResultsReport:
+    frame = read_results(path)
+    selected = statuses or NEEDS_A_LOOK
+    counts = dict(frame["status"].value_counts().iter_rows())
+    codes = frame.filter(pl.col("error_code").fill_null("") != "")["error_code"]
+    finished = frame["finished_at"].str.to_datetime(
+        "%Y-%m-%dT%H:%M:%SZ", time_zone="UTC", strict=False
+    )
+    first, last = finished.min(), finished.max()
+    return ResultsReport(
+        path=path,
+        rows=frame.height,
+        outcomes={o.value: int(counts.get(o.value, 0)) for o in Outcome},
+        error_codes=dict(sorted((str(k), int(v)) for k, v in codes.value_counts().iter_rows())),
+        first_finished=first if isinstance(first, datetime) else None,
+        last_finished=last if isinstance(last, datetime) else None,
+        selected=selected,
+        selected_rows=_selection(frame, selected).height,
+    )
+
+
+def _exported_id(column: str, for_csv: bool) -> pl.Expr:
+    """Ids exactly as they were sent; in CSV, a non-id that a spreadsheet would run stays inert."""
+    plain = unescape(column)
+    if not for_csv:
+        return plain
+    stored = pl.col(column)
+    return (
+        pl.when(plain.str.contains(TOKEN_RE) | (plain == stored))
+        .then(plain)
+        .otherwise(stored)
+        .alias(column)
+    )
+
+
+def export_rows(
+    results: Path, dest: Path, statuses: tuple[Outcome, ...] | None = None
+) -> tuple[int, tuple[Outcome, ...]]:
+    """Write the chosen rows as a new input file (by suffix); returns (rows, statuses)."""
+    suffix = dest.suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        raise InputError(
+            f"--export {dest}: unknown file type {suffix or '(no suffix)'!r}; "
+            f"use {', '.join(EXPORT_SUFFIXES)}"
+        )
+    if dest.resolve() == results.resolve():
+        raise InputError(f"--export {dest} is the results file itself; choose another path")
+    selected = statuses or NEEDS_A_LOOK
+    frame = _selection(read_results(results), selected)
+    for_csv = suffix == ".csv"
+    rows = frame.select(
+        _exported_id("campaign_id", for_csv),
+        _exported_id("contact_id", for_csv),
+        pl.col("row").alias("results_row"),
+        "status",
+        pl.col("error_code").fill_null(""),
+        pl.col("detail").fill_null(""),
+    )
+    if not for_csv:
+        # Context columns are read back as stored in the results file (escaped): undo that.
+        rows = rows.with_columns(unescape("error_code"), unescape("detail"))
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp{suffix}")
+    try:
+        if suffix == ".csv":
+            rows.write_csv(tmp)
+        elif suffix == ".parquet":
+            rows.write_parquet(tmp)
+        else:
+            rows.write_excel(tmp, worksheet="rows", autofit=True)
+        tmp.replace(dest)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        tmp.unlink(missing_ok=True)
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(f"cannot write --export {dest}: {message}") from None
+    return rows.height, selected

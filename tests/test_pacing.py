@@ -1,0 +1,396 @@
+"""Pacing: even spacing with no burst, one pause for every worker after a 429, the plan learnt
+from the first answer, and no call wasted on a campaign that does not exist.
+
+The Pacer's own guarantees are checked on the event loop's clock as lower bounds (a sleep
+never ends early), so they cannot flake; the scenarios run end to end over loopback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
+
+from bulk_unenroll import JobConfig, Outcome, RetryPolicy, Secret, Summary
+from bulk_unenroll.config import (
+    PLANS,
+    SAFETY_MARGIN,
+    UNLIMITED,
+    UNLIMITED_WORKERS,
+    Rate,
+    days_needed,
+    is_published_plan,
+)
+from bulk_unenroll.errors import InputError
+from bulk_unenroll.pacing import CATCH_UP, CLIMB_EVERY, SLOW_DOWN, Pacer
+from bulk_unenroll.runner import Job
+from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
+
+Serve = Callable[[Sandbox], SandboxThread]
+EPS = 1e-6
+CAMPAIGN = "cmp_pacing"
+
+
+async def gather_slots(pacer: Pacer, n: int) -> list[float]:
+    """n workers each take one slot at once; the slot times, in order."""
+    slots: list[float] = []
+
+    async def one() -> None:
+        slots.append(await pacer.acquire())
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                tg.start_soon(one)
+    return sorted(slots)
+
+
+# -- the Pacer --------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_slots_are_evenly_spaced_from_the_first_with_no_burst() -> None:
+    rate = Rate(40, 1)
+    slots = await gather_slots(Pacer(rate), 12)
+
+    spacing = 1 / rate.per_second
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert min(gaps) >= spacing - CATCH_UP - EPS, "two calls left closer than the spacing"
+    # Any n+1 calls span at least n spacings less the catch-up: a strict window never overflows.
+    for n in range(1, len(slots)):
+        for i in range(len(slots) - n):
+            assert slots[i + n] - slots[i] >= n * spacing - CATCH_UP - EPS
+
+
+@pytest.mark.asyncio
+async def test_a_429_pauses_every_worker_then_resumes_slower_without_a_burst() -> None:
+    pacer = Pacer(Rate(50, 1))
+    await pacer.acquire()
+    paused_at = anyio.current_time()
+
+    pause = pacer.rate_limited(retry_after=0.3)
+    slots = await gather_slots(pacer, 4)
+
+    assert pause == 0.3
+    assert pacer.per_second == pytest.approx(50 * SLOW_DOWN)
+    assert slots[0] >= paused_at + 0.3 - EPS, "a worker sent during the pause"
+    spacing = 1 / (50 * SLOW_DOWN)
+    assert min(b - a for a, b in itertools.pairwise(slots)) >= spacing - CATCH_UP - EPS
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_429s_from_the_old_pace_slows_down_once() -> None:
+    pacer = Pacer(Rate(50, 1))
+    sent = [await pacer.acquire() for _ in range(3)]
+
+    first = pacer.rate_limited(None, sent[0])
+    echoes = [pacer.rate_limited(None, s) for s in sent[1:]]
+
+    assert first == 2.0, "no Retry-After: the first backoff"
+    assert echoes == [None, None]
+    assert pacer.per_second == pytest.approx(50 * SLOW_DOWN)
+
+
+@pytest.mark.asyncio
+async def test_the_pace_climbs_back_slowly_and_never_past_the_target() -> None:
+    pacer = Pacer(Rate(100, 1))
+    pacer.rate_limited(0.0)
+    slowed = pacer.per_second
+    assert slowed == pytest.approx(70)
+
+    for _ in range(CLIMB_EVERY - 1):
+        pacer.succeeded()
+    assert pacer.per_second == slowed, "climbed before enough successes"
+    pacer.succeeded()
+    assert pacer.per_second == pytest.approx(80)
+    for _ in range(CLIMB_EVERY * 10):
+        pacer.succeeded()
+    assert pacer.per_second == pytest.approx(100)
+
+
+@pytest.mark.asyncio
+async def test_successes_from_before_a_429_do_not_climb() -> None:
+    pacer = Pacer(Rate(100, 1))
+    before = await pacer.acquire()
+    pacer.rate_limited(0.0)
+    for _ in range(CLIMB_EVERY * 3):
+        pacer.succeeded(before)
+    assert pacer.per_second == pytest.approx(70)
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_limit_climbs_until_a_429_then_stays_below_it() -> None:
+    pacer = Pacer(Rate(10, 1), probe_first=True)
+    pacer.learn(Rate(10, 1), adaptive=True)
+    for _ in range(CLIMB_EVERY * 3):
+        pacer.succeeded()
+    climbed = pacer.per_second
+    assert climbed is not None and climbed > 10 * 1.3, "no ceiling known: it climbs"
+
+    pacer.rate_limited(0.0)
+    for _ in range(CLIMB_EVERY * 20):
+        pacer.succeeded()
+    assert pacer.per_second == pytest.approx(climbed * SAFETY_MARGIN)
+
+
+@pytest.mark.asyncio
+async def test_the_probe_goes_alone_until_its_answer_sets_the_pace() -> None:
+    pacer = Pacer(Rate(100, 1), probe_first=True)  # fast enough that spacing is not the reason
+    probe = await pacer.acquire()
+    followers: list[float] = []
+
+    async def follow() -> None:
+        followers.append(await pacer.acquire())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(follow)
+            await anyio.sleep(0.3)
+            assert followers == [], "a second call left before the probe was answered"
+            learnt_at = anyio.current_time()
+            pacer.learn(Rate(20, 1))
+    assert probe < learnt_at <= min(followers)
+    assert pacer.per_second == 20
+
+
+@pytest.mark.asyncio
+async def test_workers_waiting_for_the_plan_are_released_at_the_learnt_pace() -> None:
+    pacer = Pacer(PLANS["starter"].rate, probe_first=True)  # 6 s between calls until learnt
+    await pacer.acquire()
+
+    async def follow() -> None:
+        await pacer.acquire()
+
+    with anyio.fail_after(3):  # half of Starter's slot: they follow the learnt pace at once
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(follow)
+            await anyio.sleep(0.05)
+            pacer.learn(Rate(20, 1))
+
+
+@pytest.mark.asyncio
+async def test_a_probe_without_an_answer_lets_the_next_attempt_probe() -> None:
+    pacer = Pacer(Rate(100, 1), probe_first=True)
+    await pacer.acquire()
+    pacer.unanswered()
+    with anyio.fail_after(2):
+        await pacer.acquire()
+    assert pacer.learning
+
+
+@pytest.mark.asyncio
+async def test_close_wakes_workers_waiting_out_a_long_pause() -> None:
+    pacer = Pacer(Rate(10, 1))
+    pacer.pause(3600, "waiting for quota reset")
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(pacer.acquire)
+            await anyio.sleep(0.05)
+            pacer.close()
+
+
+@pytest.mark.asyncio
+async def test_unlimited_sends_without_waiting() -> None:
+    pacer = Pacer(UNLIMITED)
+    assert pacer.per_second is None
+    with anyio.fail_after(1):
+        for _ in range(1000):
+            await pacer.acquire()
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+def test_rate_parse_accepts_unlimited_and_explains_nonsense() -> None:
+    assert Rate.parse("unlimited").unlimited
+    assert str(Rate.parse("unlimited")) == "unlimited"
+    assert Rate.parse("50/min") == Rate(50, 60)
+    with pytest.raises(InputError, match="unlimited"):
+        Rate.parse("fast")
+
+
+def config(tmp_path: Path, **kw: object) -> JobConfig:
+    return JobConfig(
+        input=tmp_path / "in.csv", out=tmp_path / "out.csv", api_key=Secret(API_KEY), **kw
+    )  # type: ignore[arg-type]
+
+
+def test_pace_keeps_the_margin_and_flags_override_learning(tmp_path: Path) -> None:
+    assert config(tmp_path).pace() is None, "no flag: learn the plan"
+    assert config(tmp_path, plan=PLANS["pro"]).pace() == Rate(50 * SAFETY_MARGIN, 60)
+    assert config(tmp_path, rate=Rate(40, 1)).pace() == Rate(40 * SAFETY_MARGIN, 1)
+    assert config(tmp_path, rate=UNLIMITED).pace() is UNLIMITED
+    assert config(tmp_path).pace(PLANS["org"]) == Rate(200 * SAFETY_MARGIN, 60)
+
+
+def test_workers_cover_rate_times_a_slow_latency_and_no_more(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    assert cfg.workers(Rate(100, 1)) == 200, "200 ms per call at 100/s needs 20; 2 s needs 200"
+    assert cfg.workers(PLANS["starter"].rate) == 4
+    assert cfg.workers(UNLIMITED) == UNLIMITED_WORKERS
+    assert cfg.workers(None) >= math.ceil(PLANS["org"].rate.per_second * 2)
+    assert config(tmp_path, concurrency=3).workers(Rate(100, 1)) == 3
+
+
+def test_cost_in_days_at_a_known_quota() -> None:
+    assert days_needed(5000, PLANS["pro"].per_day) == 5
+    assert days_needed(5000, 1000, reserve=200) == 7
+    assert days_needed(0, 1000) == 0
+    assert days_needed(10, 100, reserve=100) is None
+    assert is_published_plan(1000) and not is_published_plan(5000)
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+
+def rows_for(campaign: str, n: int, first: int = 1) -> list[tuple[str, str]]:
+    return [(campaign, new_uuid(i)) for i in range(first, first + n)]
+
+
+def run_job(cfg: JobConfig, events: list[str] | None = None) -> tuple[Job, Summary]:
+    async def go() -> tuple[Job, Summary]:
+        job = Job(cfg, on_event=(events.append if events is not None else None))
+        with anyio.fail_after(60):
+            await job.plan()
+            return job, await job.run()
+
+    return anyio.run(go, backend="asyncio")
+
+
+def test_strict_window_at_exactly_the_rate_sees_no_429(tmp_path: Path, serve: Serve) -> None:
+    rows = rows_for(CAMPAIGN, 300)
+    api = Sandbox(rows, limits=Limits(per_window=40, window=1.0))
+    server = serve(api)
+    inp, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "out.csv"
+
+    done = run_cli(
+        ["run", str(inp), "--out", str(out), "--rate", "40/s", "--yes"], cli_env(server.base_url)
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert api.state.rate_limited == 0, "the pacer overran a window it was told exactly"
+    assert len(api.state.removed) == 300
+
+
+class ArrivalLog(Sandbox):
+    """Notes when each call was handled (after the sandbox's latency)."""
+
+    arrivals: list[float]
+
+    def handle(
+        self, method: str, path: str, headers: dict[str, str]
+    ) -> tuple[str, int, dict[str, str], bytes]:
+        self.arrivals.append(time.monotonic())
+        return super().handle(method, path, headers)
+
+
+def test_plan_learnt_from_the_first_answer_after_a_lone_probe(tmp_path: Path, serve: Serve) -> None:
+    rows = rows_for(CAMPAIGN, 4)
+    api = ArrivalLog(rows, limits=Limits(per_day=10_000))  # Org's daily quota
+    api.arrivals = []
+    api.faults.latency = 0.5
+    server = serve(api)
+    write_csv(tmp_path / "in.csv", rows)
+    events: list[str] = []
+
+    job, summary = run_job(config(tmp_path, base_url=server.base_url), events)
+
+    assert summary.outcomes[Outcome.REMOVED] == 4
+    assert any("org plan" in e for e in events), events
+    assert job._pacer is not None
+    assert job._pacer.per_second == pytest.approx(200 * SAFETY_MARGIN / 60)
+    first, second = api.arrivals[:2]
+    # The second call can only leave after the probe's answer, which took the latency.
+    assert second - first >= 0.5
+
+
+@pytest.mark.parametrize(
+    ("daily", "expected_event", "start"),
+    [
+        (5_000, "no published plan", PLANS["pro"]),
+        (None, "did not report its daily limit", PLANS["starter"]),
+    ],
+)
+def test_unknown_limits_fall_back_to_adaptation(
+    tmp_path: Path, serve: Serve, daily: int | None, expected_event: str, start: object
+) -> None:
+    rows = rows_for(CAMPAIGN, 1)
+    server = serve(Sandbox(rows, limits=Limits(per_day=daily)))
+    write_csv(tmp_path / "in.csv", rows)
+    events: list[str] = []
+
+    job, summary = run_job(config(tmp_path, base_url=server.base_url), events)
+
+    assert summary.outcomes[Outcome.REMOVED] == 1
+    assert any(expected_event in e and "climbing" in e for e in events), events
+    assert job._pacer is not None and job._pacer._ceiling is None, "no ceiling: adaptive"
+    assert isinstance(start, type(PLANS["pro"]))
+    assert job._pacer.per_second == pytest.approx(start.per_minute * SAFETY_MARGIN / 60)
+
+
+def test_429s_slow_the_run_without_spending_any_row_retries(tmp_path: Path, serve: Serve) -> None:
+    rows = rows_for(CAMPAIGN, 40)
+    api = Sandbox(rows, limits=Limits(per_window=10, window=1.0))
+    server = serve(api)
+    write_csv(tmp_path / "in.csv", rows)
+    events: list[str] = []
+    cfg = config(
+        tmp_path, base_url=server.base_url, rate=Rate(25, 1), retry=RetryPolicy(max_retries=0)
+    )
+
+    _, summary = run_job(cfg, events)
+
+    assert api.state.rate_limited > 0, "the window never refused: the test proves nothing"
+    assert summary.outcomes[Outcome.REMOVED] == 40, "a 429 cost a row its only attempt"
+    assert len(api.state.removed) == 40
+    assert summary.rate_limited == api.state.rate_limited
+    assert any("pausing all workers" in e for e in events)
+    results = read_results(tmp_path / "out.csv")
+    assert {r["status"] for r in results} == {"removed"}
+    assert any(int(r["attempts"]) > 1 for r in results), "the refused calls were retried"
+
+
+def test_a_missing_campaign_costs_one_call_even_for_rows_already_waiting(
+    tmp_path: Path, serve: Serve
+) -> None:
+    gone, alive = "cmp_gone", "cmp_alive"
+    rows = rows_for(gone, 40) + rows_for(alive, 20, first=100)
+    api = Sandbox(rows_for(alive, 20, first=100))
+    server = serve(api)
+    write_csv(tmp_path / "in.csv", rows)
+    # 20/s: 40 workers, all holding a row of the missing campaign when its first answer comes.
+    cfg = config(tmp_path, base_url=server.base_url, rate=Rate(20, 1))
+
+    _, summary = run_job(cfg)
+
+    sent_to_gone = sum(n for (c, _), n in api.state.deletes.items() if c == gone)
+    assert sent_to_gone <= 2, f"{sent_to_gone} calls spent on a campaign known to be missing"
+    results = read_results(tmp_path / "out.csv")
+    gone_rows = [r for r in results if r["campaign_id"] == gone]
+    assert len(gone_rows) == 40
+    assert {r["status"] for r in gone_rows} == {"rejected"}
+    assert {r["error_code"] for r in gone_rows} == {"campaign_not_found"}
+    assert sum("not sent" in r["detail"] for r in gone_rows) >= 38
+    assert summary.outcomes[Outcome.REMOVED] == 20
+
+
+def test_calls_per_settled_row_in_clean_conditions(tmp_path: Path, serve: Serve) -> None:
+    rows = rows_for(CAMPAIGN, 200)
+    api = Sandbox(rows[:150])
+    server = serve(api)
+    write_csv(tmp_path / "in.csv", rows)
+
+    _, summary = run_job(config(tmp_path, base_url=server.base_url, rate=UNLIMITED))
+
+    assert summary.calls == api.state.calls == 200
+    assert summary.calls_per_settled_row is not None
+    assert summary.calls_per_settled_row <= 1.01
