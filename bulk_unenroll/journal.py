@@ -187,15 +187,17 @@ class Journal:
         self._wrote = False
         try:
             if out.exists() and out.stat().st_size:
+                _check_header(out)  # before cutting anything: it may be someone else's file
                 _cut_torn_tail(out)
-            if out.exists() and out.stat().st_size:
-                _check_header(out)
-                if self.sent_path.exists():
-                    _cut_torn_tail(self.sent_path)
-                self.history, self._failed_before = _read_history(out, self.sent_path)
             self._results: IO[str] = out.open("a", encoding="utf-8", newline="")
             if self._results.tell() == 0:
+                # At once, not with the first record: a run killed before any row finished
+                # leaves `.sent` pairs that the rerun must read back beside a valid file.
                 self._results.write(HEADER)
+                self._results.flush()
+            if self.sent_path.exists():
+                _cut_torn_tail(self.sent_path)
+            self.history, self._failed_before = _read_history(out, self.sent_path)
             self._sent: IO[str] = self.sent_path.open("a", encoding="utf-8", newline="")
         except ResultsFileError:
             self._lock.release()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NoReturn
 
 import anyio
 import httpx
@@ -15,7 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import client
 from .config import PLANS, JobConfig, is_published_plan, plan_for_daily_limit
-from .errors import AuthError
+from .errors import AuthError, ResultsFileError
 from .journal import Journal, read_history
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
 from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after
@@ -68,6 +70,7 @@ class Job:
         self._dead_campaigns: dict[str, int] = {}
         self._consecutive_transient = 0
         self._stopping = anyio.Event()
+        self._signalled = False
         self._quota = Quota()
         self._pacer: Pacer | None = None
         self._plan_learnt = False
@@ -230,23 +233,33 @@ class Job:
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                if self._stopping.is_set() and self.summary.stop_reason in (
-                    StopReason.SIGINT,
-                    StopReason.SIGTERM,
-                ):
-                    # Second signal: leave now. Every record written so far is whole and flushed.
-                    if self._journal is not None:
-                        self._journal.sync_if_due(force=True)
-                    os._exit(128 + signum)
-                reason = StopReason.SIGINT if signum == signal.SIGINT else StopReason.SIGTERM
-                self.stop(
-                    reason,
-                    f"{reason.value.upper()} received: finishing {self._in_flight} request(s) in "
-                    f"flight (up to {self.config.grace_period:g}s); signal again to quit at once",
-                )
-                await anyio.sleep(self.config.grace_period)
-                self._pool_scope.cancel()
+            async with anyio.create_task_group() as grace:
+                async for signum in signals:
+                    if self._signalled:
+                        self._leave_now(signum)
+                    self._signalled = True
+                    reason = StopReason.SIGINT if signum == signal.SIGINT else StopReason.SIGTERM
+                    self.stop(
+                        reason,
+                        f"{reason.value.upper()} received: finishing {self._in_flight} request(s) "
+                        f"in flight (up to {self.config.grace_period:g}s); "
+                        "signal again to quit at once",
+                    )
+                    # The grace period runs beside this loop, so a second signal is seen at once.
+                    grace.start_soon(self._end_grace)
+
+    async def _end_grace(self) -> None:
+        await anyio.sleep(self.config.grace_period)
+        self._pool_scope.cancel()
+
+    def _leave_now(self, signum: int) -> NoReturn:
+        """Second signal: exit now. Records written so far are whole and flushed; the rows
+        in flight are in the `.sent` file, so the rerun reports their outcome truthfully."""
+        self._on_event("second signal: exiting now; a rerun redoes the rows in flight")
+        if self._journal is not None:
+            with contextlib.suppress(ResultsFileError):
+                self._journal.sync_if_due(force=True)
+        os._exit(128 + signum)
 
     # -- one row ----------------------------------------------------------------------------
 

@@ -45,6 +45,8 @@ class Faults:
     """The removal happens, then the connection drops: the answer is lost."""
     hang: float = 0.0
     """Accept the request and never answer."""
+    hang_after: float = 0.0
+    """Process the removal, then never answer: the answer is lost to a timeout or a kill."""
     empty_2xx: float = 0.0
     """Process, then answer 200 with an empty body."""
     malformed_2xx: float = 0.0
@@ -214,6 +216,9 @@ class Sandbox:
         if roll < f.reset_after:
             return "reset_after", 0, {}, b""
         roll -= f.reset_after
+        if roll < f.hang_after:
+            return "hang", 0, {}, b""
+        roll -= f.hang_after
         if roll < f.empty_2xx:
             return "answer", 200, {**extra, "Content-Type": "application/json"}, b""
         roll -= f.empty_2xx
@@ -323,6 +328,8 @@ async def serve(
             connections.add(task)
         try:
             await _serve_connection(api, reader, writer)
+        except asyncio.CancelledError:
+            return  # shutting down: end quietly (asyncio logs a cancelled connection task)
         finally:
             if connections is not None and task is not None:
                 connections.discard(task)
@@ -388,7 +395,7 @@ def _parse_faults(text: str) -> Faults:
         if name not in Faults.__dataclass_fields__ or name in ("latency", "retry_after"):
             raise InputError(
                 f"--faults: unknown fault {name!r}; known: error_503, html_500, "
-                "reset_before, reset_after, hang, empty_2xx, malformed_2xx, empty_5xx"
+                "reset_before, reset_after, hang, hang_after, empty_2xx, malformed_2xx, empty_5xx"
             )
         try:
             setattr(faults, name, float(value))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
-from truth import LOST, check_truth, mixed_file
+from truth import LOST, check_truth, lost_in_summary, mixed_file
 
 from bulk_unenroll import JobConfig, Outcome, RetryPolicy, Secret, unenroll_file
 from bulk_unenroll.config import Rate
@@ -19,11 +19,6 @@ from bulk_unenroll.sandbox import Faults, Sandbox, SandboxThread
 
 Serve = Callable[[Sandbox], SandboxThread]
 FAST = ["--rate", "1000/s", "--concurrency", "8", "--yes"]
-
-
-def lost_in_summary(stdout: str) -> int:
-    match = re.search(r"\(([\d,]+) not_enrolled after a lost answer", stdout)
-    return int(match[1].replace(",", "")) if match else 0
 
 
 def test_clean_api_mixed_file_each_pair_sent_once(tmp_path: Path, serve: Serve) -> None:

@@ -6,15 +6,20 @@ must be, and the sandbox's own record (`State.removed`) is the judge of every `r
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 import re
+import subprocess
+import sys
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import new_uuid, read_results, write_csv
+from conftest import new_uuid, write_csv
 
 from bulk_unenroll.sandbox import Faults, Pair, Sandbox
 
@@ -112,7 +117,7 @@ def check_truth(
 
     Returns the count of final statuses, plus `lost` for not_enrolled-after-a-lost-answer.
     """
-    records = read_results(results)
+    records = read_whole_lines(results)
     final = latest(records)
     removed_by_api = set(sandbox.state.removed)
     counts: Counter[str] = Counter()
@@ -157,3 +162,49 @@ def check_truth(
     if complete and not allow_failed:
         assert not (mixed.enrolled & sandbox.state.enrolled), "an enrolled pair was left"
     return counts
+
+
+def spawn_cli(args: Sequence[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    """Start the CLI as a user would, output to files (a full pipe would block it)."""
+    logs.mkdir(exist_ok=True)
+    with (logs / "stdout").open("ab") as stdout, (logs / "stderr").open("ab") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bulk_unenroll", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+
+def records_in(out: Path) -> int:
+    """Whole records in a results file (header not counted; a torn last line not counted)."""
+    try:
+        data = out.read_bytes()
+    except FileNotFoundError:
+        return 0
+    return max(0, data.count(b"\n") - 1)
+
+
+def wait_until(
+    done: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float = 30
+) -> None:
+    """Poll until `done()`; fail if the process ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert proc.poll() is None, f"the run ended early with exit {proc.returncode}"
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.01)
+
+
+def read_whole_lines(out: Path) -> list[dict[str, str]]:
+    """The records of a results file a kill may have torn: the last partial line is dropped."""
+    data = out.read_bytes()
+    text = data[: data.rfind(b"\n") + 1].decode("utf-8")
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def lost_in_summary(stdout: str) -> int:
+    """The summary's count of not_enrolled-after-a-lost-answer rows (0 when not shown)."""
+    match = re.search(r"([\d,]+) not_enrolled after a lost answer", stdout)
+    return int(match[1].replace(",", "")) if match else 0

@@ -1,0 +1,179 @@
+"""SIGKILL at any moment, then rerun: the results always match what the API itself did.
+
+The lost-response rule: a pair whose request was in flight at the kill may already be removed;
+the rerun's `enrollment_not_found` for it must say so, and never claim `removed`.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from truth import (
+    LOST,
+    Mixed,
+    check_truth,
+    lost_in_summary,
+    mixed_file,
+    norm,
+    read_whole_lines,
+    spawn_cli,
+    wait_until,
+)
+
+from bulk_unenroll.journal import read_history
+from bulk_unenroll.sandbox import Faults, Pair, Sandbox, SandboxThread
+
+Serve = Callable[[Sandbox], SandboxThread]
+CONCURRENCY = 8
+
+
+def run_args(mixed: Mixed, out: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        str(mixed.path),
+        "--out",
+        str(out),
+        "--rate",
+        "400/s",
+        "--concurrency",
+        str(CONCURRENCY),
+        "--yes",
+        *extra,
+    ]
+
+
+def kill_during_run(
+    mixed: Mixed, api: Sandbox, base_url: str, out: Path, delay: float, logs: Path
+) -> set[Pair]:
+    """Start a run, SIGKILL it `delay` s after its first call (unless it ends first);
+    the pairs it left in flight."""
+    proc = spawn_cli(run_args(mixed, out), cli_env(base_url), logs)
+    calls = api.state.calls
+    wait_until(lambda: api.state.calls > calls or proc.poll() is not None, proc)
+    try:
+        proc.wait(delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    return in_flight(out)
+
+
+def in_flight(out: Path) -> set[Pair]:
+    """Pairs the tool sent (its `.sent` file) that the results do not show: in flight."""
+    recorded = {
+        norm(r["campaign_id"], r["contact_id"])
+        for r in read_whole_lines(out)
+        if r["status"] not in ("duplicate", "invalid")  # recorded without a call
+    }
+    sent_file = out.with_name(out.name + ".sent").read_bytes()
+    sent_lines = sent_file[: sent_file.rfind(b"\n") + 1].decode().splitlines()
+    return {(campaign, contact) for campaign, contact in csv.reader(sent_lines)} - recorded
+
+
+def check_after_kill(mixed: Mixed, out: Path, api: Sandbox) -> None:
+    """The results read back whole after a kill, torn last line and all, and tell the truth."""
+    if out.exists():
+        read_history(out)  # the resume reader accepts it
+        check_truth(mixed, out, api, complete=False)
+
+
+def test_lost_answers_across_a_kill_are_reported_as_such(tmp_path: Path, serve: Serve) -> None:
+    pairs = [("cmp_abc123", new_uuid(i)) for i in range(1, 41)]
+    api = Sandbox(pairs, faults=Faults(hang_after=1.0))  # removes, then never answers
+    server = serve(api)
+    inp, out = write_csv(tmp_path / "in.csv", pairs), tmp_path / "results.csv"
+    args = ["run", str(inp), "--out", str(out), "--rate", "1000/s", "--concurrency", "4", "--yes"]
+    proc = spawn_cli(args, cli_env(server.base_url), tmp_path / "logs")
+    wait_until(lambda: len(api.state.removed) == 4, proc)
+
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+    in_flight = set(api.state.removed)
+    sent = out.with_name(out.name + ".sent").read_text().splitlines()
+    assert {tuple(line.split(",")) for line in sent} == in_flight
+    api.faults.hang_after = 0.0
+
+    rerun = run_cli(args, cli_env(server.base_url))
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    records = read_results(out)
+    by_pair = {(r["campaign_id"], r["contact_id"]): r for r in records}
+    for pair in in_flight:
+        assert by_pair[pair]["status"] == "not_enrolled"
+        assert LOST in by_pair[pair]["detail"]
+        assert "earlier run" in by_pair[pair]["detail"]
+    assert all(r["status"] == "removed" for p, r in by_pair.items() if p not in in_flight)
+    assert lost_in_summary(rerun.stdout) == 4
+    assert not api.state.enrolled
+
+
+def test_five_kills_then_a_rerun_end_right(tmp_path: Path, serve: Serve) -> None:
+    mixed = mixed_file(tmp_path / "in.csv", 1500, seed=23)
+    api = mixed.sandbox(Faults(latency=0.005))
+    server = serve(api)
+    out = tmp_path / "results.csv"
+    rnd, logs = random.Random(5), tmp_path / "logs"
+    in_flight_at_kills: set[Pair] = set()
+
+    for _ in range(5):
+        delay = rnd.uniform(0.05, 0.5)
+        in_flight_at_kills |= kill_during_run(mixed, api, server.base_url, out, delay, logs)
+        check_after_kill(mixed, out, api)
+
+    rerun = run_cli(run_args(mixed, out), cli_env(server.base_url))
+
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr
+    check_truth(mixed, out, api)
+    assert in_flight_at_kills, "the kills should catch requests in flight"
+    sent_twice = {p for p, n in api.state.deletes.items() if n > 1}
+    assert sent_twice <= in_flight_at_kills
+    assert len(in_flight_at_kills) <= 5 * CONCURRENCY
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    delays=st.lists(st.floats(0.0, 0.5), min_size=1, max_size=2),
+    seed=st.integers(0, 2**16),
+    faulty=st.booleans(),
+)
+def test_kills_at_any_moment_never_make_results_lie(
+    delays: list[float], seed: int, faulty: bool
+) -> None:
+    faults = Faults(latency=0.002)
+    if faulty:
+        faults = Faults(latency=0.002, error_503=0.05, reset_after=0.05, reset_before=0.03)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        mixed = mixed_file(tmp_path / "in.csv", 200, seed=seed)
+        api = mixed.sandbox(faults, seed=seed)
+        out = tmp_path / "results.csv"
+        with SandboxThread(api) as server:
+            in_flight_at_kills: set[Pair] = set()
+            for delay in delays:
+                in_flight_at_kills |= kill_during_run(
+                    mixed, api, server.base_url, out, delay, tmp_path
+                )
+                check_after_kill(mixed, out, api)
+            extra = ["--timeout", "2", "--max-retries", "8"]
+            rerun = run_cli(run_args(mixed, out, *extra), cli_env(server.base_url))
+
+        assert rerun.returncode == 1, rerun.stdout + rerun.stderr
+        check_truth(mixed, out, api)
+        if not faulty:
+            assert {p for p, n in api.state.deletes.items() if n > 1} <= in_flight_at_kills
+        assert len(in_flight_at_kills) <= len(delays) * CONCURRENCY
