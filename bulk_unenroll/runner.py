@@ -286,10 +286,12 @@ class Job:
         while True:
             if self._stopping.is_set():
                 return None
-            if cfg.max_removals is not None and self._removed + self._in_flight >= cfg.max_removals:
-                self.stop(
-                    StopReason.MAX_REMOVALS, f"stopped after --max-removals {cfg.max_removals}"
-                )
+            cap = cfg.max_removals
+            if cap is not None and self._removed + self._in_flight >= cap:
+                if self._removed < cap:
+                    await anyio.sleep(0.05)  # answers in flight decide whether the cap is met
+                    continue
+                self.stop(StopReason.MAX_REMOVALS, f"stopped after --max-removals {cap}")
                 return None
             if quota.spent(self._in_flight, cfg.reserve):
                 if self._in_flight:
@@ -301,6 +303,8 @@ class Job:
             slot = await pacer.acquire()
             if self._stopping.is_set():
                 return None
+            if cap is not None and self._removed + self._in_flight >= cap:
+                continue  # other workers took the last removals while this one waited
             if not quota.spent(self._in_flight, cfg.reserve):
                 return slot
 
