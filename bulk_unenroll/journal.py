@@ -185,11 +185,14 @@ class Journal:
         self.history = History()
         self._failed_before = 0
         self._wrote = False
+        self._closed = False
+        opened: list[IO[str]] = []
         try:
             if out.exists() and out.stat().st_size:
                 _check_header(out)  # before cutting anything: it may be someone else's file
                 _cut_torn_tail(out)
             self._results: IO[str] = out.open("a", encoding="utf-8", newline="")
+            opened.append(self._results)
             if self._results.tell() == 0:
                 # At once, not with the first record: a run killed before any row finished
                 # leaves `.sent` pairs that the rerun must read back beside a valid file.
@@ -199,14 +202,16 @@ class Journal:
                 _cut_torn_tail(self.sent_path)
             self.history, self._failed_before = _read_history(out, self.sent_path)
             self._sent: IO[str] = self.sent_path.open("a", encoding="utf-8", newline="")
-        except ResultsFileError:
-            self._lock.release()
-            raise
-        except (OSError, pl.exceptions.PolarsError) as exc:
+        except BaseException as exc:
+            for f in opened:
+                with contextlib.suppress(OSError):
+                    f.close()
             self._lock.release()
             if isinstance(exc, OSError):
                 raise _fail(out, "open", exc) from None
-            raise ResultsFileError(f"cannot read back {out}: {exc}") from None
+            if isinstance(exc, pl.exceptions.PolarsError):
+                raise ResultsFileError(f"cannot read back {out}: {exc}") from None
+            raise
         self._csv = csv.writer(self._results, lineterminator="\n")
         self._sent_csv = csv.writer(self._sent, lineterminator="\n")
         self._synced_at = time.monotonic()
@@ -259,11 +264,24 @@ class Journal:
         self._synced_at, self._dirty = time.monotonic(), False
 
     def close(self) -> None:
-        """Sync, then fold superseded `failed` records so each row has one record again."""
+        """Sync, then fold superseded `failed` records so each row has one record again.
+        After a failed write it still closes both files and unlocks; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            self.sync_if_due(force=True)
-            self._results.close()
-            self._sent.close()
+            error: ResultsFileError | None = None
+            try:
+                self.sync_if_due(force=True)
+            except ResultsFileError as exc:
+                error = exc
+            for f, path in ((self._results, self.out), (self._sent, self.sent_path)):
+                try:
+                    f.close()  # closes the file even when its last flush fails
+                except OSError as exc:
+                    error = error or _fail(path, "write", exc)
+            if error is not None:
+                raise error
             if self._failed_before and self._wrote:
                 compact(self.out)
         finally:
