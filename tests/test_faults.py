@@ -151,3 +151,21 @@ def test_each_fault_ends_definite_with_its_reason(
     else:
         assert record["detail"].startswith("no definite answer after 3 attempts")
         assert not api.state.removed
+
+
+def test_rejected_key_stops_at_once_with_exit_3(tmp_path: Path, serve: Serve) -> None:
+    rows = [("cmp_abc123", new_uuid(i)) for i in range(1, 301)]
+    api = Sandbox(rows, api_key="wbk_the_right_key_0123456789")
+    inp, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "results.csv"
+
+    done = run_cli(
+        ["run", str(inp), "--out", str(out), *FAST], cli_env(serve(api).base_url), timeout=60
+    )
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "key was rejected" in done.stdout + done.stderr
+    assert 1 <= api.state.calls <= 8  # no more than the concurrency
+    assert api.state.statuses[401] == api.state.calls
+    assert read_results(out) == [], "unsent rows stay unrecorded, to be sent by a rerun"
+    for text in (done.stdout, done.stderr, out.read_text(), *read_companions(out)):
+        assert API_KEY not in text
