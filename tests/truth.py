@@ -55,7 +55,7 @@ class Mixed:
 
     @property
     def valid_pairs(self) -> set[Pair]:
-        return {p for p, k in zip(self.rows, self.kinds, strict=True) if k != MALFORMED}
+        return {norm(*p) for p, k in zip(self.rows, self.kinds, strict=True) if k != MALFORMED}
 
 
 def mixed_file(path: Path, n: int, seed: int = 7) -> Mixed:
