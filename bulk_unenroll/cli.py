@@ -522,7 +522,8 @@ def report(results: Path, status: str | None, export: Path | None, as_json: bool
     "--faults",
     metavar="KIND=P,...",
     default="",
-    help="Fault rates: error_503, html_500, reset_before, reset_after, hang, empty_2xx.",
+    help="Fault probabilities per request: error_503, html_500, empty_5xx, reset_before, "
+    "reset_after, hang, hang_after, empty_2xx, malformed_2xx (e.g. error_503=0.05).",
 )
 @click.option(
     "--require-key",
