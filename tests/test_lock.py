@@ -38,9 +38,9 @@ def test_overlapping_run_exits_at_once_and_a_kill_frees_the_lock(
     tmp_path: Path, serve: Serve
 ) -> None:
     mixed = mixed_file(tmp_path / "in.csv", 400, seed=13)
-    api = mixed.sandbox(Faults(latency=0.02))
+    api = mixed.sandbox(Faults(latency=0.05))  # slow, so the first run is still going
     env, out = cli_env(serve(api).base_url), tmp_path / "results.csv"
-    args = ["run", str(mixed.path), "--out", str(out), "--rate", "100/s", "--concurrency", "4"]
+    args = ["run", str(mixed.path), "--out", str(out), "--rate", "400/s", "--concurrency", "4"]
     args.append("--yes")
     first = spawn_cli(args, env, tmp_path / "logs")
     try:
@@ -58,6 +58,7 @@ def test_overlapping_run_exits_at_once_and_a_kill_frees_the_lock(
         first.send_signal(signal.SIGKILL)
         first.wait(10)
 
+    api.faults.latency = 0.0
     third = run_cli(args, env)  # the kernel released the dead run's lock
 
     assert third.returncode == 1, third.stdout + third.stderr
