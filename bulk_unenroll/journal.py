@@ -184,7 +184,6 @@ class Journal:
         self._lock = Lock(out)
         self.history = History()
         self._failed_before = 0
-        self._wrote = False
         self._closed = False
         opened: list[IO[str]] = []
         try:
@@ -238,7 +237,7 @@ class Journal:
             self._results.flush()
         except OSError as exc:
             raise _fail(self.out, "write", exc) from None
-        self._wrote = self._dirty = True
+        self._dirty = True
         self.sync_if_due()
 
     def mark_sent(self, enrollment: Enrollment) -> None:
@@ -282,7 +281,9 @@ class Journal:
                     error = error or _fail(path, "write", exc)
             if error is not None:
                 raise error
-            if self._failed_before and self._wrote:
+            # Also when this run wrote nothing: a rerun killed after settling failed rows
+            # leaves them recorded twice, and the next run may find nothing left to send.
+            if self._failed_before:
                 compact(self.out)
         finally:
             self._lock.release()

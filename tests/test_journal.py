@@ -209,3 +209,21 @@ def test_library_raises_the_results_error_itself(tmp_path: Path, serve: Serve) -
     assert summary.exit_code == 0
     assert not api.state.enrolled
     assert all(r["status"] in ("removed", "not_enrolled") for r in read_results(config.out))
+
+
+def test_a_rerun_with_nothing_to_send_still_tidies_superseded_failures(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    journal = Journal(out)
+    journal.record([row(1, Outcome.FAILED, "HTTP 503"), row(2, Outcome.FAILED, "HTTP 503")])
+    journal.close()
+    # What a rerun killed after settling both rows leaves: two records per row.
+    _, failed_1, failed_2 = out.read_text().splitlines(keepends=True)
+    with out.open("a", encoding="utf-8") as f:
+        f.write(failed_1.replace("failed", "removed") + failed_2.replace("failed", "not_enrolled"))
+
+    Journal(out).close()  # the next run finds nothing left to send
+
+    assert [(r["row"], r["status"]) for r in read_results(out)] == [
+        ("1", "removed"),
+        ("2", "not_enrolled"),
+    ]
