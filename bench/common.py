@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 API_KEY = "wbk_bench_key"
+ROOT = Path(__file__).resolve().parents[1]
+"""The checkout: children run from here so `-m bench.*` resolves wherever we were started."""
 CAMPAIGNS = 20
 
 
@@ -78,7 +80,7 @@ class Server:
         self._stats_file.unlink(missing_ok=True)
         command = [sys.executable, "-m", "bench.server", "--ready-file", str(ready)]
         command += ["--stats-file", str(self._stats_file), *self.args]
-        self._process = subprocess.Popen(command)
+        self._process = subprocess.Popen(command, cwd=ROOT)
         deadline = time.monotonic() + 60
         while not ready.exists() or not ready.read_text().endswith("\n"):
             if self._process.poll() is not None or time.monotonic() > deadline:
@@ -116,6 +118,7 @@ def run_child(command: Sequence[str], env: dict[str, str], timeout: float = 600)
     process = subprocess.Popen(
         list(command),
         env=env,
+        cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

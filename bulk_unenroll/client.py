@@ -11,6 +11,7 @@ import anyio
 import httpx
 
 from .models import Enrollment, Outcome
+from .pools import PooledTransport
 
 USER_AGENT = "bulk-unenroll/0.1"
 
@@ -140,9 +141,8 @@ def make_client(api_key: str, timeout: float, max_connections: int) -> httpx.Asy
     return httpx.AsyncClient(
         headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
+        # Small pools: httpx's one big pool slows down as connections grow (pools.py).
+        transport=PooledTransport(max_connections),
         follow_redirects=False,
     )
 

@@ -107,6 +107,9 @@ class Pacer:
 
     async def acquire(self) -> float:
         """Wait for this attempt's slot; returns the loop time it was given (or closed at)."""
+        now = anyio.current_time()
+        if self._limiter is None and self._learnt.is_set() and now >= self._resume_at:
+            return now  # unpaced and not paused: the hot path of an unmetered run
         with anyio.CancelScope() as scope:
             self._waiters.add(scope)
             try:
