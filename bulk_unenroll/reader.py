@@ -1,16 +1,32 @@
 """Reading (campaign, contact) pairs with polars: formats, columns, validation, the send plan.
 
 The input is read twice, in batches, so memory stays flat however large it is: the first
-pass keeps only 128-bit pair hashes to find duplicates and rows settled by an earlier run;
-the second pass yields the rows to send, in file order.
+pass keeps a 128-bit pair hash and a few bytes per row to find duplicates and rows settled
+by an earlier run; the second pass yields the rows to send, in file order.
+
+Which file is which is decided by its name, then checked against its first bytes, so a
+Parquet file called `.csv` or a workbook called `.csv` gets a message, not a parse error.
+Text is read as UTF-8; bytes that are not UTF-8 (a Windows-1252 export) are replaced, which
+is safe because ids are ASCII: a replaced byte can only sit in a column we ignore, or make
+its id invalid with a reason that says how to re-save the file. UTF-16 (Excel's "Unicode
+text") is transcoded to a temporary UTF-8 copy.
 """
 
 from __future__ import annotations
 
+import codecs
+import gzip
+import json
+import os
 import re
-from collections.abc import Iterator
+import shutil
+import tempfile
+import weakref
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any, cast
 
 import polars as pl
 
@@ -19,41 +35,372 @@ from .errors import InputError
 from .models import Enrollment, Outcome, RowResult
 
 BATCH_ROWS = 200_000
+
+# polars reads CSV ahead in chunks that grow with the file (about 400 MB in flight for a
+# 740 MB file); 2 MiB chunks keep that near 150 MB at no cost in speed (measured with
+# polars 2.1). A value the user set wins.
+os.environ.setdefault("POLARS_CSV_CHUNK_SIZE", str(2 << 20))
 CAMPAIGN, CONTACT = "campaign_id", "contact_id"
+EXTRA = "extra"
+"""A CSV row's first field beyond the header's, if it has one (a sign of shifted columns)."""
+SENTINEL = "\x00extra"
+"""The name that field is read under: one no header can clash with."""
 UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 TOKEN_RE = r"^[A-Za-z0-9_-]{1,128}$"
+CLEAN_CAMPAIGN_RE = r"^[a-z0-9_-]{1,128}$"
+CLEAN_CONTACT_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+"""Cells that need no tidying: lower-case, nothing around them."""
 STRAY = " \t\r\n\u00a0\u200b\u200c\u200d\u2060\ufeff"
 """Trimmed from both ends of an id: spaces, no-break and zero-width characters, a stray BOM."""
+QUOTED_RE = "^[\"'\u201c\u2018](.*)[\"'\u201d\u2019]$"
+"""An id wrapped in quotes: ids never contain quotes, so unwrapping them is unambiguous."""
+INVISIBLE_RE = "[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]"
 
+GIANT_CELL = 1_000
+"""Longer than any id by far: said as such (a pasted document, a broken export)."""
 MAX_SHOWN = 200
 """Invalid cells are echoed in the results up to this many characters."""
 
 CAMPAIGN_NAMES = ("campaignid", "campaign", "campaignuuid")
 CONTACT_NAMES = ("contactid", "contact", "contactuuid")
+NAMED_CAMPAIGNS_MAX = 100_000
+"""Campaign names remembered for the plan's display; further ones are shown by number."""
 
 # Row actions decided by the plan.
 SEND, INVALID, DUPLICATE, SETTLED, RECORDED = range(5)
+
+OUTCOMES = list(Outcome)
+OUTCOME_CODE = {o.value: i for i, o in enumerate(OUTCOMES)}
+"""Outcomes as one byte per row in the plan (a String column would cost 16 bytes)."""
+
+SNIFF_BYTES = 64 * 1024
+CSV_SUFFIXES = {".csv": None, ".txt": None, ".tsv": "\t", ".tab": "\t"}
+EXCEL_SUFFIXES = (".xlsx", ".xlsm", ".xlsb", ".xls", ".ods")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
+KNOWN = ".csv, .tsv, .txt, .csv.gz, .tsv.gz, .parquet, .xlsx, .xls, .ods, .jsonl or .ndjson"
+SEPARATORS = (",", ";", "\t")
+
+MAGIC = (
+    (b"PAR1", "parquet", "a Parquet file"),
+    (b"PK\x03\x04", "zip", "a zip archive (an .xlsx workbook is one)"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "ole", "an Excel 97-2003 workbook (.xls)"),
+    (b"%PDF", "pdf", "a PDF document"),
+    (b"SQLite format 3\x00", "sqlite", "an SQLite database"),
+    (b"\x89PNG", "image", "a PNG image"),
+    (b"\xff\xd8\xff", "image", "a JPEG image"),
+    (b"{\\rtf", "rtf", "an RTF document"),
+)
 
 
 def _squash(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+def _listing(found: list[str]) -> str:
+    return ", ".join(map(repr, found)) or "none"
+
+
 def _pick(found: list[str], wanted: str | None, defaults: tuple[str, ...], flag: str) -> str:
     if wanted is not None:
         if wanted in found:
             return wanted
+        loose = [c for c in found if _squash(c) == _squash(wanted)]
+        if len(loose) == 1:
+            return loose[0]
         raise InputError(
             f"column {wanted!r} given by {flag} is not in the file; "
-            f"the columns found are: {', '.join(map(repr, found)) or 'none'}"
+            f"the columns found are: {_listing(found)}"
         )
     for default in defaults:
         matches = [c for c in found if _squash(c) == default]
+        if len(matches) > 1:
+            raise InputError(
+                f"columns {_listing(matches)} could all be the {defaults[0][:-2]} id; "
+                f"name the right one with {flag} NAME"
+            )
         if matches:
             return matches[0]
+    hint = ""
+    if any(re.fullmatch(UUID_RE, c.strip()) for c in found):
+        hint = (
+            " (the first line looks like data, not a header: add a header line such as "
+            "campaign_id,contact_id)"
+        )
+    elif any("\ufffd" in c for c in found):
+        hint = " (the header is not UTF-8 text: save the file as CSV UTF-8)"
+    elif len(found) == 1 and any(sep in found[0] for sep in ",;\t|"):
+        hint = " (one column only: is the separator right? force it with --delimiter)"
     raise InputError(
-        f"no {defaults[0].replace('id', '_id')} column: the columns found are "
-        f"{', '.join(map(repr, found)) or 'none'}; name the right one with {flag} NAME"
+        f"no {defaults[0][:-2]}_id column: the columns found are {_listing(found)}; "
+        f"name the right one with {flag} NAME{hint}"
+    )
+
+
+def _check_campaign_option(value: str) -> str:
+    """--campaign is checked before anything is read: a typo there is one error, not N rows."""
+    campaign = value.strip(STRAY)
+    if re.fullmatch(UUID_RE, campaign):
+        return campaign.lower()
+    if re.fullmatch(TOKEN_RE, campaign):
+        return campaign
+    raise InputError(
+        f"--campaign {value!r} is not a campaign id: use the campaign's UUID or its id of up "
+        "to 128 letters, digits, '_' and '-'"
+    )
+
+
+# -- what kind of file is this -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How to read one file, decided once from its name and first bytes."""
+
+    kind: str
+    """csv, parquet, excel, ndjson or json."""
+    path: Path
+    """The file to read: the input itself, or a UTF-8 copy of a UTF-16 input."""
+    gz: bool = False
+    separator: str = ","
+    skip_lines: int = 0
+    eol: str = "\n"
+
+
+def _suffix_kind(path: Path) -> tuple[str | None, bool, str]:
+    """(kind by name, named .gz, the suffix as shown in messages)."""
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    gz = bool(suffixes) and suffixes[-1] == ".gz"
+    if gz:
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    shown = (last or "(no suffix)") + (".gz" if gz else "")
+    if last in CSV_SUFFIXES:
+        return "csv", gz, shown
+    if gz:
+        return None, gz, shown
+    if last in PARQUET_SUFFIXES:
+        return "parquet", gz, shown
+    if last in EXCEL_SUFFIXES:
+        return "excel", gz, shown
+    if last in JSON_SUFFIXES:
+        return "json" if last == ".json" else "ndjson", gz, shown
+    return None, gz, shown
+
+
+def _content(head: bytes) -> tuple[str, str]:
+    """(kind, description) of the first bytes: a magic number, a web page, or text."""
+    for magic, kind, description in MAGIC:
+        if head.startswith(magic):
+            return kind, description
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:64].lower()
+    if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<table")):
+        return "html", "a web page or XML document"
+    return "text", "text"
+
+
+def _utf16(head: bytes) -> str | None:
+    """The codec of UTF-16/32 text (Excel's "Unicode text"), from its BOM or its zero bytes."""
+    for bom, codec in (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
+        if head.startswith(bom):
+            return codec
+    sample = head[:4096]
+    if len(sample) >= 8:
+        even, odd = sample[0::2], sample[1::2]
+        if odd.count(0) > 0.4 * len(odd) and even.count(0) < 0.05 * len(even):
+            return "utf-16-le"
+        if even.count(0) > 0.4 * len(even) and odd.count(0) < 0.05 * len(odd):
+            return "utf-16-be"
+    return None
+
+
+def _open_bytes(path: Path, gz: bool) -> IO[bytes]:
+    return cast(IO[bytes], gzip.open(path, "rb")) if gz else path.open("rb")
+
+
+def _head(path: Path, gz: bool) -> bytes:
+    """The first bytes of the file, decompressed when it is gzip."""
+    with path.open("rb") as f:
+        raw = f.read(SNIFF_BYTES)
+    if not gz:
+        return raw
+    try:
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, SNIFF_BYTES)
+    except zlib.error:
+        raise InputError(
+            f"{path} is not valid gzip data (it starts like gzip but cannot be decompressed); "
+            "export it again"
+        ) from None
+
+
+def _transcode(path: Path, gz: bool, codec: str, dest: Path) -> None:
+    decoder = codecs.getincrementaldecoder(codec)(errors="replace")
+    with _open_bytes(path, gz) as src, dest.open("w", encoding="utf-8", newline="") as out:
+        first = True
+        while chunk := src.read(1 << 20):
+            text = decoder.decode(chunk)
+            if first:
+                text, first = text.removeprefix("\ufeff"), False
+            out.write(text)
+        out.write(decoder.decode(b"", final=True))
+
+
+def _first_line(text: str, eol: str) -> str:
+    return text.removeprefix("\ufeff").split(eol, 1)[0].rstrip("\r")
+
+
+def _detect_separator(header: str, preferred: str | None) -> str:
+    """The separator that splits the header line most often, outside quotes."""
+    outside = re.sub(r'"[^"]*"', "", header)
+    counts = {sep: outside.count(sep) for sep in SEPARATORS}
+    best = max(counts.values())
+    if best == 0:
+        return preferred or ","
+    if preferred is not None and counts.get(preferred) == best:
+        return preferred
+    return next(sep for sep in SEPARATORS if counts[sep] == best)
+
+
+def _wrong_content(path: Path, shown: str, content: str, description: str) -> InputError:
+    fixes = {
+        "parquet": "rename it to end in .parquet",
+        "zip": "if it is an Excel workbook rename it to .xlsx; if it is a zip archive, "
+        "unzip it and pass the file inside",
+        "ole": "rename it to .xls, or open it in Excel and save it as CSV UTF-8",
+        "html": "open it in Excel and save it as CSV UTF-8 or .xlsx",
+        "text": "rename it to .csv (or .tsv, .jsonl) to match what it holds",
+    }
+    fix = fixes.get(content, "export the campaign/contact list as CSV and pass that")
+    return InputError(f"{path} is {description}, not what its name {shown!r} says: {fix}")
+
+
+def _layout_of(path: Path, options: ReadOptions, scratch: Callable[[], Path]) -> _Layout:
+    """Decide how to read `path`; `scratch` gives a folder for a UTF-8 copy when needed."""
+    if not path.exists():
+        raise InputError(f"input file {path} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; pass the input file itself")
+    kind, gz, shown = _suffix_kind(path)
+    try:
+        size = path.stat().st_size
+        head = _head(path, gz) if size else b""
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not size:
+        raise InputError(
+            f"{path} is empty (0 bytes): expected a header line naming the campaign_id and "
+            "contact_id columns, then one row per pair"
+        )
+    if not gz and head.startswith(b"\x1f\x8b"):
+        if kind == "csv":
+            gz, head = True, _head(path, True)
+        else:
+            raise _wrong_content(path, shown, "gzip", "gzip-compressed data")
+    content, description = _content(head)
+    if kind is None:
+        looks = "" if content == "text" else f" (it looks like {description})"
+        raise InputError(
+            f"{path}: unknown file type {shown!r}{looks}; use a {KNOWN} file (the name's "
+            "suffix says how to read it)"
+        )
+    if kind == "parquet":
+        if content != "parquet":
+            raise _wrong_content(path, shown, content, description)
+        with path.open("rb") as f:
+            f.seek(-4, 2)
+            if f.read(4) != b"PAR1":
+                raise InputError(
+                    f"{path} is a truncated or damaged Parquet file (its footer is missing); "
+                    "export it again"
+                )
+        return _Layout("parquet", path)
+    if kind == "excel":
+        if content not in ("zip", "ole"):
+            raise _wrong_content(path, shown, content, description)
+        return _Layout("excel", path)
+    codec = _utf16(head)
+    if content != "text" and codec is None:
+        raise _wrong_content(path, shown, content, description)
+    if codec is None and b"\x00" in head:
+        offset = head.index(b"\x00")
+        raise InputError(
+            f"{path} is not a text file: it holds binary data (a zero byte at offset "
+            f"{offset:,}); export the list as CSV and pass that"
+        )
+    source = path
+    if codec is not None:
+        source = scratch() / "input-utf8.txt"
+        _transcode(path, gz, codec, source)
+        gz = False
+        with source.open("rb") as f:
+            head = f.read(SNIFF_BYTES)
+    text = head.decode("utf-8", errors="replace")
+    if not text.strip("\ufeff \t\r\n"):
+        raise InputError(f"{path} holds only blank lines: expected a header line and rows")
+    if kind in ("ndjson", "json"):
+        first = text.lstrip("\ufeff \t\r\n")[:1]
+        if kind == "json" and first == "[":
+            return _Layout("json", source, gz)
+        if first != "{":
+            raise InputError(
+                f"{path} is not JSON lines: each line must be one object such as "
+                '{"campaign_id": "...", "contact_id": "..."}'
+            )
+        return _Layout("ndjson", source, gz)
+    eol = "\r" if "\n" not in text and "\r" in text else "\n"
+    line = _first_line(text, eol)
+    skip = 0
+    forced = options.delimiter
+    sep_line = re.fullmatch(r"\s*sep=(.)\s*", line)
+    if sep_line:  # Excel's own hint line, "sep=;"
+        forced = forced or sep_line[1]
+        skip = 1
+        rest = text.removeprefix("\ufeff").split(eol, 1)
+        line = _first_line(rest[1], eol) if len(rest) > 1 else ""
+    preferred = CSV_SUFFIXES.get(Path(path.name.removesuffix(".gz")).suffix.lower())
+    separator = forced or _detect_separator(line, preferred)
+    return _Layout("csv", source, gz, separator, skip, eol)
+
+
+# -- reading ids as text ------------------------------------------------------------------
+
+
+def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
+    """A column as id strings: integers without `.0`, no scientific notation, UUID bytes."""
+    col = pl.col(name)
+    if dtype == pl.String:
+        return col
+    if (
+        dtype.is_integer()
+        or dtype in (pl.Categorical, pl.Null, pl.Boolean)
+        or isinstance(dtype, pl.Enum)
+    ):
+        return col.cast(pl.String)
+    if isinstance(dtype, pl.Decimal):
+        return col.cast(pl.String).str.replace(r"\.0+$", "")
+    if dtype.is_float():
+        whole = (col == col.round(0)) & (col.abs() < 1e38)
+        return (
+            pl.when(whole)
+            .then(col.cast(pl.Decimal(38, 0), strict=False).cast(pl.String))
+            .otherwise(col.cast(pl.String))
+        )
+    if dtype == pl.Binary:
+        hexed = col.bin.encode("hex")
+        uuid = pl.concat_str(
+            [hexed.str.slice(a, b - a) for a, b in ((0, 8), (8, 12), (12, 16), (16, 20))]
+            + [hexed.str.slice(20, 12)],
+            separator="-",
+        )
+        return pl.when(col.bin.size() == 16).then(uuid).otherwise(col.cast(pl.String, strict=False))
+    raise InputError(
+        f"column {name!r} holds {dtype} values, not ids; pick another column with "
+        "--campaign-column / --contact-column"
     )
 
 
@@ -63,99 +410,425 @@ class Source:
 
     path: Path
     options: ReadOptions = ReadOptions()
+    _memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def _lazy(self) -> pl.LazyFrame:
-        suffix = "".join(self.path.suffixes[-2:]).lower()
-        try:
-            if suffix.endswith(".parquet"):
-                return pl.scan_parquet(self.path)
-            if suffix.endswith((".csv", ".tsv", ".txt")):
-                sep = self.options.delimiter or ("\t" if suffix.endswith(".tsv") else ",")
-                return pl.scan_csv(self.path, infer_schema=False, separator=sep)
-        except (OSError, pl.exceptions.PolarsError) as exc:
-            raise InputError(f"cannot read {self.path}: {exc}") from None
-        raise InputError(
-            f"{self.path}: unknown file type {suffix or '(no suffix)'!r}; "
-            "use a .csv, .tsv or .parquet file"
+    def _scratch(self) -> Path:
+        """A private temporary folder, removed with this Source (or at exit)."""
+        folder = Path(tempfile.mkdtemp(prefix="bulk-unenroll-"))
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        return folder
+
+    def _layout(self) -> _Layout:
+        if "layout" not in self._memo:
+            self._memo["layout"] = _layout_of(self.path, self.options, self._scratch)
+        layout: _Layout = self._memo["layout"]
+        return layout
+
+    def _fail(self, exc: Exception) -> InputError:
+        return _explain(self.path, self._layout(), exc)
+
+    def _csv(self, names: list[str] | None) -> pl.LazyFrame:
+        lay = self._layout()
+        schema = None if names is None else dict.fromkeys([*names, SENTINEL], pl.String)
+        return pl.scan_csv(
+            lay.path,
+            separator=lay.separator,
+            skip_lines=lay.skip_lines,
+            eol_char=lay.eol,
+            infer_schema=False,
+            encoding="utf8-lossy",
+            schema=schema,
+            missing_columns="insert" if schema else None,
+            truncate_ragged_lines=True,
         )
 
-    def columns(self) -> tuple[str, str | None]:
-        """The campaign and contact column names (campaign is None with --campaign)."""
+    def _excel(self) -> pl.DataFrame:
+        import fastexcel
+
+        path = self._layout().path
         try:
-            found = self._lazy().collect_schema().names()
-        except (OSError, pl.exceptions.PolarsError) as exc:
-            raise InputError(f"cannot read {self.path}: {exc}") from None
+            reader = fastexcel.read_excel(path)
+            names = reader.sheet_names
+            sheet = self.options.sheet
+            if sheet is not None and sheet not in names:
+                raise InputError(
+                    f"{path} has no sheet named {sheet!r}; its sheets are: {_listing(names)}"
+                )
+            if not names:
+                raise InputError(f"{path} has no sheets")
+            frame = reader.load_sheet(sheet or names[0], dtypes="string").to_polars()
+        except fastexcel.FastExcelError as exc:
+            raise InputError(
+                f"cannot read {path} as a workbook ({str(exc).strip().splitlines()[0]}); "
+                "if it is password-protected save an unprotected copy, otherwise open it in "
+                "Excel and save it again as .xlsx or CSV UTF-8"
+            ) from None
+        if not frame.width:
+            raise InputError(
+                f"sheet {sheet or names[0]!r} of {path} is empty; choose another with --sheet NAME"
+                f" (its sheets are: {_listing(names)})"
+            )
+        return frame
+
+    def _found(self) -> tuple[list[str], dict[str, pl.DataType]]:
+        if "schema" not in self._memo:
+            lay = self._layout()
+            try:
+                if lay.kind == "csv":
+                    schema = self._csv(None).collect_schema()
+                elif lay.kind == "parquet":
+                    schema = pl.scan_parquet(lay.path).collect_schema()
+                elif lay.kind == "excel":
+                    schema = self._excel().schema
+                elif lay.kind == "ndjson":
+                    schema = pl.scan_ndjson(lay.path, infer_schema_length=1000).collect_schema()
+                else:
+                    schema = pl.read_json(lay.path, infer_schema_length=1000).schema
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                raise self._fail(exc) from None
+            self._memo["schema"] = (schema.names(), dict(schema))
+        found: tuple[list[str], dict[str, pl.DataType]] = self._memo["schema"]
+        return found
+
+    def columns(self) -> tuple[str, str | None]:
+        """The contact and campaign column names (campaign is None with --campaign)."""
+        if self.options.campaign is not None:
+            _check_campaign_option(self.options.campaign)
+        found, _ = self._found()
         contact = _pick(found, self.options.contact_column, CONTACT_NAMES, "--contact-column")
         if self.options.campaign is not None:
             return contact, None
         campaign = _pick(found, self.options.campaign_column, CAMPAIGN_NAMES, "--campaign-column")
+        if campaign == contact:
+            raise InputError(
+                f"column {contact!r} cannot hold both the campaign and the contact ids; "
+                "name them with --campaign-column and --contact-column"
+            )
         return contact, campaign
 
-    def batches(self) -> Iterator[pl.DataFrame]:
-        """Raw id strings, `campaign_id` and `contact_id`, in file order."""
+    def _lazy(self) -> pl.LazyFrame:
+        """The id columns as strings (`campaign_id`, `contact_id`, `extra`), not yet read."""
         contact, campaign = self.columns()
-        campaign_expr = (
-            pl.lit(self.options.campaign) if campaign is None else pl.col(campaign)
-        ).cast(pl.String)
-        lazy = self._lazy().select(
-            campaign_expr.alias(CAMPAIGN), pl.col(contact).cast(pl.String).alias(CONTACT)
+        lay = self._layout()
+        names, types = self._found()
+        wanted = [contact] if campaign is None else [campaign, contact]
+        texts = [_as_text(c, types[c]).alias(c) for c in wanted]
+        extra = pl.lit(None, pl.String)
+        if lay.kind == "csv":
+            lazy = self._csv(names)
+            extra = pl.col(SENTINEL)
+        elif lay.kind == "parquet":
+            lazy = pl.scan_parquet(lay.path).select(texts)
+        elif lay.kind == "ndjson":
+            lazy = pl.scan_ndjson(lay.path, schema=dict.fromkeys(wanted, pl.String))
+        elif lay.kind == "json":
+            lazy = pl.read_json(lay.path, schema=dict.fromkeys(wanted, pl.String)).lazy()
+        else:
+            lazy = self._excel().select(texts).lazy()
+        given = pl.lit(self.options.campaign, pl.String)
+        return lazy.select(
+            (given if campaign is None else pl.col(campaign)).alias(CAMPAIGN),
+            pl.col(contact).alias(CONTACT),
+            extra.alias(EXTRA),
         )
+
+    def _read(self, query: Callable[[pl.LazyFrame], pl.LazyFrame]) -> Iterator[pl.DataFrame]:
         try:
-            yield from lazy.collect_batches(chunk_size=BATCH_ROWS)
-        except pl.exceptions.PolarsError as exc:
-            raise InputError(f"cannot read {self.path}: {exc}") from None
+            yield from query(self._lazy()).collect_batches(chunk_size=BATCH_ROWS)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise self._fail(exc) from None
+
+    def batches(self) -> Iterator[pl.DataFrame]:
+        """Raw id strings, `campaign_id`, `contact_id` and `extra`, in file order."""
+        return self._read(lambda lazy: lazy)
+
+    def normalised(self) -> Iterator[pl.DataFrame]:
+        """`normalise`d batches: the per-row work runs in polars' engine, beside the reading."""
+        for frame in self._read(lambda lazy: lazy.select(_fast_columns())):
+            yield _finish(frame)
 
 
-def _trimmed(name: str) -> pl.Expr:
-    return pl.col(name).str.strip_chars(STRAY)
+def _explain(path: Path, lay: _Layout, exc: Exception) -> InputError:
+    """One clear line for a file polars cannot read: where, and how to fix it."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, OSError):
+        return InputError(f"cannot read {path}: {exc.strerror or first}")
+    if lay.kind == "parquet":
+        return InputError(f"{path} is not a readable Parquet file ({first}); export it again")
+    if lay.kind in ("ndjson", "json"):
+        where = _bad_json_line(lay.path, lay.gz) if lay.kind == "ndjson" else None
+        at = f" at line {where}" if where else ""
+        return InputError(f"{path} is not valid JSON{at} ({first}); fix or re-export that line")
+    if lay.kind == "csv":
+        line = _unclosed_quote_line(lay.path, lay.gz, lay.eol)
+        if line is not None:
+            return InputError(
+                f"{path}: the quote opened on line {line:,} is never closed, so the rest of "
+                'the file would be one field; fix that line (a value with a " must be quoted '
+                'as "...""...")'
+            )
+        field = re.match(r"could not parse `(.*?)` as dtype", str(exc), re.DOTALL)
+        if field:
+            text = field[1][:60]
+            line = _line_with(lay.path, lay.gz, text.split("\n")[0].encode())
+            at = f" on line {line:,}" if line else ""
+            return InputError(
+                f"{path}: the field {text!r}{at} starts with a quote but goes on after the "
+                'closing one; quote the whole value and double the quotes inside ("a ""b"" c")'
+            )
+    return InputError(f"cannot read {path}: {first}")
 
 
-def normalise(raw: pl.DataFrame) -> pl.DataFrame:
-    """Trim ids, lower-case UUIDs, explain invalid rows, and hash each pair twice."""
-    campaign, contact = _trimmed(CAMPAIGN), _trimmed(CONTACT)
-    df = raw.with_columns(
-        pl.when(campaign.str.contains(UUID_RE))
-        .then(campaign.str.to_lowercase())
-        .otherwise(campaign)
-        .alias(CAMPAIGN),
-        contact.str.to_lowercase().alias(CONTACT),
-    )
-    camp, cont = pl.col(CAMPAIGN), pl.col(CONTACT)
-    reason = (
-        pl.when(camp.is_null() | (camp == ""))
-        .then(pl.lit("campaign_id is empty"))
-        .when(cont.is_null() | (cont == ""))
-        .then(pl.lit("contact_id is empty"))
-        .when(~camp.str.contains(TOKEN_RE))
-        .then(pl.lit("campaign_id must be a UUID or up to 128 letters, digits, '_' and '-'"))
-        .when(~cont.str.contains(UUID_RE))
-        .then(pl.lit("contact_id is not a UUID"))
-    )
-    pair = pl.concat_str([camp.fill_null(""), cont.fill_null("")], separator="\x1f")
-    return df.with_columns(
-        reason.alias("reason"), pair.hash(seed=0).alias("h1"), pair.hash(seed=1).alias("h2")
-    )
+def _line_with(path: Path, gz: bool, text: bytes) -> int | None:
+    with _open_bytes(path, gz) as f:
+        for number, line in enumerate(f, 1):
+            if text in line:
+                return number
+    return None
+
+
+def _bad_json_line(path: Path, gz: bool) -> int | None:
+    with _open_bytes(path, gz) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except ValueError:
+                    return number
+    return None
+
+
+def _unclosed_quote_line(path: Path, gz: bool, eol: str) -> int | None:
+    """The line where a quote opens and is never closed (an odd count to the end)."""
+    inside, opened_at = False, 0
+    with _open_bytes(path, gz) as f:
+        lines = f if eol == "\n" else iter(f.read().split(eol.encode()))
+        for number, line in enumerate(lines, 1):
+            if line.count(b'"') % 2:
+                opened_at = number if not inside else opened_at
+                inside = not inside
+    return opened_at if inside else None
+
+
+# -- validating and hashing ids -----------------------------------------------------------
 
 
 def pair_hashes(campaign: pl.Expr, contact: pl.Expr) -> list[pl.Expr]:
-    """The same two hashes as `normalise`, for ids read back from a results file."""
+    """Two independent 64-bit hashes of the pair (`pair_key` joins them into one key)."""
     pair = pl.concat_str([campaign.fill_null(""), contact.fill_null("")], separator="\x1f")
     return [pair.hash(seed=0).alias("h1"), pair.hash(seed=1).alias("h2")]
 
 
-@dataclass
-class History:
-    """What earlier runs left: settled pairs, rows recorded without a call, pairs once sent."""
+def pair_key(campaign: pl.Expr, contact: pl.Expr) -> pl.Expr:
+    """A 128-bit hash of the pair: one UInt128 column, cheap to sort, search and dedupe.
 
-    settled: pl.DataFrame = field(
-        default_factory=lambda: pl.DataFrame(
-            schema={"h1": pl.UInt64, "h2": pl.UInt64, "prev": pl.String}
+    Sixty-four bits would collide once in a few hundred thousand 10M-row runs, and a
+    collision silently skips a pair; 128 bits never will.
+    """
+    pair = pl.struct(campaign.alias(CAMPAIGN), contact.alias(CONTACT))
+    high = pair.hash(seed=0).cast(pl.UInt128) * pl.lit(1 << 64, dtype=pl.UInt128)
+    return (high + pair.hash(seed=1).cast(pl.UInt128)).alias("key")
+
+
+def _ok(campaign: pl.Expr, contact: pl.Expr, extra: pl.Expr) -> pl.Expr:
+    return (
+        campaign.str.contains(TOKEN_RE)  # a UUID is a token too
+        & contact.str.contains(UUID_RE)
+        & (extra.is_null() | (extra.str.strip_chars(STRAY) == ""))
+    ).fill_null(False)
+
+
+def _unwrapped(expr: pl.Expr) -> pl.Expr:
+    """Stray spaces, quotes around an id, or a spreadsheet's leading apostrophe, taken off."""
+    inner = expr.str.strip_chars(STRAY).str.replace(QUOTED_RE, "$1").str.strip_chars(STRAY)
+    return inner.str.strip_prefix("'").str.strip_chars(STRAY)
+
+
+def _on_rows(
+    df: pl.DataFrame, todo: pl.Series, fix: Callable[[pl.DataFrame], pl.DataFrame]
+) -> pl.DataFrame:
+    """`fix` applied to the rows where `todo` holds, the other rows untouched, order kept."""
+    if not todo.any():
+        return df
+    if todo.all():
+        return fix(df)
+    index = "_i" + "_" * sum(c.startswith("_i") for c in df.columns)  # nested calls
+    indexed = df.with_row_index(index)
+    fixed = fix(indexed.filter(todo))
+    return indexed.update(fixed, on=index, include_nulls=True).drop(index)
+
+
+def _problem(name: str, expr: pl.Expr) -> pl.Expr:
+    """Why an id cell is not an id, when there is more to say than "not an id"; or null."""
+    length = expr.str.len_chars()
+    return (
+        pl.when(expr.is_null() | (expr == ""))
+        .then(pl.lit(f"{name} is empty"))
+        .when(expr.str.starts_with("=") | expr.str.starts_with("@"))
+        .then(
+            pl.lit(
+                f"{name} is a spreadsheet formula, not a value; export the values "
+                "(in Excel: Paste Special > Values) and retry"
+            )
+        )
+        .when(length > GIANT_CELL)
+        .then(pl.format(f"{name} is {{}} characters long: not an id", length))
+        .when(expr.str.contains("\ufffd", literal=True))
+        .then(
+            pl.lit(
+                f"{name} has bytes that are not UTF-8 text; save the file as CSV UTF-8 and retry"
+            )
+        )
+        .when(expr.str.contains(INVISIBLE_RE))
+        .then(
+            pl.lit(
+                f"{name} has an invisible character inside (a zero-width space or similar); "
+                "retype the id"
+            )
+        )
+        .when(expr.str.contains(r"\s"))
+        .then(pl.lit(f"{name} has a space inside"))
+        .when(expr.str.contains("[\"'\u201c\u201d\u2018\u2019]"))
+        .then(pl.lit(f"{name} has quote characters inside"))
+    )
+
+
+def _explained(bad: pl.DataFrame) -> pl.DataFrame:
+    """Rows still invalid after tidying, with the first problem of each as `reason`."""
+    camp, cont = pl.col(CAMPAIGN), pl.col(CONTACT)
+    extra = pl.col(EXTRA).str.strip_chars(STRAY)
+    reason = (
+        pl.when(extra.is_not_null() & (extra != ""))
+        .then(
+            pl.lit(
+                "the row has more fields than the header: is there an unquoted separator "
+                "inside a value?"
+            )
+        )
+        .when((camp.is_null() | (camp == "")) & (cont.is_null() | (cont == "")))
+        .then(pl.lit("the row is empty"))
+        .otherwise(
+            pl.coalesce(
+                _problem(CAMPAIGN, camp),
+                _problem(CONTACT, cont),
+                pl.when(~camp.str.contains(TOKEN_RE)).then(
+                    pl.lit("campaign_id must be a UUID or up to 128 letters, digits, '_' and '-'")
+                ),
+                pl.when(~cont.str.contains(UUID_RE)).then(
+                    pl.lit("contact_id is not a UUID (8-4-4-4-12 hexadecimal digits)")
+                ),
+            )
         )
     )
-    recorded_rows: pl.Series = field(default_factory=lambda: pl.Series("row", [], pl.Int64))
-    attempted: pl.DataFrame = field(
-        default_factory=lambda: pl.DataFrame(schema={"h1": pl.UInt64, "h2": pl.UInt64})
+    return bad.with_columns(reason.alias("reason"))
+
+
+def _tidied(rows: pl.DataFrame) -> pl.DataFrame:
+    """The slow path, for cells that are not already clean: repair what is safe to repair
+    (spaces, quotes, upper-case UUIDs), explain what is still wrong, key what is valid."""
+    camp, cont = pl.col(CAMPAIGN), pl.col(CONTACT)
+    rows = rows.with_columns(_unwrapped(camp), _unwrapped(cont))
+    rows = rows.with_columns(
+        pl.when(camp.str.contains(UUID_RE)).then(camp.str.to_lowercase()).otherwise(camp),
+        pl.when(cont.str.contains(UUID_RE)).then(cont.str.to_lowercase()).otherwise(cont),
     )
+    ok = rows.select(_ok(camp, cont, pl.col(EXTRA))).to_series()
+    rows = _on_rows(rows, ~ok, _explained)
+    valid = pl.col("reason").is_null()
+    return rows.with_columns(pl.when(valid).then(pair_key(camp, cont)).alias("key"))
+
+
+def _fast_columns() -> list[pl.Expr]:
+    """The ids as read, a null `reason`, the pair's key, and whether the ids are clean
+    already (a lower-case token and a lower-case UUID, nothing around them)."""
+    camp, cont = pl.col(CAMPAIGN).cast(pl.String), pl.col(CONTACT).cast(pl.String)
+    clean = camp.str.contains(CLEAN_CAMPAIGN_RE) & cont.str.contains(CLEAN_CONTACT_RE)
+    return [
+        camp,
+        cont,
+        pl.col(EXTRA).cast(pl.String),
+        pl.lit(None, pl.String).alias("reason"),
+        pair_key(camp, cont),
+        (clean & pl.col(EXTRA).is_null()).fill_null(False).alias("_clean"),
+    ]
+
+
+def _finish(df: pl.DataFrame) -> pl.DataFrame:
+    """Send the rows that are not clean down the slow path."""
+    todo = ~df["_clean"]
+    return _on_rows(df.drop("_clean"), todo, _tidied).select(CAMPAIGN, CONTACT, "reason", "key")
+
+
+def normalise(raw: pl.DataFrame) -> pl.DataFrame:
+    """Trim ids, lower-case UUIDs, explain invalid rows, and key each valid pair.
+
+    Adds `reason` (null for a valid row) and `key` (the pair's 128-bit hash, null when
+    invalid). Most cells are already clean: two regular expressions prove it, and only the
+    other rows take the slower path.
+    """
+    if EXTRA not in raw.columns:
+        raw = raw.with_columns(pl.lit(None, pl.String).alias(EXTRA))
+    return _finish(raw.select(_fast_columns()))
+
+
+# -- what earlier runs left, and the plan --------------------------------------------------
+
+
+def _nulls(name: str, n: int, dtype: pl.DataType) -> pl.Series:
+    return pl.Series(name, [], dtype).extend_constant(None, n)
+
+
+def _positions(sorted_keys: pl.Series, keys: pl.Series) -> pl.Series:
+    """Where each key sits in `sorted_keys`, or null when it is not there."""
+    if sorted_keys.is_empty():
+        return _nulls("pos", len(keys), pl.UInt32())
+    pos = sorted_keys.search_sorted(keys).clip(upper_bound=len(sorted_keys) - 1)
+    found = (sorted_keys.gather(pos) == keys).fill_null(False)
+    frame = pl.DataFrame({"pos": pos, "found": found})
+    return frame.select(pl.when(pl.col("found")).then(pl.col("pos")).alias("pos"))["pos"]
+
+
+def _empty_keys() -> pl.Series:
+    return pl.Series("key", [], pl.UInt128)
+
+
+@dataclass
+class History:
+    """What earlier runs left: settled pairs, rows recorded without a call, pairs once sent.
+
+    Keys are sorted so that each input batch looks them up by binary search: no hash table
+    over millions of earlier records, and no join that loses the input's order.
+    """
+
+    settled: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema={"key": pl.UInt128, "prev": pl.UInt8})
+    )
+    """Sorted unique pair keys, and the outcome code of the latest record of each."""
+    recorded_rows: pl.Series = field(default_factory=lambda: pl.Series("row", [], pl.Int64))
+    attempted: pl.Series = field(default_factory=_empty_keys)
+    """Sorted keys of pairs sent before without a settled record since."""
+
+    @classmethod
+    def from_records(
+        cls, settled: pl.DataFrame, recorded_rows: pl.Series, sent: pl.Series
+    ) -> History:
+        """From raw records in file order: `settled` has `key` and `prev` (outcome code)."""
+        settled = settled.sort("key", maintain_order=True)
+        last = pl.col("key").ne_missing(pl.col("key").shift(-1))
+        settled = settled.filter(last)  # a pair's latest record wins
+        sent = sent.drop_nulls().unique().sort()
+        sent = sent.filter(_positions(settled["key"], sent).is_null())
+        return cls(settled, recorded_rows, sent.alias("key"))
+
+    def prev(self, keys: pl.Series) -> pl.Series:
+        """Per key, the earlier outcome code if the pair was settled, else null."""
+        if self.settled.is_empty():
+            return _nulls("prev", len(keys), pl.UInt8())
+        pos = _positions(self.settled["key"], keys)
+        return self.settled["prev"].gather(pos).alias("prev")
+
+    def was_attempted(self, keys: pl.Series) -> pl.Series:
+        return _positions(self.attempted, keys).is_not_null().alias("attempted")
 
 
 @dataclass
@@ -164,9 +837,12 @@ class SendPlan:
 
     source: Path
     actions: pl.DataFrame
-    """Per input row: `action` (u8), `prev` (earlier outcome), `attempted` (bool)."""
+    """Per input row: `action` (u8), `prev` (earlier outcome code, u8), `attempted` (bool)."""
     campaign_counts: dict[str, int]
+    """Rows to send per campaign, the largest 1,000 campaigns."""
     invalid_examples: list[tuple[int, str]]
+    campaigns: int = 0
+    """Campaigns with rows to send (by 32-bit hash: exact but for a very rare collision)."""
 
     @property
     def total_rows(self) -> int:
@@ -177,52 +853,94 @@ class SendPlan:
 
     def settled_before(self) -> dict[Outcome, int]:
         prev = self.actions.filter(pl.col("action").is_in([SETTLED, RECORDED]))["prev"]
-        return {Outcome(k): int(v) for k, v in prev.value_counts().iter_rows() if k is not None}
+        return {OUTCOMES[k]: int(v) for k, v in prev.value_counts().iter_rows() if k is not None}
+
+
+class _CampaignCodes:
+    """A 4-byte hash per row stands for its campaign, so the plan never holds the ids.
+
+    Names are remembered for the first NAMED_CAMPAIGNS_MAX campaigns only. The codes are
+    used for the counts shown before a run, where a rare 32-bit collision merely merges
+    two campaigns in a display; nothing is decided by them.
+    """
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+
+    def codes(self, campaigns: pl.Series, valid: pl.Series) -> pl.Series:
+        frame = pl.DataFrame([campaigns.alias(CAMPAIGN), valid.alias("valid")])
+        code = (pl.col(CAMPAIGN).hash() % (1 << 32)).cast(pl.UInt32)
+        codes = frame.select(pl.when(pl.col("valid")).then(code).alias("campaign"))["campaign"]
+        if len(self.names) < NAMED_CAMPAIGNS_MAX:
+            new = [c for c in codes.unique().drop_nulls().to_list() if c not in self.names]
+            if new:
+                named = (
+                    frame.with_columns(codes)
+                    .filter(pl.col("campaign").is_in(new))
+                    .unique("campaign", keep="first")
+                )
+                for name, value in named.select(CAMPAIGN, "campaign").iter_rows():
+                    if len(self.names) < NAMED_CAMPAIGNS_MAX:
+                        self.names[value] = name
+        return codes
+
+    def name(self, code: int) -> str:
+        return self.names.get(code, f"(campaign #{code})")
 
 
 def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
-    """First pass: decide every row's action from hashes only."""
-    parts: list[pl.DataFrame] = []
+    """First pass: decide every row's action from hashes and a few bytes per row."""
+    keys: list[pl.Series] = []
+    flags: list[pl.DataFrame] = []
     invalid_examples: list[tuple[int, str]] = []
+    campaigns = _CampaignCodes()
     offset = 0
-    for raw in source.batches():
-        df = normalise(raw)
-        if len(invalid_examples) < examples:
+    for df in source.normalised():
+        valid = df["reason"].is_null()
+        if len(invalid_examples) < examples and not valid.all():
             bad = df.with_row_index("i", offset + 1).filter(pl.col("reason").is_not_null())
             invalid_examples += [
                 (int(i), str(r)) for i, r in bad.select("i", "reason").head(examples).iter_rows()
             ]
-        parts.append(
-            df.select(
-                pl.col("reason").is_null().alias("valid"),
-                "h1",
-                "h2",
-                pl.col(CAMPAIGN).cast(pl.Categorical),
+        key = df["key"]
+        keys.append(key)
+        flags.append(
+            pl.DataFrame(
+                [
+                    valid.alias("valid"),
+                    history.prev(key),
+                    history.was_attempted(key),
+                    campaigns.codes(df[CAMPAIGN], valid),
+                ]
             )
         )
-        offset += raw.height
-    if not parts:
+        offset += df.height
+    if not offset:
         raise InputError(f"{source.path} has a header but no data rows: nothing to do")
-    rows = pl.concat(parts)
-    del parts
-    rows = rows.with_columns(pl.int_range(1, rows.height + 1, dtype=pl.Int64).alias("row"))
-    rows = rows.with_columns(
-        (pl.col("valid") & ~pl.struct("h1", "h2").is_first_distinct()).alias("dup")
-    )
-    rows = rows.join(history.settled, on=["h1", "h2"], how="left", maintain_order="left")
-    attempted = history.attempted.with_columns(pl.lit(True).alias("attempted"))
-    rows = rows.join(attempted.unique(), on=["h1", "h2"], how="left", maintain_order="left")
-    recorded = pl.col("row").is_in(history.recorded_rows.implode())
+    invalid_examples = invalid_examples[:examples]
+    all_keys = pl.concat(keys)
+    keys.clear()
+    first = all_keys.is_first_distinct()  # null keys (invalid rows) are never duplicates
+    del all_keys
+    rows = pl.concat(flags).with_columns(first.alias("first"))
+    flags.clear()
+    recorded = pl.Series("recorded", [], pl.Boolean).extend_constant(False, rows.height)
+    done = history.recorded_rows.filter(history.recorded_rows.is_between(1, rows.height))
+    if len(done):
+        recorded = recorded.scatter(done - 1, True)
+    rows = rows.with_columns(recorded)
+    dup = pl.col("valid") & ~pl.col("first")
+    settled_as = pl.col("prev")
     action = (
-        pl.when(~pl.col("valid") & recorded)
+        pl.when(~pl.col("valid") & pl.col("recorded"))
         .then(RECORDED)
         .when(~pl.col("valid"))
         .then(INVALID)
-        .when(pl.col("dup") & recorded)
+        .when(dup & pl.col("recorded"))
         .then(RECORDED)
-        .when(pl.col("dup"))
+        .when(dup)
         .then(DUPLICATE)
-        .when(pl.col("prev").is_not_null())
+        .when(settled_as.is_not_null())
         .then(SETTLED)
         .otherwise(SEND)
         .cast(pl.UInt8)
@@ -231,20 +949,26 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
         pl.when(action == RECORDED)
         .then(
             pl.when(pl.col("valid"))
-            .then(pl.lit(Outcome.DUPLICATE.value))
-            .otherwise(pl.lit(Outcome.INVALID.value))
+            .then(OUTCOME_CODE[Outcome.DUPLICATE.value])
+            .otherwise(OUTCOME_CODE[Outcome.INVALID.value])
         )
-        .otherwise(pl.col("prev"))
+        .otherwise(settled_as)
+        .cast(pl.UInt8)
     )
-    actions = rows.select(
-        action.alias("action"),
-        prev.alias("prev"),
-        pl.col("attempted").fill_null(False),
-        pl.col(CAMPAIGN),
+    actions = rows.select(action.alias("action"), prev.alias("prev"), "attempted", "campaign")
+    del rows
+    to_send = actions.filter(pl.col("action") == SEND)["campaign"]
+    counts = to_send.drop_nulls().value_counts(sort=True)
+    campaign_rows = {}
+    for code, n in counts.head(1000).iter_rows():
+        campaign_rows[campaigns.name(code)] = int(n)
+    return SendPlan(
+        source.path,
+        actions.drop("campaign"),
+        campaign_rows,
+        invalid_examples,
+        campaigns=counts.height,
     )
-    counts = actions.filter(pl.col("action") == SEND)[CAMPAIGN].value_counts(sort=True)
-    campaign_rows = {str(k): int(v) for k, v in counts.head(1000).iter_rows()}
-    return SendPlan(source.path, actions.drop(CAMPAIGN), campaign_rows, invalid_examples)
 
 
 def _shown(value: str | None) -> str:
@@ -253,16 +977,31 @@ def _shown(value: str | None) -> str:
     return value if len(value) <= MAX_SHOWN else value[:MAX_SHOWN] + "..."
 
 
+DUPLICATE_DETAIL = "same campaign and contact as an earlier row; not sent again"
+
+
 def work_batches(
     source: Source, plan: SendPlan
 ) -> Iterator[tuple[list[Enrollment], list[RowResult]]]:
-    """Second pass: rows to send, and the rows settled without a call, batch by batch."""
+    """Second pass: rows to send, and the rows settled without a call, batch by batch.
+
+    Batches with nothing to do (all settled by an earlier run) are skipped without
+    validating them again, so a resumed run reaches its first request quickly.
+    """
     offset = 0
     for raw in source.batches():
-        df = normalise(raw)
-        acts = plan.actions.slice(offset, df.height)
-        df = pl.concat([df, acts], how="horizontal").with_row_index("row", offset + 1)
-        offset += raw.height
+        acts = plan.actions.slice(offset, raw.height)
+        if acts.height != raw.height:
+            raise _changed(source)
+        start, offset = offset, offset + raw.height
+        todo = acts["action"].is_in([SEND, INVALID, DUPLICATE])
+        if not todo.any():
+            continue
+        rows = pl.concat([raw, acts], how="horizontal").with_row_index("row", start + 1)
+        rows = rows.filter(todo)
+        df = pl.concat(
+            [normalise(rows), rows.select("row", "action", "attempted")], how="horizontal"
+        )
         send = df.filter(pl.col("action") == SEND)
         enrollments = [
             Enrollment(row, campaign, contact, attempted)
@@ -272,24 +1011,31 @@ def work_batches(
         ]
         records: list[RowResult] = []
         for row, action, campaign, contact, reason in (
-            df.filter(pl.col("action").is_in([INVALID, DUPLICATE]))
+            df.filter(pl.col("action") != SEND)
             .select("row", "action", CAMPAIGN, CONTACT, "reason")
             .iter_rows()
         ):
             if action == INVALID:
                 records.append(
                     RowResult(
-                        row, _shown(campaign), _shown(contact), Outcome.INVALID, detail=reason
+                        row,
+                        _shown(campaign),
+                        _shown(contact),
+                        Outcome.INVALID,
+                        detail=reason or "not a valid pair",
                     )
                 )
             else:
                 records.append(
-                    RowResult(
-                        row,
-                        campaign,
-                        contact,
-                        Outcome.DUPLICATE,
-                        detail="same campaign and contact as an earlier row; not sent again",
-                    )
+                    RowResult(row, campaign, contact, Outcome.DUPLICATE, detail=DUPLICATE_DETAIL)
                 )
         yield enrollments, records
+    if offset != plan.total_rows:
+        raise _changed(source)
+
+
+def _changed(source: Source) -> InputError:
+    return InputError(
+        f"{source.path} changed while it was being read (its row count differs from the "
+        "plan's); nothing more was sent: rerun with the file left alone"
+    )
