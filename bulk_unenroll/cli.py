@@ -108,6 +108,8 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            raise  # `| head`: click exits quietly
         except Exception as exc:
             internal_error(exc)
 
@@ -550,6 +552,9 @@ def sandbox(**kw: Any) -> None:
         anyio.run(serve_forever, api, kw["port"], kw["ready_file"], backend="asyncio")
     except KeyboardInterrupt:
         click.echo("sandbox stopped", err=True)
+    except OSError as exc:
+        click.echo(f"error: cannot listen on 127.0.0.1:{kw['port']}: {exc.strerror}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover
