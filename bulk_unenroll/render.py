@@ -259,7 +259,7 @@ def plan_lines(f: PlanFigures) -> list[str]:
     lines += [f"      {c:<{width}}  {_n(rows):>8} rows" for c, rows in f.top_campaigns]
     shown = sum(rows for _, rows in f.top_campaigns)
     if f.to_send > shown:
-        more = f"{f.campaigns - len(f.top_campaigns):,}" + ("" if f.campaigns_exact else "+")
+        more = ("" if f.campaigns_exact else "about ") + _n(f.campaigns - len(f.top_campaigns))
         lines.append(f"      ... and {more} more campaigns ({_n(f.to_send - shown)} rows)")
     if not f.to_send:
         lines.append("nothing to send.")
@@ -287,7 +287,7 @@ def plan_lines(f: PlanFigures) -> list[str]:
 
 
 def _campaigns(f: PlanFigures) -> str:
-    return _n(f.campaigns) if f.campaigns_exact else f"{_n(f.campaigns)}+"
+    return _n(f.campaigns) if f.campaigns_exact else f"about {_n(f.campaigns)}"
 
 
 def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:

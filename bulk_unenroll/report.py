@@ -19,7 +19,15 @@ from .config import PLANS, JobConfig, Plan
 from .errors import InputError, ResultsFileError
 from .journal import COLUMNS, unescape
 from .models import Outcome, Summary
-from .reader import DUPLICATE, INVALID, SEND, SETTLED, TOKEN_RE, SendPlan
+from .reader import (
+    DUPLICATE,
+    INVALID,
+    NAMED_CAMPAIGNS_MAX,
+    SEND,
+    SETTLED,
+    TOKEN_RE,
+    SendPlan,
+)
 
 SCHEMA_VERSION = 1
 """Bumped only when a key of the summary JSON changes meaning or goes away."""
@@ -66,6 +74,7 @@ class PlanFigures:
     """Rows to send that an earlier run sent without getting a definite answer."""
     campaigns: int
     campaigns_exact: bool
+    """False beyond 100,000 campaigns, where the reader's count is a close estimate."""
     top_campaigns: list[tuple[str, int]]
     invalid_examples: list[tuple[int, str]]
     estimates: list[Estimate]
@@ -124,8 +133,6 @@ def plan_figures(plan: SendPlan, summary: Summary, config: JobConfig) -> PlanFig
     resend = int(
         actions.select(((pl.col("action") == SEND) & pl.col("attempted")).sum()).item() or 0
     )
-    # SendPlan keeps the 1,000 largest campaigns: if their rows fall short, there are more.
-    counted = sum(plan.campaign_counts.values())
     to_send = plan.count(SEND)
     return PlanFigures(
         input=config.input,
@@ -135,8 +142,8 @@ def plan_figures(plan: SendPlan, summary: Summary, config: JobConfig) -> PlanFig
         settled_before=plan.count(SETTLED),
         to_send=to_send,
         resend=resend,
-        campaigns=len(plan.campaign_counts),
-        campaigns_exact=counted >= to_send,
+        campaigns=max(plan.campaigns, len(plan.campaign_counts)),
+        campaigns_exact=plan.campaigns <= NAMED_CAMPAIGNS_MAX,
         top_campaigns=list(plan.campaign_counts.items())[:TOP_CAMPAIGNS],
         invalid_examples=list(plan.invalid_examples),
         estimates=estimates(to_send, config),
