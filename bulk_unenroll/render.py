@@ -315,7 +315,8 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
         )
     if s.stop_reason is not StopReason.COMPLETE:
         lines.append(f"stopped early: {s.stop_detail or s.stop_reason.value}")
-    if s.quota_reset_at is not None and "resets" not in s.stop_detail:
+    quota_stop = s.stop_reason is StopReason.QUOTA
+    if quota_stop and s.quota_reset_at is not None and "resets" not in s.stop_detail:
         utc = s.quota_reset_at.astimezone(UTC)
         local = utc.astimezone()
         left = (utc - datetime.now(UTC)).total_seconds()

@@ -18,7 +18,7 @@ import polars as pl
 from .config import PLANS, JobConfig, Plan
 from .errors import InputError, ResultsFileError
 from .journal import COLUMNS, unescape
-from .models import Outcome, Summary
+from .models import Outcome, StopReason, Summary
 from .reader import (
     DUPLICATE,
     INVALID,
@@ -192,7 +192,7 @@ def summary_dict(
         "lost_then_not_enrolled": s.lost_then_not_enrolled,
         "stop_reason": s.stop_reason.value,
         "stop_detail": s.stop_detail,
-        "quota_reset_at": _iso(s.quota_reset_at),
+        "quota_reset_at": _iso(s.quota_reset_at) if s.stop_reason is StopReason.QUOTA else None,
         "started_at": _iso(s.started_at),
         "finished_at": _iso(s.finished_at),
         "duration_seconds": round(s.duration_seconds, 3),
