@@ -29,7 +29,7 @@ from rich.text import Text
 from .config import Rate
 from .models import Outcome, StopReason, Summary
 from .report import PlanFigures, ResultsReport
-from .runner import Progress
+from .runner import WAITING_FOR_QUOTA, Progress
 
 LOG_FORMATS = ("text", "json")
 PLAIN_EVERY = 30.0
@@ -119,7 +119,7 @@ class Snapshot:
         return f"{self.pacer_state} until {clock} (in {duration(left)})"
 
     def eta_text(self) -> str:
-        if self.pacer_state.startswith("waiting for quota"):
+        if self.pacer_state == WAITING_FOR_QUOTA:
             return "after the quota reset"
         if self.eta_seconds is None:
             return "unknown"
