@@ -16,7 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -120,36 +120,38 @@ def _cut_torn_tail(path: Path) -> None:
 def _read_history(out: Path, sent: Path) -> tuple[History, int]:
     """Settled pairs, rows recorded without a call, pairs once sent; and the failed count.
 
-    Streams both files and keeps a 16-byte key and a status byte per settled record, so the
-    results of a 10M-row run read back in a few hundred MB.
+    Streams both files and keeps 16 bytes per settled record, so the results of a 10M-row
+    run read back in a few hundred MB.
     """
-    status = pl.col("status").replace_strict(OUTCOME_CODE, default=None, return_dtype=pl.UInt8)
+    status = pl.col("status")
+    code = pl.coalesce(  # not replace_strict: that one is not streamed, and held every status
+        [pl.when(status == value).then(pl.lit(c, pl.UInt8)) for value, c in OUTCOME_CODE.items()]
+    )
+    pair_settled = [OUTCOME_CODE[s] for s in PAIR_SETTLED]
+    row_settled = [OUTCOME_CODE[s] for s in ROW_SETTLED]
     records = pl.scan_csv(out, infer_schema=False).select(
         pl.col("row").cast(pl.Int64, strict=False),
         pair_key(unescape(CAMPAIGN), unescape(CONTACT)),
-        status.alias("prev"),
+        code.alias("prev"),
     )
-    settled, recorded, failed = pl.collect_all(
+    frames = pl.collect_all(
         [
-            records.filter(pl.col("prev").is_in(_codes(PAIR_SETTLED))).select("key", "prev"),
-            records.filter(pl.col("prev").is_in(_codes(ROW_SETTLED))).select("row"),
+            records.filter(pl.col("prev").is_in(pair_settled)).select("key", "prev"),
+            records.filter(pl.col("prev").is_in(row_settled)).select("row"),
             records.select((pl.col("prev") == OUTCOME_CODE[Outcome.FAILED.value]).sum()),
         ],
         engine="streaming",
     )
-    attempted = pl.Series("key", [], pl.UInt128)
+    failed, recorded = int(frames.pop().item() or 0), frames.pop()["row"]
+    sent_keys: Iterator[pl.DataFrame] = iter(())
     if sent.exists() and sent.stat().st_size:
-        attempted = (
+        sent_keys = (
             pl.scan_csv(sent, has_header=False, new_columns=[CAMPAIGN, CONTACT], infer_schema=False)
             .select(pair_key(unescape(CAMPAIGN), unescape(CONTACT)))
-            .collect(engine="streaming")["key"]
+            .collect_batches(chunk_size=500_000)
         )
-    history = History.from_records(settled, recorded["row"], attempted)
-    return history, int(failed.item() or 0)
-
-
-def _codes(statuses: list[str]) -> list[int]:
-    return [OUTCOME_CODE[s] for s in statuses]
+    # The settled frame is handed over, not kept here: from_records frees it once sorted.
+    return History.from_records(frames.pop(), recorded, (b["key"] for b in sent_keys)), failed
 
 
 def read_history(out: Path) -> History:

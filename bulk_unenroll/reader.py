@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import weakref
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -72,6 +72,8 @@ SEND, INVALID, DUPLICATE, SETTLED, RECORDED = range(5)
 OUTCOMES = list(Outcome)
 OUTCOME_CODE = {o.value: i for i, o in enumerate(OUTCOMES)}
 """Outcomes as one byte per row in the plan (a String column would cost 16 bytes)."""
+OUTCOME_BITS = 8
+"""Pair keys leave their low 3 bits free: room for any outcome code."""
 
 SNIFF_BYTES = 64 * 1024
 CSV_SUFFIXES = {".csv": None, ".txt": None, ".tsv": "\t", ".tab": "\t"}
@@ -620,14 +622,16 @@ def pair_hashes(campaign: pl.Expr, contact: pl.Expr) -> list[pl.Expr]:
 
 
 def pair_key(campaign: pl.Expr, contact: pl.Expr) -> pl.Expr:
-    """A 128-bit hash of the pair: one UInt128 column, cheap to sort, search and dedupe.
+    """A 125-bit hash of the pair, as a UInt128 whose low 3 bits are zero.
 
-    Sixty-four bits would collide once in a few hundred thousand 10M-row runs, and a
-    collision silently skips a pair; 128 bits never will.
+    One column, cheap to sort, search and dedupe. Sixty-four bits would collide once in a
+    few hundred thousand 10M-row runs, and a collision silently skips a pair; 125 never
+    will. The free low bits carry an outcome in the sorted history (`History.settled`).
     """
     pair = pl.struct(campaign.alias(CAMPAIGN), contact.alias(CONTACT))
     high = pair.hash(seed=0).cast(pl.UInt128) * pl.lit(1 << 64, dtype=pl.UInt128)
-    return (high + pair.hash(seed=1).cast(pl.UInt128)).alias("key")
+    low = pair.hash(seed=1)
+    return (high + (low - low % OUTCOME_BITS).cast(pl.UInt128)).alias("key")
 
 
 def _ok(campaign: pl.Expr, contact: pl.Expr, extra: pl.Expr) -> pl.Expr:
@@ -778,14 +782,27 @@ def _nulls(name: str, n: int, dtype: pl.DataType) -> pl.Series:
     return pl.Series(name, [], dtype).extend_constant(None, n)
 
 
-def _positions(sorted_keys: pl.Series, keys: pl.Series) -> pl.Series:
-    """Where each key sits in `sorted_keys`, or null when it is not there."""
+def _found_at(sorted_keys: pl.Series, keys: pl.Series) -> pl.DataFrame:
+    """Per key, the first entry of `sorted_keys` at or after it (`entry`, null if none).
+
+    The keys are searched in sorted order and the answers put back in theirs: bisecting
+    with sorted keys walks memory in order, four times faster than at random.
+    """
     if sorted_keys.is_empty():
-        return _nulls("pos", len(keys), pl.UInt32())
-    pos = sorted_keys.search_sorted(keys).clip(upper_bound=len(sorted_keys) - 1)
-    found = (sorted_keys.gather(pos) == keys).fill_null(False)
-    frame = pl.DataFrame({"pos": pos, "found": found})
-    return frame.select(pl.when(pl.col("found")).then(pl.col("pos")).alias("pos"))["pos"]
+        return pl.DataFrame({"entry": _nulls("entry", len(keys), pl.UInt128())})
+    order = keys.arg_sort(nulls_last=True)
+    pos = sorted_keys.search_sorted(keys.gather(order))
+    found = sorted_keys.gather(pos.clip(upper_bound=len(sorted_keys) - 1))
+    found = pl.DataFrame({"entry": found, "beyond": pos >= len(sorted_keys)}).select(
+        pl.when(~pl.col("beyond")).then(pl.col("entry")).alias("entry")
+    )["entry"]
+    return pl.DataFrame({"entry": _nulls("entry", len(keys), pl.UInt128()).scatter(order, found)})
+
+
+def _is_in(sorted_keys: pl.Series, keys: pl.Series) -> pl.Series:
+    """Whether each key is in `sorted_keys` (binary search: no hash table of millions)."""
+    entry = _found_at(sorted_keys, keys)["entry"]
+    return (entry == keys).fill_null(False).alias("found")
 
 
 def _empty_keys() -> pl.Series:
@@ -796,39 +813,48 @@ def _empty_keys() -> pl.Series:
 class History:
     """What earlier runs left: settled pairs, rows recorded without a call, pairs once sent.
 
-    Keys are sorted so that each input batch looks them up by binary search: no hash table
-    over millions of earlier records, and no join that loses the input's order.
+    Held as sorted UInt128 arrays that each input batch searches by bisection: 16 bytes per
+    earlier record, no hash table over millions of them, and the input's order untouched.
     """
 
-    settled: pl.DataFrame = field(
-        default_factory=lambda: pl.DataFrame(schema={"key": pl.UInt128, "prev": pl.UInt8})
-    )
-    """Sorted unique pair keys, and the outcome code of the latest record of each."""
+    settled: pl.Series = field(default_factory=_empty_keys)
+    """Sorted pair keys plus the outcome code in their low bits (`key + code`). A pair
+    settled more than once counts as its first outcome in `Outcome` order (removed first)."""
     recorded_rows: pl.Series = field(default_factory=lambda: pl.Series("row", [], pl.Int64))
     attempted: pl.Series = field(default_factory=_empty_keys)
     """Sorted keys of pairs sent before without a settled record since."""
 
     @classmethod
     def from_records(
-        cls, settled: pl.DataFrame, recorded_rows: pl.Series, sent: pl.Series
+        cls, settled: pl.DataFrame, recorded_rows: pl.Series, sent: Iterable[pl.Series]
     ) -> History:
-        """From raw records in file order: `settled` has `key` and `prev` (outcome code)."""
-        settled = settled.sort("key", maintain_order=True)
-        last = pl.col("key").ne_missing(pl.col("key").shift(-1))
-        settled = settled.filter(last)  # a pair's latest record wins
-        sent = sent.drop_nulls().unique().sort()
-        sent = sent.filter(_positions(settled["key"], sent).is_null())
-        return cls(settled, recorded_rows, sent.alias("key"))
+        """From records in any order: `settled` has `key` and `prev` (outcome code); `sent`
+        is the keys of pairs a request went out for, in batches (millions after a long run)."""
+        entries = settled.select(
+            (pl.col("key") + pl.col("prev").cast(pl.UInt128)).alias("key")
+        ).to_series()
+        del settled
+        entries = entries.drop_nulls().sort()  # sorting a bare u128 column is cheap
+        unanswered = [  # most sent pairs are settled since: only the others are kept
+            keys.filter(_settled_code(entries, keys).is_null()) for keys in sent
+        ]
+        attempted = pl.concat([_empty_keys(), *unanswered]).drop_nulls().sort()
+        attempted = attempted.filter(attempted.ne_missing(attempted.shift(1)))
+        return cls(entries, recorded_rows, attempted.alias("key"))
 
     def prev(self, keys: pl.Series) -> pl.Series:
         """Per key, the earlier outcome code if the pair was settled, else null."""
-        if self.settled.is_empty():
-            return _nulls("prev", len(keys), pl.UInt8())
-        pos = _positions(self.settled["key"], keys)
-        return self.settled["prev"].gather(pos).alias("prev")
+        return _settled_code(self.settled, keys)
 
     def was_attempted(self, keys: pl.Series) -> pl.Series:
-        return _positions(self.attempted, keys).is_not_null().alias("attempted")
+        return _is_in(self.attempted, keys).alias("attempted")
+
+
+def _settled_code(entries: pl.Series, keys: pl.Series) -> pl.Series:
+    entry = _found_at(entries, keys).with_columns(keys.alias("key"))
+    code = pl.col("entry") % OUTCOME_BITS
+    same_pair = (pl.col("entry") - code) == pl.col("key")
+    return entry.select(pl.when(same_pair).then(code.cast(pl.UInt8)).alias("prev"))["prev"]
 
 
 @dataclass

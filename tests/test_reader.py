@@ -351,7 +351,7 @@ def history(
     sent_keys = pl.DataFrame(sent, schema=["campaign_id", "contact_id"], orient="row").select(
         pair_key(pl.col("campaign_id"), pl.col("contact_id"))
     )["key"]
-    return History.from_records(frame, pl.Series("row", rows, pl.Int64), sent_keys)
+    return History.from_records(frame, pl.Series("row", rows, pl.Int64), [sent_keys])
 
 
 def test_history_settles_pairs_and_rows_and_remembers_lost_requests(tmp_path: Path) -> None:
@@ -362,7 +362,7 @@ def test_history_settles_pairs_and_rows_and_remembers_lost_requests(tmp_path: Pa
     earlier = history(
         settled=[
             ("cmp_a", U1, Outcome.REJECTED),
-            ("cmp_a", U1, Outcome.REMOVED),  # the latest record of a pair wins
+            ("cmp_a", U1, Outcome.REMOVED),  # settled twice: removed is what counts
         ],
         rows=[3, 5],  # recorded as invalid / duplicate without a call
         sent=[("cmp_a", U1), ("cmp_a", U3)],  # U1 was settled since; U3 was never answered
@@ -431,7 +431,7 @@ def test_a_dry_run_reads_back_results_with_a_torn_last_line(tmp_path: Path) -> N
     torn = f"2,cmp_a,{U2},remov"
     out.write_text(HEADER + row + torn, encoding="utf-8")
     found = read_history(out)
-    assert found.settled.height == 1
+    assert len(found.settled) == 1
     assert out.read_text(encoding="utf-8").endswith(torn)
     codes = found.prev(
         normalise(pl.DataFrame({"campaign_id": ["cmp_a"] * 2, "contact_id": [U1, U2]}))["key"]
