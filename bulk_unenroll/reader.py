@@ -72,8 +72,8 @@ SEND, INVALID, DUPLICATE, SETTLED, RECORDED = range(5)
 OUTCOMES = list(Outcome)
 OUTCOME_CODE = {o.value: i for i, o in enumerate(OUTCOMES)}
 """Outcomes as one byte per row in the plan (a String column would cost 16 bytes)."""
-OUTCOME_BITS = 8
-"""Pair keys leave their low 3 bits free: room for any outcome code."""
+LOW_BITS = 1 << 32
+"""Pair keys leave their low 32 bits free (see `pair_key`)."""
 
 SNIFF_BYTES = 64 * 1024
 CSV_SUFFIXES = {".csv": None, ".txt": None, ".tsv": "\t", ".tab": "\t"}
@@ -540,9 +540,10 @@ class Source:
         except (OSError, pl.exceptions.PolarsError) as exc:
             raise self._fail(exc) from None
 
-    def batches(self) -> Iterator[pl.DataFrame]:
-        """Raw id strings, `campaign_id`, `contact_id` and `extra`, in file order."""
-        return self._read(lambda lazy: lazy)
+    def batches(self, start: int = 0) -> Iterator[pl.DataFrame]:
+        """Raw id strings, `campaign_id`, `contact_id` and `extra`, in file order, from data
+        row `start` (0-based; polars finds it without parsing the rows before it)."""
+        return self._read(lambda lazy: lazy.slice(start) if start else lazy)
 
     def normalised(self) -> Iterator[pl.DataFrame]:
         """`normalise`d batches: the per-row work runs in polars' engine, beside the reading."""
@@ -622,16 +623,17 @@ def pair_hashes(campaign: pl.Expr, contact: pl.Expr) -> list[pl.Expr]:
 
 
 def pair_key(campaign: pl.Expr, contact: pl.Expr) -> pl.Expr:
-    """A 125-bit hash of the pair, as a UInt128 whose low 3 bits are zero.
+    """A 96-bit hash of the pair, as a UInt128 whose low 32 bits are zero.
 
-    One column, cheap to sort, search and dedupe. Sixty-four bits would collide once in a
-    few hundred thousand 10M-row runs, and a collision silently skips a pair; 125 never
-    will. The free low bits carry an outcome in the sorted history (`History.settled`).
+    One column, cheap to sort and search. Sixty-four bits would collide once in a few
+    hundred thousand 10M-row runs, and a collision silently skips a pair; 96 bits would
+    take billions of years of runs. The free low bits carry a row number while the plan
+    sorts the keys, and an outcome code in the history (`History.settled`).
     """
     pair = pl.struct(campaign.alias(CAMPAIGN), contact.alias(CONTACT))
     high = pair.hash(seed=0).cast(pl.UInt128) * pl.lit(1 << 64, dtype=pl.UInt128)
     low = pair.hash(seed=1)
-    return (high + (low - low % OUTCOME_BITS).cast(pl.UInt128)).alias("key")
+    return (high + (low - low % LOW_BITS).cast(pl.UInt128)).alias("key")
 
 
 def _ok(campaign: pl.Expr, contact: pl.Expr, extra: pl.Expr) -> pl.Expr:
@@ -782,26 +784,28 @@ def _nulls(name: str, n: int, dtype: pl.DataType) -> pl.Series:
     return pl.Series(name, [], dtype).extend_constant(None, n)
 
 
-def _found_at(sorted_keys: pl.Series, keys: pl.Series) -> pl.DataFrame:
-    """Per key, the first entry of `sorted_keys` at or after it (`entry`, null if none).
+def _found_at(sorted_keys: pl.Series, keys: pl.Series, *, in_order: bool = False) -> pl.Series:
+    """Per key, the first entry of `sorted_keys` at or after it (null if none).
 
-    The keys are searched in sorted order and the answers put back in theirs: bisecting
-    with sorted keys walks memory in order, four times faster than at random.
+    Keys not `in_order` are searched in sorted order and the answers put back in theirs:
+    bisecting with sorted keys walks memory in order, four times faster than at random.
     """
     if sorted_keys.is_empty():
-        return pl.DataFrame({"entry": _nulls("entry", len(keys), pl.UInt128())})
-    order = keys.arg_sort(nulls_last=True)
-    pos = sorted_keys.search_sorted(keys.gather(order))
+        return _nulls("entry", len(keys), pl.UInt128())
+    order = None if in_order else keys.arg_sort(nulls_last=True)
+    pos = sorted_keys.search_sorted(keys if order is None else keys.gather(order))
     found = sorted_keys.gather(pos.clip(upper_bound=len(sorted_keys) - 1))
     found = pl.DataFrame({"entry": found, "beyond": pos >= len(sorted_keys)}).select(
         pl.when(~pl.col("beyond")).then(pl.col("entry")).alias("entry")
     )["entry"]
-    return pl.DataFrame({"entry": _nulls("entry", len(keys), pl.UInt128()).scatter(order, found)})
+    if order is None:
+        return found
+    return _nulls("entry", len(keys), pl.UInt128()).scatter(order, found)
 
 
-def _is_in(sorted_keys: pl.Series, keys: pl.Series) -> pl.Series:
-    """Whether each key is in `sorted_keys` (binary search: no hash table of millions)."""
-    entry = _found_at(sorted_keys, keys)["entry"]
+def _is_in(sorted_keys: pl.Series, keys: pl.Series, *, in_order: bool = False) -> pl.Series:
+    """Whether each key is in `sorted_keys` (bisection: no hash table of millions)."""
+    entry = _found_at(sorted_keys, keys, in_order=in_order)
     return (entry == keys).fill_null(False).alias("found")
 
 
@@ -850,9 +854,9 @@ class History:
         return _is_in(self.attempted, keys).alias("attempted")
 
 
-def _settled_code(entries: pl.Series, keys: pl.Series) -> pl.Series:
-    entry = _found_at(entries, keys).with_columns(keys.alias("key"))
-    code = pl.col("entry") % OUTCOME_BITS
+def _settled_code(entries: pl.Series, keys: pl.Series, *, in_order: bool = False) -> pl.Series:
+    entry = pl.DataFrame({"entry": _found_at(entries, keys, in_order=in_order), "key": keys})
+    code = pl.col("entry") % LOW_BITS
     same_pair = (pl.col("entry") - code) == pl.col("key")
     return entry.select(pl.when(same_pair).then(code.cast(pl.UInt8)).alias("prev"))["prev"]
 
@@ -914,9 +918,45 @@ class _CampaignCodes:
         return self.names.get(code, f"(campaign #{code})")
 
 
+SORT_SLICE = 1_000_000
+"""Sorted keys are worked through this many at a time, to keep the temporaries small."""
+
+
+def _by_pair(
+    batches: list[pl.Series], rows: int, history: History
+) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """Per row: repeats an earlier row's pair (dup), earlier outcome (prev), sent before.
+
+    `batches` hold each valid row's key plus its row index in the free low bits (emptied
+    here, so only the sorted copy outlives the sort). Sorted, a pair's rows stand
+    together, first row first, and the history is searched in order.
+    """
+    dup = pl.Series("dup", [], pl.Boolean).extend_constant(False, rows)
+    prev = _nulls("prev", rows, pl.UInt8())
+    attempted = pl.Series("attempted", [], pl.Boolean).extend_constant(False, rows)
+    tagged = pl.concat([_empty_keys(), *batches], rechunk=False)
+    batches.clear()
+    tagged = tagged.sort()
+    before: int | None = None
+    for start in range(0, len(tagged), SORT_SLICE):
+        part = pl.DataFrame({"tagged": tagged.slice(start, SORT_SLICE)}).select(
+            (pl.col("tagged") - pl.col("tagged") % LOW_BITS).alias("key"),
+            (pl.col("tagged") % LOW_BITS).cast(pl.UInt32).alias("row"),
+        )
+        key, row = part["key"], part["row"]
+        previous = pl.concat([pl.Series("key", [before], pl.UInt128), key.head(len(key) - 1)])
+        repeat = (key == previous).fill_null(False)
+        before = key[-1]
+        dup = dup.scatter(row.filter(repeat), True)
+        prev = prev.scatter(row, _settled_code(history.settled, key, in_order=True))
+        sent = _is_in(history.attempted, key, in_order=True)
+        attempted = attempted.scatter(row.filter(sent), True)
+    return dup, prev, attempted
+
+
 def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
     """First pass: decide every row's action from hashes and a few bytes per row."""
-    keys: list[pl.Series] = []
+    tagged: list[pl.Series] = []
     flags: list[pl.DataFrame] = []
     invalid_examples: list[tuple[int, str]] = []
     campaigns = _CampaignCodes()
@@ -928,50 +968,40 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
             invalid_examples += [
                 (int(i), str(r)) for i, r in bad.select("i", "reason").head(examples).iter_rows()
             ]
-        key = df["key"]
-        keys.append(key)
-        flags.append(
-            pl.DataFrame(
-                [
-                    valid.alias("valid"),
-                    history.prev(key),
-                    history.was_attempted(key),
-                    campaigns.codes(df[CAMPAIGN], valid),
-                ]
-            )
-        )
+        index = pl.int_range(offset, offset + df.height, dtype=pl.UInt64).cast(pl.UInt128)
+        tagged.append(df.select(pl.col("key") + index).to_series().drop_nulls())
+        flags.append(pl.DataFrame([valid.alias("valid"), campaigns.codes(df[CAMPAIGN], valid)]))
         offset += df.height
     if not offset:
         raise InputError(f"{source.path} has a header but no data rows: nothing to do")
+    if offset >= LOW_BITS:
+        raise InputError(f"{source.path} has more than {LOW_BITS - 1:,} rows; split it")
     invalid_examples = invalid_examples[:examples]
-    all_keys = pl.concat(keys)
-    keys.clear()
-    first = all_keys.is_first_distinct()  # null keys (invalid rows) are never duplicates
-    del all_keys
-    rows = pl.concat(flags).with_columns(first.alias("first"))
+    dup, prev, attempted = _by_pair(tagged, offset, history)
+    rows = pl.concat(flags).with_columns(dup, prev, attempted)
     flags.clear()
     recorded = pl.Series("recorded", [], pl.Boolean).extend_constant(False, rows.height)
     done = history.recorded_rows.filter(history.recorded_rows.is_between(1, rows.height))
     if len(done):
         recorded = recorded.scatter(done - 1, True)
     rows = rows.with_columns(recorded)
-    dup = pl.col("valid") & ~pl.col("first")
+    dup_row = pl.col("valid") & pl.col("dup")
     settled_as = pl.col("prev")
     action = (
         pl.when(~pl.col("valid") & pl.col("recorded"))
         .then(RECORDED)
         .when(~pl.col("valid"))
         .then(INVALID)
-        .when(dup & pl.col("recorded"))
+        .when(dup_row & pl.col("recorded"))
         .then(RECORDED)
-        .when(dup)
+        .when(dup_row)
         .then(DUPLICATE)
         .when(settled_as.is_not_null())
         .then(SETTLED)
         .otherwise(SEND)
         .cast(pl.UInt8)
     )
-    prev = (
+    prev_outcome = (
         pl.when(action == RECORDED)
         .then(
             pl.when(pl.col("valid"))
@@ -981,7 +1011,9 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
         .otherwise(settled_as)
         .cast(pl.UInt8)
     )
-    actions = rows.select(action.alias("action"), prev.alias("prev"), "attempted", "campaign")
+    actions = rows.select(
+        action.alias("action"), prev_outcome.alias("prev"), "attempted", "campaign"
+    )
     del rows
     to_send = actions.filter(pl.col("action") == SEND)["campaign"]
     counts = to_send.drop_nulls().value_counts(sort=True)
@@ -1011,11 +1043,15 @@ def work_batches(
 ) -> Iterator[tuple[list[Enrollment], list[RowResult]]]:
     """Second pass: rows to send, and the rows settled without a call, batch by batch.
 
-    Batches with nothing to do (all settled by an earlier run) are skipped without
-    validating them again, so a resumed run reaches its first request quickly.
+    Rows before the first one with work (settled by an earlier run) are skipped unread and
+    batches with nothing to do are not validated again, so a resumed run reaches its first
+    request quickly.
     """
-    offset = 0
-    for raw in source.batches():
+    work = plan.actions["action"].is_in([SEND, INVALID, DUPLICATE])
+    if not work.any():
+        return
+    offset = int(work.arg_true()[0])
+    for raw in source.batches(offset):
         acts = plan.actions.slice(offset, raw.height)
         if acts.height != raw.height:
             raise _changed(source)

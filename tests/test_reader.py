@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import gzip
+import random
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import polars as pl
 import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 
+from bulk_unenroll import reader
 from bulk_unenroll.config import ReadOptions
 from bulk_unenroll.errors import InputError
 from bulk_unenroll.models import Outcome
@@ -374,6 +376,54 @@ def test_history_settles_pairs_and_rows_and_remembers_lost_requests(tmp_path: Pa
     sent = [e for batch, _ in work_batches(source, plan) for e in batch]
     assert [(e.row, e.attempted_before) for e in sent] == [(2, False), (4, True)]
     assert plan.count(INVALID) == 0
+
+
+def test_the_plan_matches_a_plain_reading_of_the_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random duplicates and history, sorted keys worked through in tiny slices."""
+    monkeypatch.setattr(reader, "SORT_SLICE", 13)
+    rnd = random.Random(11)
+    contacts = [new_uuid(i) for i in range(1, 300)]
+    rows = [(rnd.choice(["cmp_a", "cmp_b", "bad id"]), rnd.choice(contacts)) for _ in range(2000)]
+    path = write_csv(tmp_path / "in.csv", rows)
+    settled = {p for p in rows[::7] if p[0] != "bad id"}
+    unanswered = {p for p in rows[::5] if p[0] != "bad id"} - settled
+    done = history(
+        [(c, k, Outcome.NOT_ENROLLED) for c, k in sorted(settled)], rows=[], sent=sorted(unanswered)
+    )
+    plan = build_plan(Source(path), done)
+
+    seen: set[tuple[str, str]] = set()
+    expected = []
+    for pair in rows:
+        if pair[0] == "bad id":
+            expected.append((INVALID, False))
+        elif pair in seen:
+            expected.append((DUPLICATE, False))
+        else:
+            seen.add(pair)
+            expected.append((SETTLED if pair in settled else SEND, pair in unanswered))
+    got = list(
+        zip(plan.actions["action"].to_list(), plan.actions["attempted"].to_list(), strict=True)
+    )
+    assert [a for a, _ in got] == [a for a, _ in expected]
+    assert [t for (a, t) in got if a == SEND] == [t for (a, t) in expected if a == SEND]
+
+
+def test_a_resume_skips_to_the_first_row_with_work_past_multiline_records(
+    tmp_path: Path,
+) -> None:
+    rows = [
+        ("cmp_a", new_uuid(i), f"note {i}\nspans\n\nlines" if i % 3 else "") for i in range(1, 3001)
+    ]
+    path = write_csv(tmp_path / "in.csv", rows, ("campaign_id", "contact_id", "note"))
+    done = history([(c, k, Outcome.REMOVED) for c, k, _ in rows[:2900]], rows=[], sent=[])
+    source = Source(path)
+    plan = build_plan(source, done)
+    assert plan.count(SETTLED) == 2900
+    sent = [(e.row, e.contact_id) for batch, _ in work_batches(source, plan) for e in batch]
+    assert sent == [(i, new_uuid(i)) for i in range(2901, 3001)]
 
 
 def test_a_file_changed_between_the_passes_stops_the_run(tmp_path: Path) -> None:
