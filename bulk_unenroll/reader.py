@@ -444,7 +444,9 @@ class Source:
             truncate_ragged_lines=True,
         )
 
-    def _excel(self) -> pl.DataFrame:
+    def _excel(self, columns: list[str] | None = None) -> pl.DataFrame:
+        """The sheet as strings (Excel's numbers as typed: 12345, not 12345.0); with no
+        `columns`, only its header row."""
         import fastexcel
 
         path = self._layout().path
@@ -458,7 +460,12 @@ class Source:
                 )
             if not names:
                 raise InputError(f"{path} has no sheets")
-            frame = reader.load_sheet(sheet or names[0], dtypes="string").to_polars()
+            if columns is None:
+                header = reader.load_sheet(sheet or names[0], n_rows=0, dtypes="string")
+                frame = header.to_polars()
+            else:
+                data = reader.load_sheet(sheet or names[0], use_columns=columns, dtypes="string")
+                frame = data.to_polars()
         except fastexcel.FastExcelError as exc:
             raise InputError(
                 f"cannot read {path} as a workbook ({str(exc).strip().splitlines()[0]}); "
@@ -526,7 +533,7 @@ class Source:
         elif lay.kind == "json":
             lazy = pl.read_json(lay.path, schema=dict.fromkeys(wanted, pl.String)).lazy()
         else:
-            lazy = self._excel().select(texts).lazy()
+            lazy = self._excel(wanted).select(texts).lazy()
         given = pl.lit(self.options.campaign, pl.String)
         return lazy.select(
             (given if campaign is None else pl.col(campaign)).alias(CAMPAIGN),
