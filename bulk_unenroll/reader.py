@@ -1,8 +1,9 @@
 """Reading (campaign, contact) pairs with polars: formats, columns, validation, the send plan.
 
 The input is read twice, in batches, so memory stays flat however large it is: the first
-pass keeps a 128-bit pair hash and a few bytes per row to find duplicates and rows settled
-by an earlier run; the second pass yields the rows to send, in file order.
+pass keeps a 16-byte pair key and a few bytes per row, then sorts the keys once to find
+duplicates and rows settled by an earlier run; the second pass starts at the first row with
+work and yields the rows to send, in file order.
 
 Which file is which is decided by its name, then checked against its first bytes, so a
 Parquet file called `.csv` or a workbook called `.csv` gets a message, not a parse error.
@@ -10,6 +11,11 @@ Text is read as UTF-8; bytes that are not UTF-8 (a Windows-1252 export) are repl
 is safe because ids are ASCII: a replaced byte can only sit in a column we ignore, or make
 its id invalid with a reason that says how to re-save the file. UTF-16 (Excel's "Unicode
 text") is transcoded to a temporary UTF-8 copy.
+
+Rows are data records numbered from 1 (a quoted field may span lines; a blank line is a
+record, and an empty one). A row with fewer fields than the header has an empty id and is
+invalid; a row with more is invalid too, since an unquoted separator inside a value shifts
+every column after it and could pair the wrong ids.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ QUOTED_RE = "^[\"'\u201c\u2018](.*)[\"'\u201d\u2019]$"
 """An id wrapped in quotes: ids never contain quotes, so unwrapping them is unambiguous."""
 INVISIBLE_RE = "[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]"
 
+EMPTY_ROW = "the row is empty"
 GIANT_CELL = 1_000
 """Longer than any id by far: said as such (a pasted document, a broken export)."""
 MAX_SHOWN = 200
@@ -719,7 +726,7 @@ def _explained(bad: pl.DataFrame) -> pl.DataFrame:
             )
         )
         .when((camp.is_null() | (camp == "")) & (cont.is_null() | (cont == "")))
-        .then(pl.lit("the row is empty"))
+        .then(pl.lit(EMPTY_ROW))
         .otherwise(
             pl.coalesce(
                 _problem(CAMPAIGN, camp),
@@ -880,6 +887,8 @@ class SendPlan:
     invalid_examples: list[tuple[int, str]]
     campaigns: int = 0
     """Campaigns with rows to send (by 32-bit hash: exact but for a very rare collision)."""
+    ignored_tail: int = 0
+    """Empty rows at the very end (blank lines a file often ends with): not rows at all."""
 
     @property
     def total_rows(self) -> int:
@@ -967,6 +976,7 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
     flags: list[pl.DataFrame] = []
     invalid_examples: list[tuple[int, str]] = []
     campaigns = _CampaignCodes()
+    blank_reasons = [EMPTY_ROW] + ([f"{CONTACT} is empty"] if source.options.campaign else [])
     offset = 0
     for df in source.normalised():
         valid = df["reason"].is_null()
@@ -977,7 +987,10 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
             ]
         index = pl.int_range(offset, offset + df.height, dtype=pl.UInt64).cast(pl.UInt128)
         tagged.append(df.select(pl.col("key") + index).to_series().drop_nulls())
-        flags.append(pl.DataFrame([valid.alias("valid"), campaigns.codes(df[CAMPAIGN], valid)]))
+        blank = df["reason"].is_in(blank_reasons).fill_null(False).alias("blank")
+        flags.append(
+            pl.DataFrame([valid.alias("valid"), campaigns.codes(df[CAMPAIGN], valid), blank])
+        )
         offset += df.height
     if not offset:
         raise InputError(f"{source.path} has a header but no data rows: nothing to do")
@@ -987,6 +1000,12 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
     dup, prev, attempted = _by_pair(tagged, offset, history)
     rows = pl.concat(flags).with_columns(dup, prev, attempted)
     flags.clear()
+    filled = (~rows["blank"]).arg_true()
+    if not len(filled):
+        raise InputError(f"{source.path} has a header but only empty rows: nothing to do")
+    ignored_tail = rows.height - (int(filled[-1]) + 1)
+    rows = rows.head(rows.height - ignored_tail)
+    invalid_examples = [(row, why) for row, why in invalid_examples if row <= rows.height]
     recorded = pl.Series("recorded", [], pl.Boolean).extend_constant(False, rows.height)
     done = history.recorded_rows.filter(history.recorded_rows.is_between(1, rows.height))
     if len(done):
@@ -1033,6 +1052,7 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
         campaign_rows,
         invalid_examples,
         campaigns=counts.height,
+        ignored_tail=ignored_tail,
     )
 
 
@@ -1060,9 +1080,12 @@ def work_batches(
     offset = int(work.arg_true()[0])
     for raw in source.batches(offset):
         acts = plan.actions.slice(offset, raw.height)
-        if acts.height != raw.height:
+        if offset + raw.height > plan.total_rows + plan.ignored_tail:
             raise _changed(source)
+        raw = raw.head(acts.height)  # not the ignored empty rows at the end
         start, offset = offset, offset + raw.height
+        if not raw.height:
+            continue
         todo = acts["action"].is_in([SEND, INVALID, DUPLICATE])
         if not todo.any():
             continue

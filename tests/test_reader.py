@@ -487,3 +487,29 @@ def test_a_dry_run_reads_back_results_with_a_torn_last_line(tmp_path: Path) -> N
         normalise(pl.DataFrame({"campaign_id": ["cmp_a"] * 2, "contact_id": [U1, U2]}))["key"]
     )
     assert codes.to_list() == [OUTCOME_CODE["removed"], None]
+
+
+def test_blank_lines_at_the_end_are_not_rows_but_in_the_middle_they_are(tmp_path: Path) -> None:
+    path = tmp_path / "tail.csv"
+    path.write_text(
+        f"campaign_id,contact_id\ncmp_a,{U1}\n\n,\ncmp_a,{U2}\n\n,\n\n", encoding="utf-8"
+    )
+    source = Source(path)
+    plan = build_plan(source, History())
+    assert (plan.total_rows, plan.ignored_tail) == (4, 3)
+    assert [r[:2] for r in plan_of(path)] == [
+        (1, "send"),
+        (2, "invalid"),
+        (3, "invalid"),
+        (4, "send"),
+    ]
+    assert plan_of(path)[1][4] == "the row is empty"
+
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text(f"contact_id\n{U1}\n\n", encoding="utf-8")
+    assert [r[:2] for r in plan_of(contacts, campaign="cmp_a")] == [(1, "send")]
+
+    blank = tmp_path / "blank.csv"
+    blank.write_text("campaign_id,contact_id\n\n,\n", encoding="utf-8")
+    with pytest.raises(InputError, match="has a header but only empty rows"):
+        build_plan(Source(blank), History())
