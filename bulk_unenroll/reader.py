@@ -138,6 +138,8 @@ def _pick(found: list[str], wanted: str | None, defaults: tuple[str, ...], flag:
         )
     elif any("\ufffd" in c for c in found):
         hint = " (the header is not UTF-8 text: save the file as CSV UTF-8)"
+    elif any(c.startswith("__UNNAMED__") for c in found):
+        hint = " (the sheet's first row is taken as the header: delete any title rows above it)"
     elif len(found) == 1 and any(sep in found[0] for sep in ",;\t|"):
         hint = " (one column only: is the separator right? force it with --delimiter)"
     raise InputError(
@@ -259,20 +261,32 @@ def _transcode(path: Path, gz: bool, codec: str, dest: Path) -> None:
         out.write(decoder.decode(b"", final=True))
 
 
-def _first_line(text: str, eol: str) -> str:
-    return text.removeprefix("\ufeff").split(eol, 1)[0].rstrip("\r")
+def _lines(text: str, eol: str) -> list[str]:
+    """Whole lines of the sniffed text (the last may be cut short, so it is dropped)."""
+    lines = text.removeprefix("\ufeff").split(eol)
+    return [line.rstrip("\r") for line in (lines[:-1] if len(lines) > 1 else lines)]
 
 
-def _detect_separator(header: str, preferred: str | None) -> str:
-    """The separator that splits the header line most often, outside quotes."""
-    outside = re.sub(r'"[^"]*"', "", header)
-    counts = {sep: outside.count(sep) for sep in SEPARATORS}
-    best = max(counts.values())
-    if best == 0:
+def _detect_separator(lines: list[str], preferred: str | None) -> str:
+    """The separator that splits the header, and the lines after it into as many fields.
+
+    Agreement comes first: in `Kampagne, ID;Kontakt, ID` the comma is more frequent, but
+    only the semicolon splits the data lines the same way.
+    """
+
+    def fields(line: str, sep: str) -> int:
+        return re.sub(r'"[^"]*"', "", line).count(sep)
+
+    header, rest = lines[0], [line for line in lines[1:51] if line.strip()]
+    scores = {}
+    for sep in SEPARATORS:
+        count = fields(header, sep)
+        if count:
+            agree = sum(fields(line, sep) == count for line in rest)
+            scores[sep] = (agree, count, sep == preferred)
+    if not scores:
         return preferred or ","
-    if preferred is not None and counts.get(preferred) == best:
-        return preferred
-    return next(sep for sep in SEPARATORS if counts[sep] == best)
+    return max(SEPARATORS, key=lambda sep: scores.get(sep, (-1, 0, False)))
 
 
 def _wrong_content(path: Path, shown: str, content: str, description: str) -> InputError:
@@ -362,17 +376,17 @@ def _layout_of(path: Path, options: ReadOptions, scratch: Callable[[], Path]) ->
             )
         return _Layout("ndjson", source, gz)
     eol = "\r" if "\n" not in text and "\r" in text else "\n"
-    line = _first_line(text, eol)
+    lines = _lines(text, eol)
     skip = 0
     forced = options.delimiter
-    sep_line = re.fullmatch(r"\s*sep=(.)\s*", line)
+    sep_line = re.fullmatch(r"\s*sep=(.)\s*", lines[0])
     if sep_line:  # Excel's own hint line, "sep=;"
         forced = forced or sep_line[1]
-        skip = 1
-        rest = text.removeprefix("\ufeff").split(eol, 1)
-        line = _first_line(rest[1], eol) if len(rest) > 1 else ""
+        skip, lines = 1, lines[1:]
+        if not any(line.strip() for line in lines):
+            raise InputError(f"{path} holds only Excel's 'sep=' line: expected a header and rows")
     preferred = CSV_SUFFIXES.get(Path(path.name.removesuffix(".gz")).suffix.lower())
-    separator = forced or _detect_separator(line, preferred)
+    separator = forced or _detect_separator(lines, preferred)
     return _Layout("csv", source, gz, separator, skip, eol)
 
 
@@ -568,6 +582,10 @@ class Source:
 def _explain(path: Path, lay: _Layout, exc: Exception) -> InputError:
     """One clear line for a file polars cannot read: where, and how to fix it."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if lay.gz and "end of file" in first:
+        return InputError(
+            f"{path} is cut short (its gzip data ends early); copy or export it again"
+        )
     if isinstance(exc, OSError):
         return InputError(f"cannot read {path}: {exc.strerror or first}")
     if lay.kind == "parquet":
@@ -708,6 +726,15 @@ def _problem(name: str, expr: pl.Expr) -> pl.Expr:
         )
         .when(expr.str.contains(r"\s"))
         .then(pl.lit(f"{name} has a space inside"))
+        .when(expr.str.contains(r"[\x00-\x1f\x7f]"))
+        .then(pl.lit(f"{name} has a control character inside"))
+        .when(expr.str.contains(r"[^\x00-\x7f]"))
+        .then(
+            pl.lit(
+                f"{name} has a character that is not plain ASCII (an accent, or a look-alike "
+                "letter from another alphabet)"
+            )
+        )
         .when(expr.str.contains("[\"'\u201c\u201d\u2018\u2019]"))
         .then(pl.lit(f"{name} has quote characters inside"))
     )

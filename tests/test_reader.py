@@ -513,3 +513,30 @@ def test_blank_lines_at_the_end_are_not_rows_but_in_the_middle_they_are(tmp_path
     blank.write_text("campaign_id,contact_id\n\n,\n", encoding="utf-8")
     with pytest.raises(InputError, match="has a header but only empty rows"):
         build_plan(Source(blank), History())
+
+
+def test_the_separator_that_agrees_with_the_data_wins(tmp_path: Path) -> None:
+    path = tmp_path / "european.csv"
+    path.write_text(f"Kampagne, ID;Kontakt, ID\ncmp_a;{U1}\ncmp_b;{U2}\n", encoding="utf-8")
+    options = {"campaign_column": "Kampagne, ID", "contact_column": "Kontakt, ID"}
+    assert pairs(path, **options) == [("cmp_a", U1), ("cmp_b", U2)]
+
+
+@pytest.mark.parametrize(
+    ("cell", "reason"),
+    [
+        ("\u0441mp_a", "campaign_id has a character that is not plain ASCII"),  # a Cyrillic es
+        ("cmp\x07a", "campaign_id has a control character inside"),
+    ],
+)
+def test_lookalike_and_control_characters_are_named(cell: str, reason: str) -> None:
+    raw = pl.DataFrame({"campaign_id": [cell], "contact_id": [U1]})
+    assert normalise(raw)["reason"][0].startswith(reason)
+
+
+def test_a_cut_short_gzip_file_says_so(tmp_path: Path) -> None:
+    data = gzip.compress(("campaign_id,contact_id\n" + f"cmp_a,{U1}\n" * 50_000).encode())
+    path = tmp_path / "export.csv.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="is cut short"):
+        build_plan(Source(path), History())
