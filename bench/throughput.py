@@ -7,7 +7,9 @@ One sandbox in its own process serves every round. Each round runs, one after th
   interpreter start, reading and planning the file, sending, the results file);
 - the library's sending phase alone (`Job.run()` in a child process, after `Job.plan()`);
 - the floor: a minimal loop of httpx.AsyncClient DELETEs at the same concurrency (`bench.floor`),
-  timed around its loop and, for the end-to-end comparison, as a whole child.
+  timed around its loop and, for the end-to-end comparison, as a whole child;
+- the same loop over the tool's transport (one connection per pool), which separates the
+  tool's own overhead from what its transport saves.
 Every request is a real removal of a distinct enrolled pair. The best round of each is kept:
 the machine is shared, and noise only ever slows a run down.
 """
@@ -62,7 +64,7 @@ def measure(rows: int, concurrency: int, rounds: int) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        with Server(work, "--pairs", str(rows * 3 * rounds)) as server:
+        with Server(work, "--pairs", str(rows * 4 * rounds)) as server:
             env = cli_env(server.base_url)
             start = 0
             for round_ in range(rounds):
@@ -121,8 +123,25 @@ def measure(rows: int, concurrency: int, rounds: int) -> dict[str, Any]:
                 keep("floor, httpx loop", inner["wall"], inner["cpu"])
                 keep("floor, as a whole child", loop.wall, loop.cpu)
                 start += rows
+
+                pooled = timed_child(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.floor",
+                        server.base_url,
+                        str(rows),
+                        str(concurrency),
+                        str(start),
+                        "pooled",
+                    ],
+                    env,
+                )
+                inner = json.loads(pooled.stdout)
+                keep("same loop over the tool's one-connection pools", inner["wall"], inner["cpu"])
+                start += rows
         stats = server.stats
-    assert stats.removed == rows * 3 * rounds, "a request did not remove its pair"
+    assert stats.removed == rows * 4 * rounds, "a request did not remove its pair"
 
     figures: dict[str, Any] = {"rows per run": rows, "concurrency": concurrency}
     for name, (wall, cpu) in best.items():
@@ -133,6 +152,9 @@ def measure(rows: int, concurrency: int, rounds: int) -> dict[str, Any]:
     figures["ratio, sending phase (library / floor loop)"] = floor / tool
     figures["ratio, end to end (CLI / floor child)"] = (
         best["floor, as a whole child"][0] / best["tool, CLI end to end"][0]
+    )
+    figures["ratio, sending phase / loop over the same pools"] = (
+        best["same loop over the tool's one-connection pools"][0] / tool
     )
     return figures
 
