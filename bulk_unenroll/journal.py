@@ -303,19 +303,30 @@ class Journal:
 
 
 def compact(out: Path) -> None:
-    """Keep each row's latest record, sorted by row; atomic via a temporary file and rename."""
+    """Drop records a later one superseded, keeping file order; atomic via rename.
+
+    Only the row column is loaded; records stream through the csv module, so memory stays
+    flat for results files of millions of rows.
+    """
     tmp = out.with_name(out.name + ".compacting")
     try:
-        (
-            pl.scan_csv(out, infer_schema=False)
-            .unique("row", keep="last", maintain_order=True)
-            .sort(pl.col("row").cast(pl.Int64), maintain_order=True)
-            .collect()
-            .write_csv(tmp, quote_style="necessary")
-        )
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
+        rows = pl.scan_csv(out, infer_schema=False).select("row").collect()["row"]
+        superseded = set((~rows.is_last_distinct()).arg_true().to_list())
+        if not superseded:
+            return
+        with (
+            out.open(encoding="utf-8", newline="") as src,
+            tmp.open("w", encoding="utf-8", newline="") as dst,
+        ):
+            records = csv.reader(src)
+            writer = csv.writer(dst, lineterminator="\n")
+            writer.writerow(next(records))
+            writer.writerows(r for i, r in enumerate(records) if i not in superseded)
+            dst.flush()
+            os.fsync(dst.fileno())
         tmp.replace(out)
     except (OSError, pl.exceptions.PolarsError) as exc:
         tmp.unlink(missing_ok=True)
-        raise ResultsFileError(f"cannot tidy {out} (it is intact, only unsorted): {exc}") from None
+        raise ResultsFileError(
+            f"cannot tidy {out} (it is intact, rows may repeat): {exc}"
+        ) from None

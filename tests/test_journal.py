@@ -181,14 +181,15 @@ def test_compaction_keeps_each_rows_latest_record(tmp_path: Path) -> None:
 
     records = read_results(out)
     assert out.read_text().startswith(HEADER)
+    # File order is kept: the superseded `failed` records are gone, the later ones stay.
     assert [(r["row"], r["status"]) for r in records] == [
-        ("1", "not_enrolled"),
         ("2", "removed"),
         ("3", "removed"),
+        ("1", "not_enrolled"),
     ]
-    assert records[2]["detail"] == tricky
-    assert records[2]["contact_id"] == new_uuid(3)
-    assert records[0]["http_status"] == "" and records[1]["http_status"] == "200"
+    assert records[1]["detail"] == tricky
+    assert records[1]["contact_id"] == new_uuid(3)
+    assert records[2]["http_status"] == "" and records[0]["http_status"] == "200"
 
 
 def test_library_raises_the_results_error_itself(tmp_path: Path, serve: Serve) -> None:
