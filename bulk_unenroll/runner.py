@@ -136,7 +136,7 @@ class Job:
 
     async def _run_pool(self, http: httpx.AsyncClient, workers: int) -> None:
         work_send, work_recv = anyio.create_memory_object_stream[Enrollment](workers * 2)
-        done_send, done_recv = anyio.create_memory_object_stream[RowResult](4096)
+        done_send, done_recv = anyio.create_memory_object_stream[list[RowResult]](workers * 4)
         async with anyio.create_task_group() as tg:
             if self._handle_signals:
                 tg.start_soon(self._watch_signals)
@@ -153,7 +153,9 @@ class Job:
             tg.cancel_scope.cancel()
 
     async def _produce(
-        self, work: MemoryObjectSendStream[Enrollment], done: MemoryObjectSendStream[RowResult]
+        self,
+        work: MemoryObjectSendStream[Enrollment],
+        done: MemoryObjectSendStream[list[RowResult]],
     ) -> None:
         assert self._plan is not None
         batches = work_batches(self.source, self._plan)
@@ -163,8 +165,8 @@ class Job:
                 if batch is None:
                     return
                 enrollments, records = batch
-                for record in records:
-                    await done.send(record)
+                if records:
+                    await done.send(records)  # invalid and duplicate rows, one batch at a time
                 for enrollment in enrollments:
                     if self._stopping.is_set():
                         return
@@ -177,7 +179,7 @@ class Job:
         self,
         http: httpx.AsyncClient,
         work: MemoryObjectReceiveStream[Enrollment],
-        done: MemoryObjectSendStream[RowResult],
+        done: MemoryObjectSendStream[list[RowResult]],
     ) -> None:
         async with work, done:
             async for enrollment in work:
@@ -186,16 +188,16 @@ class Job:
                 result = await self._unenroll(http, enrollment)
                 if result is not None:
                     self._finished_rows += 1
-                    await done.send(result)
+                    await done.send([result])
 
-    async def _writer(self, done: MemoryObjectReceiveStream[RowResult]) -> None:
+    async def _writer(self, done: MemoryObjectReceiveStream[list[RowResult]]) -> None:
+        """One writer owns the results file; it writes whatever has piled up in one go."""
         assert self._journal is not None
         async with done:
-            async for first in done:
-                batch = [first]
+            async for batch in done:
                 while len(batch) < 1000:
                     try:
-                        batch.append(done.receive_nowait())
+                        batch += done.receive_nowait()
                     except anyio.WouldBlock:
                         break
                 self._journal.record(batch)
@@ -510,13 +512,25 @@ def _run_error(group: BaseExceptionGroup[BaseException]) -> BulkUnenrollError | 
     return None
 
 
-async def run_job(config: JobConfig, **hooks: object) -> Summary:
+async def run_job(
+    config: JobConfig,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> Summary:
     """Plan and run a job in one call (the library's async entry point)."""
-    job = Job(config, **hooks)  # type: ignore[arg-type]
+    job = Job(config, on_progress=on_progress, on_event=on_event)
     await job.plan()
     return await job.run()
 
 
-def unenroll_file(config: JobConfig, **hooks: object) -> Summary:
+def unenroll_file(
+    config: JobConfig,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> Summary:
     """Synchronous wrapper for schedulers (Airflow, Prefect) that do not run an event loop."""
-    return anyio.run(lambda: run_job(config, **hooks), backend="asyncio")
+    return anyio.run(
+        lambda: run_job(config, on_progress=on_progress, on_event=on_event), backend="asyncio"
+    )
