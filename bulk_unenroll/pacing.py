@@ -67,6 +67,8 @@ class Pacer:
         self._closed = False
         self._waiters: set[anyio.CancelScope] = set()
         self._window: tuple[int, float] | None = None
+        self._bound = False
+        """The last slot had to wait for the pace (it, not the workers, sets the rate)."""
         self._issued = 0
         self._seq: dict[float, int] = {}
         self._holds: list[tuple[int, float]] = []
@@ -152,6 +154,7 @@ class Pacer:
                 self._probe_pending = False
             limiter = self._limiter
             if limiter is not None:
+                self._bound = not limiter.has_capacity()
                 await limiter.acquire()
             now = anyio.current_time()
             if limiter is self._limiter and now >= self._resume_at:
@@ -230,6 +233,8 @@ class Pacer:
         rate, ceiling = self._rate, self._ceiling
         if not rate or (ceiling is not None and rate >= ceiling):
             return
+        if ceiling is None and not self._bound:
+            return  # no known limit, and the pace is not what holds the run back: stay put
         self._streak += 1
         if self._streak >= CLIMB_EVERY:
             self._streak = 0

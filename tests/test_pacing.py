@@ -146,6 +146,12 @@ async def test_successes_from_before_a_429_do_not_climb() -> None:
 async def test_an_unknown_limit_climbs_until_a_429_then_stays_below_it() -> None:
     pacer = Pacer(Rate(10, 1), probe_first=True)
     pacer.learn(Rate(10, 1), adaptive=True)
+    await pacer.acquire()
+    for _ in range(CLIMB_EVERY * 3):
+        pacer.succeeded()
+    assert pacer.per_second == 10, "the pace was not what held the run back: no reason to climb"
+
+    await pacer.acquire()  # this one waited for the pace
     for _ in range(CLIMB_EVERY * 3):
         pacer.succeeded()
     climbed = pacer.per_second
