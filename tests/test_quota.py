@@ -70,7 +70,6 @@ def test_quota_of_a_third_stops_with_75_and_reruns_finish_with_nothing_lost(
         assert removed_in(out) == set(api.state.removed)
 
     assert codes[-1] == 1, codes  # finished: rejected and invalid rows need a look
-    assert len(codes) >= 3, "a third of the quota per day needs at least three days"
     results = read_results(out)
     assert sorted(int(r["row"]) for r in results) == list(range(1, len(rows) + 1))
     assert set(api.state.removed) == enrolled
