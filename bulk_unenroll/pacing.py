@@ -90,10 +90,13 @@ class Pacer:
         per_second = None if rate is None or rate.unlimited else rate.per_second
         self._ceiling = None if adaptive else per_second
         self._streak = 0
-        # The strict window the pace was derived from: N calls per period (N = pace / margin).
+        # The strict window the pace was derived from: N calls per period (N = pace / margin);
+        # none for a fractional N (2.5/s is no count a window can hold) or a guessed pace.
         self._window = None
-        if rate is not None and per_second and not adaptive:
-            self._window = (max(1, math.floor(rate.calls / SAFETY_MARGIN + 1e-6)), rate.period)
+        limit = rate.calls / SAFETY_MARGIN if rate is not None else 0.0
+        whole = round(limit) >= 1 and abs(limit - round(limit)) < 1e-6
+        if per_second and not adaptive and rate is not None and whole:
+            self._window = (round(limit), rate.period)
         self._set(per_second)
 
     def _set(self, per_second: float | None) -> None:

@@ -87,6 +87,16 @@ async def test_a_slow_answer_holds_the_call_that_would_overfill_its_window() -> 
 
 
 @pytest.mark.asyncio
+async def test_a_fractional_rate_is_paced_without_a_window_guard() -> None:
+    # 2.5/s names no whole count per second: guarding "2 calls a second" would cap it at 2/s.
+    pacer = Pacer(Rate(2.5 * SAFETY_MARGIN, 1))
+    sent = await pacer.acquire()
+    await anyio.sleep(0.05)
+    pacer.answered(sent)
+    assert pacer._holds == []
+
+
+@pytest.mark.asyncio
 async def test_a_429_pauses_every_worker_then_resumes_slower_without_a_burst() -> None:
     pacer = Pacer(Rate(50, 1))
     await pacer.acquire()
