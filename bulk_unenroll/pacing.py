@@ -93,10 +93,10 @@ class Pacer:
         # The strict window the pace was derived from: N calls per period (N = pace / margin);
         # none for a fractional N (2.5/s is no count a window can hold) or a guessed pace.
         self._window = None
-        limit = rate.calls / SAFETY_MARGIN if rate is not None else 0.0
-        whole = round(limit) >= 1 and abs(limit - round(limit)) < 1e-6
-        if per_second and not adaptive and rate is not None and whole:
-            self._window = (round(limit), rate.period)
+        if rate is not None and per_second and not adaptive:
+            limit = rate.calls / SAFETY_MARGIN
+            if round(limit) >= 1 and abs(limit - round(limit)) < 1e-6:
+                self._window = (round(limit), rate.period)
         self._set(per_second)
 
     def _set(self, per_second: float | None) -> None:
