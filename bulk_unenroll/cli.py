@@ -39,23 +39,30 @@ _secrets: set[str] = set()
 
 
 def _read_key(key_file: Path | None, needed: bool) -> Secret:
+    where = f"--api-key-file {key_file}" if key_file is not None else KEY_ENV
     if key_file is not None:
         try:
             key = key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise InputError(f"cannot read --api-key-file {key_file}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise InputError(f"cannot read {where}: {reason}") from None
         if not key:
-            raise InputError(f"--api-key-file {key_file} is empty")
-        _secrets.add(key)
-        return Secret(key)
-    key = os.environ.get(KEY_ENV, "").strip()
-    if not key and needed:
-        raise InputError(
-            f"no API key: set the {KEY_ENV} environment variable or pass --api-key-file PATH "
-            "(keys are never taken on the command line, where ps and shell history see them)"
-        )
+            raise InputError(f"{where} is empty")
+    else:
+        key = os.environ.get(KEY_ENV, "").strip()
+        if not key and needed:
+            raise InputError(
+                f"no API key: set the {KEY_ENV} environment variable or pass --api-key-file "
+                "PATH (keys are never taken on the command line, where ps and shell history "
+                "see them)"
+            )
     if key:
         _secrets.add(key)
+        if not re.fullmatch(r"[\x21-\x7e]+", key):
+            raise InputError(
+                f"the API key in {where} contains a space, line break or non-ASCII character; "
+                "copy it again from the LeadLex dashboard"
+            )
     return Secret(key)
 
 
@@ -303,6 +310,7 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
     session = _Session()
     config: JobConfig | None = None
     error: str | None = None
+    unexpected: BaseException | None = None
     try:
         config = make_config()
         code = anyio.run(_drive, config, console, req, session, backend="asyncio")
@@ -311,7 +319,17 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
         if isinstance(known, BulkUnenrollError):
             code, error = known.exit_code, redact(str(known))
         elif _find(exc, KeyboardInterrupt) is not None:
-            code, error = 130, "interrupted before sending began; nothing was sent"
+            code, error = (
+                130,
+                (
+                    "interrupted while finishing; the results file is intact, rerun to continue"
+                    if session.ran
+                    else "interrupted before sending began; nothing was sent"
+                ),
+            )
+        elif isinstance(exc, Exception):
+            unexpected, code = exc, INTERNAL_ERROR
+            error = f"internal error: {type(_leaf(exc)).__name__}"
         else:
             raise
     command = continue_command()
@@ -330,7 +348,7 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
         )
         if session.ran:
             console.summary(job.summary, command, data)
-    if error is not None:
+    if error is not None and unexpected is None:
         console.error(error, code)
     if req.summary_json is not None:
         if data is None:
@@ -340,6 +358,8 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
         except ResultsFileError as exc:
             console.error(str(exc), exc.exit_code)
             code = code or exc.exit_code
+    if unexpected is not None:
+        internal_error(unexpected)  # the summary JSON above is written even for a bug
     sys.exit(code)
 
 

@@ -161,4 +161,6 @@ async def delete(
         return Answer(None, error="no answer within the timeout", maybe_applied=True)
     except httpx.TransportError as exc:
         return Answer(None, error=f"connection lost ({type(exc).__name__})", maybe_applied=True)
+    except httpx.HTTPError as exc:  # e.g. a body that fails to decode: the answer is lost
+        return Answer(None, error=f"unreadable answer ({type(exc).__name__})", maybe_applied=True)
     return _parse(response)

@@ -47,7 +47,12 @@ ROW_SETTLED = [o.value for o in (Outcome.INVALID, Outcome.DUPLICATE)]
 
 
 def escape_cell(value: str) -> str:
-    """Keep spreadsheet apps from running a cell as a formula (OWASP CSV injection)."""
+    """Keep spreadsheet apps from running a cell as a formula (OWASP CSV injection), and
+    keep line breaks out of cells: one record is one line, so a torn tail is always a
+    partial last line, and csv and polars always agree on where records start. Valid ids
+    never hold a line break; only echoed invalid cells and server messages lose theirs."""
+    if "\r" in value or "\n" in value:
+        value = " ".join(value.splitlines())
     return "'" + value if value.startswith(FORMULA_START) else value
 
 
@@ -321,12 +326,20 @@ def compact(out: Path) -> None:
             records = csv.reader(src)
             writer = csv.writer(dst, lineterminator="\n")
             writer.writerow(next(records))
-            writer.writerows(r for i, r in enumerate(records) if i not in superseded)
+            count = 0
+            for index, record in enumerate(records):
+                count = index + 1
+                if index not in superseded:
+                    writer.writerow(record)
+            if count != rows.len():  # never rename a file the two readers disagree on
+                raise OSError(f"it reads as {count:,} or {rows.len():,} records")
             dst.flush()
             os.fsync(dst.fileno())
         tmp.replace(out)
-    except (OSError, pl.exceptions.PolarsError) as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError | pl.exceptions.PolarsError):
+            raise
         raise ResultsFileError(
             f"cannot tidy {out} (it is intact, rows may repeat): {exc}"
         ) from None

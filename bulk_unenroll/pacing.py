@@ -264,17 +264,22 @@ def pace_text(per_second: float | None) -> str:
 def _int(headers: Mapping[str, str], name: str) -> int | None:
     try:
         return int(float(headers[name]))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OverflowError):  # absent, garbage, or "inf"
         return None
+
+
+LONGEST_RETRY_AFTER = 3600.0
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
     """Retry-After in seconds (delta form; HTTP dates are rare here and read as absent)."""
     value = headers.get("retry-after")
     try:
-        return max(0.0, float(value)) if value is not None else None
+        seconds = float(value) if value is not None else math.nan
     except ValueError:
         return None
+    # A hostile or broken header ("inf", "1e9") must not park the run for years.
+    return min(max(0.0, seconds), LONGEST_RETRY_AFTER) if math.isfinite(seconds) else None
 
 
 @dataclass

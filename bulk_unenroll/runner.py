@@ -21,7 +21,7 @@ from .errors import AuthError, BulkUnenrollError, ResultsFileError
 from .journal import Journal, read_history
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
 from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after
-from .reader import SendPlan, Source, build_plan, work_batches
+from .reader import SEND, SendPlan, Source, build_plan, work_batches
 
 PROGRESS_EVERY = 0.5
 WAITING_FOR_QUOTA = "waiting for quota reset"
@@ -96,7 +96,7 @@ class Job:
         before = plan.settled_before()
         s.outcomes.update(before)
         s.settled_before = sum(before.values())
-        s.to_send = plan.count(0)
+        s.to_send = plan.count(SEND)
         return plan
 
     def close(self) -> None:
@@ -114,11 +114,10 @@ class Job:
         assert self._plan is not None and self._journal is not None
         cfg = self.config
         self.summary.started_at = datetime.now(UTC)
-        pace = cfg.pace()
-        probe = pace is None
-        self._pacer = Pacer(pace or cfg.pace(PLANS["starter"]), probe_first=probe)
-        workers = cfg.workers(pace)
         try:
+            pace = cfg.pace()
+            self._pacer = Pacer(pace or cfg.pace(PLANS["starter"]), probe_first=pace is None)
+            workers = cfg.workers(pace)
             async with client.make_client(cfg.api_key.reveal(), cfg.timeout, workers) as http:
                 await self._run_pool(http, workers)
         except BaseExceptionGroup as group:
@@ -188,7 +187,10 @@ class Job:
                 result = await self._unenroll(http, enrollment)
                 if result is not None:
                     self._finished_rows += 1
-                    await done.send([result])
+                    # Shielded: a row the API answered is recorded even if the grace
+                    # period ends now (the writer is outside the cancelled pool).
+                    with anyio.CancelScope(shield=True):
+                        await done.send([result])
 
     async def _writer(self, done: MemoryObjectReceiveStream[list[RowResult]]) -> None:
         """One writer owns the results file; it writes whatever has piled up in one go."""
@@ -431,7 +433,9 @@ class Job:
                 )
             hint = retry_after(answer.headers) if answer.headers is not None else None
             ceiling = min(cfg.retry.max_delay, cfg.retry.base_delay * 2 ** (retries - 1))
-            await anyio.sleep(hint if hint is not None else random.uniform(0, ceiling))
+            delay = min(hint, cfg.retry.max_delay) if hint is not None else None
+            with anyio.move_on_after(delay if delay is not None else random.uniform(0, ceiling)):
+                await self._stopping.wait()  # a stop ends the backoff at once
 
     def _finish(
         self,

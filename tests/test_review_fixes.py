@@ -1,0 +1,85 @@
+"""Hardening found in review: line breaks in cells, undecodable answers, hostile headers,
+malformed keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+
+from bulk_unenroll.client import delete
+from bulk_unenroll.journal import Journal, escape_cell
+from bulk_unenroll.models import Enrollment, Outcome, RowResult
+from bulk_unenroll.pacing import Quota, retry_after
+from bulk_unenroll.sandbox import Sandbox
+
+PAIR = Enrollment(1, "cmp_x", new_uuid(1))
+
+
+def test_line_breaks_never_reach_a_results_cell() -> None:
+    assert escape_cell("bad\rcell\r\nnext\nline") == "bad cell next line"
+    assert escape_cell("=\n1") == "'= 1"
+
+
+def test_compaction_with_a_carriage_return_in_a_detail_keeps_the_right_records(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "results.csv"
+    journal = Journal(out)
+    journal.record(
+        [
+            RowResult(1, "cmp_x", new_uuid(1), Outcome.FAILED, detail="gateway said\rno"),
+            RowResult(2, "cmp_x", new_uuid(2), Outcome.REMOVED, detail="ok"),
+        ]
+    )
+    journal.close()
+    journal = Journal(out)
+    journal.record([RowResult(1, "cmp_x", new_uuid(1), Outcome.REMOVED)])
+    journal.close()
+
+    assert [(r["row"], r["status"]) for r in read_results(out)] == [
+        ("2", "removed"),
+        ("1", "removed"),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_an_answer_that_cannot_be_decoded_is_a_lost_answer_not_a_crash() -> None:
+    def broken_gzip(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(broken_gzip)) as client:
+        answer = await delete(client, "https://api.example/gw", PAIR, 5.0)
+    assert answer.status is None
+    assert answer.maybe_applied
+    assert "unreadable" in answer.error
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("7", 7.0), ("-3", 0.0), ("inf", None), ("nan", None), ("1e9", 3600.0), ("soon", None)],
+)
+def test_retry_after_is_bounded(header: str, seconds: float | None) -> None:
+    assert retry_after(httpx.Headers({"Retry-After": header})) == seconds
+
+
+def test_absurd_quota_headers_are_ignored() -> None:
+    quota = Quota()
+    quota.observe(httpx.Headers({"X-RateLimit-Remaining": "inf", "X-RateLimit-Limit": "1e999"}))
+    assert quota.remaining is None
+    assert quota.limit is None
+
+
+@pytest.mark.parametrize("key", ["wbk_abc\u200bdef", "wbk_abc def", "wbk_é"])
+def test_a_malformed_key_is_a_clear_usage_error(serve, tmp_path: Path, key: str) -> None:
+    pair = ("cmp_x", new_uuid(1))
+    api = Sandbox([pair])
+    src = write_csv(tmp_path / "in.csv", [pair])
+    env = {**cli_env(serve(api).base_url), "LEADLEX_API_KEY": key}
+    result = run_cli(["run", str(src), "--out", str(tmp_path / "r.csv"), "--yes"], env)
+    assert result.returncode == 2
+    assert "contains a space, line break or non-ASCII character" in result.stderr
+    assert key not in result.stderr + result.stdout
+    assert api.state.calls == 0
