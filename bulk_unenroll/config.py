@@ -188,11 +188,6 @@ class JobConfig:
             return base
         return Rate(base.calls * SAFETY_MARGIN, base.period)
 
-    @property
-    def known_daily_quota(self) -> int | None:
-        """The daily quota known before any call: --plan's. Otherwise the API tells us."""
-        return self.plan.per_day if self.plan is not None else None
-
     def workers(self, rate: Rate | None) -> int:
         """Most requests in flight: rate x a generous latency, so a slow API never caps the rate.
 

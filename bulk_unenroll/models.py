@@ -18,16 +18,6 @@ class Outcome(StrEnum):
     INVALID = "invalid"
     DUPLICATE = "duplicate"
 
-    @property
-    def settled(self) -> bool:
-        """Settled rows are never sent again; only `failed` is retried by a rerun."""
-        return self is not Outcome.FAILED
-
-    @property
-    def ok(self) -> bool:
-        """Outcomes that leave nothing for a person to look at."""
-        return self in (Outcome.REMOVED, Outcome.NOT_ENROLLED, Outcome.DUPLICATE)
-
 
 class StopReason(StrEnum):
     """Why a run stopped; decides the exit code together with the results."""
@@ -66,8 +56,6 @@ class RowResult:
     request_id: str = ""
     detail: str = ""
     finished_at: datetime | None = None
-    lost_response: bool = False
-    """A request for this pair may have been applied without us seeing the answer."""
 
 
 @dataclass

@@ -33,10 +33,6 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._free = list(range(count))  # a heap: the lowest free pool first
         self._overflow = itertools.cycle(range(count))
 
-    @property
-    def pools(self) -> int:
-        return len(self._pools)
-
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._free:
             index = heapq.heappop(self._free)

@@ -288,12 +288,6 @@ class Source:
 # -- validating and hashing ids -----------------------------------------------------------
 
 
-def pair_hashes(campaign: pl.Expr, contact: pl.Expr) -> list[pl.Expr]:
-    """Two independent 64-bit hashes of the pair (`pair_key` joins them into one key)."""
-    pair = pl.concat_str([campaign.fill_null(""), contact.fill_null("")], separator="\x1f")
-    return [pair.hash(seed=0).alias("h1"), pair.hash(seed=1).alias("h2")]
-
-
 def pair_key(campaign: pl.Expr, contact: pl.Expr) -> pl.Expr:
     """A 96-bit hash of the pair, as a UInt128 whose low 32 bits are zero.
 

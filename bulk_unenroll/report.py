@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from .config import PLANS, JobConfig, Plan
+from .config import PLANS, JobConfig, Plan, days_needed
 from .errors import InputError, ResultsFileError
 from .journal import COLUMNS, unescape
 from .models import Outcome, StopReason, Summary
@@ -120,7 +119,7 @@ def estimates(calls: int, config: JobConfig) -> list[Estimate]:
                 per_second=pace.per_second,
                 sending_seconds=calls / pace.per_second,
                 per_day=max(0, usable),
-                quota_days=math.ceil(calls / usable) if usable > 0 else None,
+                quota_days=days_needed(calls, plan.per_day, config.reserve),
             )
         )
     return result
@@ -268,10 +267,6 @@ class ResultsReport:
     last_finished: datetime | None = None
     selected: tuple[Outcome, ...] = NEEDS_A_LOOK
     selected_rows: int = 0
-
-    @property
-    def needs_a_look(self) -> int:
-        return sum(self.outcomes.get(o.value, 0) for o in NEEDS_A_LOOK)
 
     def as_dict(self) -> dict[str, Any]:
         return {
