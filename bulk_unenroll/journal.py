@@ -151,12 +151,17 @@ def _read_history(out: Path, sent: Path) -> tuple[History, int]:
     sent_keys: Iterator[pl.DataFrame] = iter(())
     if sent.exists() and sent.stat().st_size:
         sent_keys = (
-            pl.scan_csv(sent, has_header=False, new_columns=[CAMPAIGN, CONTACT], infer_schema=False)
-            .select(pair_key(unescape(CAMPAIGN), unescape(CONTACT)))
+            pl.scan_csv(
+                sent, has_header=False, new_columns=[CAMPAIGN, CONTACT, "delta"], infer_schema=False
+            )
+            .select(
+                pair_key(unescape(CAMPAIGN), unescape(CONTACT)),
+                pl.col("delta").cast(pl.Int32, strict=False).fill_null(1),
+            )
             .collect_batches(chunk_size=500_000)
         )
     # The settled frame is handed over, not kept here: from_records frees it once sorted.
-    return History.from_records(frames.pop(), recorded, (b["key"] for b in sent_keys)), failed
+    return History.from_records(frames.pop(), recorded, sent_keys), failed
 
 
 def read_history(out: Path) -> History:
@@ -258,11 +263,16 @@ class Journal:
         self._dirty = True
         self.sync_if_due()
 
-    def mark_sent(self, enrollment: Enrollment) -> None:
-        """Written before the request leaves: survives a kill with the request in flight."""
+    def mark_sent(self, enrollment: Enrollment, delta: int = 1) -> None:
+        """Written before the request leaves: survives a kill with the request in flight.
+
+        `delta=-1` takes the mark back when every answer this run got was definite (a 429,
+        a 401, a refused connection) and the row is left for a rerun: nothing was applied,
+        so the rerun must not say an earlier attempt may have removed it.
+        """
         try:
             self._sent_csv.writerow(
-                (escape_cell(enrollment.campaign_id), escape_cell(enrollment.contact_id))
+                (escape_cell(enrollment.campaign_id), escape_cell(enrollment.contact_id), delta)
             )
             self._sent.flush()
         except OSError as exc:

@@ -505,20 +505,29 @@ class History:
 
     @classmethod
     def from_records(
-        cls, settled: pl.DataFrame, recorded_rows: pl.Series, sent: Iterable[pl.Series]
+        cls, settled: pl.DataFrame, recorded_rows: pl.Series, sent: Iterable[pl.DataFrame]
     ) -> History:
         """From records in any order: `settled` has `key` and `prev` (outcome code); `sent`
-        is the keys of pairs a request went out for, in batches (millions after a long run)."""
+        has `key` and `delta` per line of the `.sent` file (+1 a request went out, -1 that
+        mark taken back), in batches (millions after a long run). A pair still counts as
+        sent while its marks outnumber its take-backs."""
         entries = settled.select(
             (pl.col("key") + pl.col("prev").cast(pl.UInt128)).alias("key")
         ).to_series()
         del settled
         entries = entries.drop_nulls().sort()  # sorting a bare u128 column is cheap
         unanswered = [  # most sent pairs are settled since: only the others are kept
-            keys.filter(_settled_code(entries, keys).is_null()) for keys in sent
+            lines.filter(_settled_code(entries, lines["key"]).is_null()) for lines in sent
         ]
-        attempted = pl.concat([_empty_keys(), *unanswered]).drop_nulls().sort()
-        attempted = attempted.filter(attempted.ne_missing(attempted.shift(1)))
+        empty = pl.DataFrame({"key": _empty_keys(), "delta": pl.Series([], dtype=pl.Int32)})
+        marks = pl.concat([empty, *unanswered])
+        attempted = (
+            marks.drop_nulls("key")
+            .group_by("key")
+            .agg(pl.col("delta").sum())
+            .filter(pl.col("delta") > 0)["key"]
+            .sort()
+        )
         return cls(entries, recorded_rows, attempted.alias("key"))
 
     def prev(self, keys: pl.Series) -> pl.Series:

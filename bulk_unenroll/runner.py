@@ -361,6 +361,7 @@ class Job:
                 return dead
             sent_at = await self._ready_to_send()
             if sent_at is None:
+                self._left_to_do(e, marked, maybe_applied)
                 return None
             dead = self._dead_campaign_result(e, attempts)  # it may have died while we waited
             if dead is not None:
@@ -401,6 +402,7 @@ class Job:
                 continue
             if action is client.Action.ABORT:
                 self.stop(StopReason.ABORTED, verdict.detail)
+                self._left_to_do(e, marked, maybe_applied)
                 return None
             # Transient: retry with backoff, unless the API looks down altogether.
             maybe_applied = maybe_applied or answer.maybe_applied
@@ -416,9 +418,11 @@ class Job:
                         f"(last: {verdict.detail}); stopped sending, rerun later"
                     ),
                 )
+                self._left_to_do(e, marked, maybe_applied)
                 return None
             retries += 1
             if retries > cfg.retry.max_retries:
+                self._left_to_do(e, marked, maybe_applied)
                 return RowResult(
                     e.row,
                     e.campaign_id,
@@ -436,6 +440,14 @@ class Job:
             delay = min(hint, cfg.retry.max_delay) if hint is not None else None
             with anyio.move_on_after(delay if delay is not None else random.uniform(0, ceiling)):
                 await self._stopping.wait()  # a stop ends the backoff at once
+
+    def _left_to_do(self, e: Enrollment, marked: bool, maybe_applied: bool) -> None:
+        """The row ends this run without a definite outcome. If every answer it got was
+        definite (a 429, a 401, a refused connection), nothing was applied: take back its
+        `.sent` mark, so a rerun's `not_enrolled` is not blamed on a lost answer."""
+        if marked and not maybe_applied:
+            assert self._journal is not None
+            self._journal.mark_sent(e, -1)
 
     def _finish(
         self,

@@ -350,10 +350,10 @@ def history(
         },
         schema={"campaign_id": pl.String, "contact_id": pl.String, "prev": pl.UInt8},
     ).select(pair_key(pl.col("campaign_id"), pl.col("contact_id")), "prev")
-    sent_keys = pl.DataFrame(sent, schema=["campaign_id", "contact_id"], orient="row").select(
-        pair_key(pl.col("campaign_id"), pl.col("contact_id"))
-    )["key"]
-    return History.from_records(frame, pl.Series("row", rows, pl.Int64), [sent_keys])
+    sent_lines = pl.DataFrame(sent, schema=["campaign_id", "contact_id"], orient="row").select(
+        pair_key(pl.col("campaign_id"), pl.col("contact_id")), pl.lit(1, pl.Int32).alias("delta")
+    )
+    return History.from_records(frame, pl.Series("row", rows, pl.Int64), [sent_lines])
 
 
 def test_history_settles_pairs_and_rows_and_remembers_lost_requests(tmp_path: Path) -> None:

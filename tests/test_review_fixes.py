@@ -13,7 +13,7 @@ from bulk_unenroll.client import delete
 from bulk_unenroll.journal import Journal, escape_cell
 from bulk_unenroll.models import Enrollment, Outcome, RowResult
 from bulk_unenroll.pacing import Quota, retry_after
-from bulk_unenroll.sandbox import Sandbox
+from bulk_unenroll.sandbox import Limits, Sandbox
 
 PAIR = Enrollment(1, "cmp_x", new_uuid(1))
 
@@ -83,3 +83,26 @@ def test_a_malformed_key_is_a_clear_usage_error(serve, tmp_path: Path, key: str)
     assert "contains a space, line break or non-ASCII character" in result.stderr
     assert key not in result.stderr + result.stdout
     assert api.state.calls == 0
+
+
+def test_a_row_stopped_by_the_quota_is_not_blamed_on_a_lost_answer_later(
+    serve, tmp_path: Path
+) -> None:
+    """Its only call got a definite quota 429: the rerun's not_enrolled is a plain one."""
+    pairs = [("cmp_q", new_uuid(i)) for i in range(1, 4)]  # none of them enrolled
+    api = Sandbox([], campaigns=["cmp_q"], limits=Limits(per_day=0, day_seconds=3600))
+    src = write_csv(tmp_path / "in.csv", pairs)
+    out = tmp_path / "results.csv"
+    args = ["run", str(src), "--out", str(out), "--rate", "50/s", "--concurrency", "1", "--yes"]
+    env = cli_env(serve(api).base_url)
+
+    first = run_cli(args, env)
+    assert first.returncode == 75, first.stderr
+    assert api.state.quota_refused == 1  # the first row was sent and refused, definitely
+
+    api.limits.per_day = None  # the next day
+    second = run_cli(args, env)
+    assert second.returncode == 0, second.stderr
+    records = read_results(out)
+    assert [r["status"] for r in records] == ["not_enrolled"] * 3
+    assert all("earlier attempt" not in r["detail"] for r in records)
