@@ -161,7 +161,8 @@ def pace_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--rate",
                 metavar="N/s|N/min",
-                help="Pace; default: the plan's per-minute limit, learnt from the API.",
+                help="Pace (or 'unlimited'); default: the plan's per-minute limit, learnt "
+                "from the API.",
             ),
             click.option(
                 "--plan",

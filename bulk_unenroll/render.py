@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from collections import deque
@@ -73,6 +74,8 @@ def rate_text(rate: Rate | float | None, noun: str = "") -> str:
     if rate is None:
         return "unknown"
     per_second = rate.per_second if isinstance(rate, Rate) else rate
+    if math.isinf(per_second):
+        return "unlimited"
     unit = f" {noun}/" if noun else "/"
     if per_second >= 1:
         return f"{per_second:,.1f}{unit}s"
@@ -273,10 +276,9 @@ def plan_lines(f: PlanFigures) -> list[str]:
     for e in f.estimates:
         days = "never" if e.quota_days is None else _n(e.quota_days)
         per_day = f" ({_n(e.per_day or 0)}/day)"
-        lines.append(
-            f"  {e.label:<34}{e.per_second * 60:>7,.1f}/min  "
-            f"{duration(e.sending_seconds):>12}  {days:>10}{per_day}"
-        )
+        pace = "unlimited" if math.isinf(e.per_second) else f"{e.per_second * 60:,.1f}/min"
+        sending = "-" if math.isinf(e.per_second) else duration(e.sending_seconds)
+        lines.append(f"  {e.label:<34}{pace:>11}  {sending:>12}  {days:>10}{per_day}")
     if len(f.estimates) > 1:
         lines.append(
             "  (the plan is not known yet: a run learns it from the API's first answer; "
