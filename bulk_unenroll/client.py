@@ -125,6 +125,10 @@ def _parse(response: httpx.Response) -> Answer:
     elif response.status_code >= 500 or response.status_code == 404:
         kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
         message = f"non-JSON body ({kind}, {len(response.content)} bytes)"
+    # Server text goes into results and logs: a gateway that echoes our key must not leak it.
+    key = response.request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if key:
+        code, message, request_id = (t.replace(key, "***") for t in (code, message, request_id))
     return Answer(
         status=response.status_code,
         code=code,

@@ -106,3 +106,19 @@ def test_a_row_stopped_by_the_quota_is_not_blamed_on_a_lost_answer_later(
     records = read_results(out)
     assert [r["status"] for r in records] == ["not_enrolled"] * 3
     assert all("earlier attempt" not in r["detail"] for r in records)
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_echoes_the_key_does_not_get_it_into_the_results() -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        said = request.headers["authorization"]
+        body = {"error": {"code": "bad_request", "message": f"rejected header {said}"}}
+        return httpx.Response(400, json=body, headers={"X-Request-ID": said})
+
+    key = "wbk_secret_123"
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(transport=httpx.MockTransport(echo), headers=headers) as client:
+        answer = await delete(client, "https://api.example/gw", PAIR, 5.0)
+    assert answer.status == 400
+    assert "***" in answer.message
+    assert key not in answer.message + answer.request_id + answer.code
