@@ -143,11 +143,11 @@ def _read_history(out: Path, sent: Path) -> tuple[History, int]:
         [
             records.filter(pl.col("prev").is_in(pair_settled)).select("key", "prev"),
             records.filter(pl.col("prev").is_in(row_settled)).select("row"),
-            records.select((pl.col("prev") == OUTCOME_CODE[Outcome.FAILED.value]).sum()),
+            records.filter(pl.col("prev") == OUTCOME_CODE[Outcome.FAILED.value]).select("key"),
         ],
         engine="streaming",
     )
-    failed, recorded = int(frames.pop().item() or 0), frames.pop()["row"]
+    failed_keys, recorded = frames.pop()["key"], frames.pop()["row"]
     sent_keys: Iterator[pl.DataFrame] = iter(())
     if sent.exists() and sent.stat().st_size:
         sent_keys = (
@@ -161,7 +161,8 @@ def _read_history(out: Path, sent: Path) -> tuple[History, int]:
             .collect_batches(chunk_size=500_000)
         )
     # The settled frame is handed over, not kept here: from_records frees it once sorted.
-    return History.from_records(frames.pop(), recorded, sent_keys), failed
+    history = History.from_records(frames.pop(), recorded, sent_keys, failed_keys)
+    return history, len(failed_keys)
 
 
 def read_history(out: Path) -> History:

@@ -40,6 +40,8 @@ class Enrollment:
     contact_id: str
     attempted_before: bool = False
     """An earlier run sent this pair and never recorded a definite answer."""
+    failed_before: bool = False
+    """The results file's latest record for this pair says `failed`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,8 @@ class Summary:
     @property
     def exit_code(self) -> int:
         """The whole job's state: 0 clean, 1 needs a look, 75 rerun later, 130/143 interrupted."""
-        if self.unfinished > 0:
+        stopped_early = self.stop_reason is not StopReason.COMPLETE and self.remaining > 0
+        if stopped_early or self.unfinished > 0:
             return {StopReason.SIGINT: 130, StopReason.SIGTERM: 143}.get(self.stop_reason, 75)
         needs_look = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
         return 1 if any(self.outcomes[o] for o in needs_look) else 0

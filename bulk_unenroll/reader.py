@@ -502,10 +502,16 @@ class History:
     recorded_rows: pl.Series = field(default_factory=lambda: pl.Series("row", [], pl.Int64))
     attempted: pl.Series = field(default_factory=_empty_keys)
     """Sorted keys of pairs sent before without a settled record since."""
+    failed: pl.Series = field(default_factory=_empty_keys)
+    """Sorted keys of pairs whose latest record is `failed` (a rerun retries them)."""
 
     @classmethod
     def from_records(
-        cls, settled: pl.DataFrame, recorded_rows: pl.Series, sent: Iterable[pl.DataFrame]
+        cls,
+        settled: pl.DataFrame,
+        recorded_rows: pl.Series,
+        sent: Iterable[pl.DataFrame],
+        failed: pl.Series | None = None,
     ) -> History:
         """From records in any order: `settled` has `key` and `prev` (outcome code); `sent`
         has `key` and `delta` per line of the `.sent` file (+1 a request went out, -1 that
@@ -528,7 +534,9 @@ class History:
             .filter(pl.col("delta") > 0)["key"]
             .sort()
         )
-        return cls(entries, recorded_rows, attempted.alias("key"))
+        failed = _empty_keys() if failed is None else failed.drop_nulls()
+        failed = failed.filter(_settled_code(entries, failed).is_null()).unique().sort()
+        return cls(entries, recorded_rows, attempted.alias("key"), failed.alias("key"))
 
     def prev(self, keys: pl.Series) -> pl.Series:
         """Per key, the earlier outcome code if the pair was settled, else null."""
@@ -566,6 +574,10 @@ class SendPlan:
 
     def count(self, action: int) -> int:
         return int((self.actions["action"] == action).sum())
+
+    def failed_before(self) -> int:
+        """Rows to send whose pair the results file shows as `failed`."""
+        return int(((self.actions["action"] == SEND) & self.actions["failed"]).sum())
 
     def settled_before(self) -> dict[Outcome, int]:
         prev = self.actions.filter(pl.col("action").is_in([SETTLED, RECORDED]))["prev"]
@@ -610,8 +622,9 @@ SORT_SLICE = 1_000_000
 
 def _by_pair(
     batches: list[pl.Series], rows: int, history: History
-) -> tuple[pl.Series, pl.Series, pl.Series]:
-    """Per row: repeats an earlier row's pair (dup), earlier outcome (prev), sent before.
+) -> tuple[pl.Series, pl.Series, pl.Series, pl.Series]:
+    """Per row: repeats an earlier row's pair (dup), earlier outcome (prev), sent before,
+    and last recorded `failed`.
 
     `batches` hold each valid row's key plus its row index in the free low bits (emptied
     here, so only the sorted copy outlives the sort). Sorted, a pair's rows stand
@@ -620,6 +633,7 @@ def _by_pair(
     dup = pl.Series("dup", [], pl.Boolean).extend_constant(False, rows)
     prev = _nulls("prev", rows, pl.UInt8())
     attempted = pl.Series("attempted", [], pl.Boolean).extend_constant(False, rows)
+    failed = pl.Series("failed", [], pl.Boolean).extend_constant(False, rows)
     tagged = pl.concat([_empty_keys(), *batches], rechunk=False)
     batches.clear()
     tagged = tagged.sort()
@@ -637,7 +651,8 @@ def _by_pair(
         prev = prev.scatter(row, _settled_code(history.settled, key, in_order=True))
         sent = _is_in(history.attempted, key, in_order=True)
         attempted = attempted.scatter(row.filter(sent), True)
-    return dup, prev, attempted
+        failed = failed.scatter(row.filter(_is_in(history.failed, key, in_order=True)), True)
+    return dup, prev, attempted, failed
 
 
 def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
@@ -667,8 +682,8 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
     if offset >= LOW_BITS:
         raise InputError(f"{source.path} has more than {LOW_BITS - 1:,} rows; split it")
     invalid_examples = invalid_examples[:examples]
-    dup, prev, attempted = _by_pair(tagged, offset, history)
-    rows = pl.concat(flags).with_columns(dup, prev, attempted)
+    dup, prev, attempted, failed = _by_pair(tagged, offset, history)
+    rows = pl.concat(flags).with_columns(dup, prev, attempted, failed)
     flags.clear()
     filled = (~rows["blank"]).arg_true()
     if not len(filled):
@@ -708,7 +723,7 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
         .cast(pl.UInt8)
     )
     actions = rows.select(
-        action.alias("action"), prev_outcome.alias("prev"), "attempted", "campaign"
+        action.alias("action"), prev_outcome.alias("prev"), "attempted", "failed", "campaign"
     )
     del rows
     to_send = actions.filter(pl.col("action") == SEND)["campaign"]
@@ -762,13 +777,14 @@ def work_batches(
         rows = pl.concat([raw, acts], how="horizontal").with_row_index("row", start + 1)
         rows = rows.filter(todo)
         df = pl.concat(
-            [normalise(rows), rows.select("row", "action", "attempted")], how="horizontal"
+            [normalise(rows), rows.select("row", "action", "attempted", "failed")],
+            how="horizontal",
         )
         send = df.filter(pl.col("action") == SEND)
         enrollments = [
-            Enrollment(row, campaign, contact, attempted)
-            for row, campaign, contact, attempted in send.select(
-                "row", CAMPAIGN, CONTACT, "attempted"
+            Enrollment(row, campaign, contact, attempted, failed)
+            for row, campaign, contact, attempted, failed in send.select(
+                "row", CAMPAIGN, CONTACT, "attempted", "failed"
             ).iter_rows()
         ]
         records: list[RowResult] = []

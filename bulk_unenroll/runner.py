@@ -95,6 +95,7 @@ class Job:
         s.total_rows = plan.total_rows
         before = plan.settled_before()
         s.outcomes.update(before)
+        s.outcomes[Outcome.FAILED] += plan.failed_before()  # until this run settles them
         s.settled_before = sum(before.values())
         s.to_send = plan.count(SEND)
         return plan
@@ -187,6 +188,8 @@ class Job:
                 result = await self._unenroll(http, enrollment)
                 if result is not None:
                     self._finished_rows += 1
+                    if enrollment.failed_before:  # its new record supersedes the `failed` one
+                        self.summary.outcomes[Outcome.FAILED] -= 1
                     # Shielded: a row the API answered is recorded even if the grace
                     # period ends now (the writer is outside the cancelled pool).
                     with anyio.CancelScope(shield=True):

@@ -22,6 +22,7 @@ def summary(total: int, reason: StopReason = StopReason.COMPLETE, **counts: int)
         (summary(3, removed=2, invalid=1), 1),
         (summary(3, removed=2, failed=1), 1),
         (summary(3, StopReason.QUOTA, removed=2), 75),
+        (summary(3, StopReason.QUOTA, removed=2, failed=1), 75),
         (summary(3, StopReason.API_DOWN, removed=1), 75),
         (summary(3, StopReason.MAX_REMOVALS, removed=1), 75),
         (summary(3, StopReason.SIGINT, removed=1), 130),

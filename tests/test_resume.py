@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -83,3 +84,28 @@ def test_dry_run_compares_with_the_results_and_sends_nothing(serve, tmp_path: Pa
     assert api.state.calls == 0
     assert not out.exists()
     assert "to send" in result.stderr
+
+
+def test_failed_rows_a_stopped_rerun_did_not_reach_still_count_as_failed(
+    serve, tmp_path: Path
+) -> None:
+    """The summary says what the results file says, even when the rerun stops early."""
+    rows = pairs(12)
+    api = Sandbox(rows, faults=Faults(error_503=1.0))
+    server = serve(api)
+    src = write_csv(tmp_path / "in.csv", rows)
+    out, summary = tmp_path / "results.csv", tmp_path / "summary.json"
+    args = ["run", str(src), "--out", str(out), "--rate", "500/s", "--max-retries", "0", "--yes"]
+    assert run_cli(args, cli_env(server.base_url)).returncode == 1
+
+    api.faults.error_503 = 0.0
+    second = run_cli(
+        [*args, "--concurrency", "1", "--max-removals", "5", "--summary-json", str(summary)],
+        cli_env(server.base_url),
+    )
+    assert second.returncode == 75, second.stderr
+    on_file = Counter(r["status"] for r in read_results(out) if r["status"] != "failed")
+    data = json.loads(summary.read_text())
+    assert on_file == {"removed": 5}
+    assert data["outcomes"]["removed"] == 5
+    assert data["outcomes"]["failed"] == 7
