@@ -151,8 +151,11 @@ def _read_history(out: Path, sent: Path) -> tuple[History, int]:
     sent_keys: Iterator[pl.DataFrame] = iter(())
     if sent.exists() and sent.stat().st_size:
         sent_keys = (
-            pl.scan_csv(
-                sent, has_header=False, new_columns=[CAMPAIGN, CONTACT, "delta"], infer_schema=False
+            pl.scan_csv(  # a line without a delta (older files) is a mark: +1
+                sent,
+                has_header=False,
+                schema={CAMPAIGN: pl.String, CONTACT: pl.String, "delta": pl.String},
+                missing_columns="insert",
             )
             .select(
                 pair_key(unescape(CAMPAIGN), unescape(CONTACT)),
