@@ -25,7 +25,7 @@ from typing import Any
 
 from bulk_unenroll.config import UNLIMITED_WORKERS
 
-from .common import Server, cli, cli_env, pairs, report, timed_child, write_input
+from .common import ChildRun, Server, cli, cli_env, pairs, report, timed_child, write_input
 
 LIBRARY_RUN = """
 import json, sys, time, anyio
@@ -67,6 +67,12 @@ def measure(rows: int, concurrency: int, rounds: int) -> dict[str, Any]:
         with Server(work, "--pairs", str(rows * 4 * rounds)) as server:
             env = cli_env(server.base_url)
             start = 0
+
+            def floor(first_row: int, *how: str) -> ChildRun:
+                """The bare httpx loop (bench/floor.py) over `rows` pairs from `first_row`."""
+                command = ["-m", "bench.floor", server.base_url, str(rows), str(concurrency)]
+                return timed_child([sys.executable, *command, str(first_row), *how], env)
+
             for round_ in range(rounds):
                 inp = write_input(work / f"cli-{round_}.csv", pairs(rows, start))
                 run = timed_child(
@@ -107,36 +113,13 @@ def measure(rows: int, concurrency: int, rounds: int) -> dict[str, Any]:
                 keep("tool, library Job.run()", figures["wall"], figures["cpu"])
                 start += rows
 
-                loop = timed_child(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.floor",
-                        server.base_url,
-                        str(rows),
-                        str(concurrency),
-                        str(start),
-                    ],
-                    env,
-                )
+                loop = floor(start)
                 inner = json.loads(loop.stdout)
                 keep("floor, httpx loop", inner["wall"], inner["cpu"])
                 keep("floor, as a whole child", loop.wall, loop.cpu)
                 start += rows
 
-                pooled = timed_child(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.floor",
-                        server.base_url,
-                        str(rows),
-                        str(concurrency),
-                        str(start),
-                        "pooled",
-                    ],
-                    env,
-                )
+                pooled = floor(start, "pooled")
                 inner = json.loads(pooled.stdout)
                 keep("same loop over the tool's one-connection pools", inner["wall"], inner["cpu"])
                 start += rows

@@ -18,7 +18,7 @@ import click
 
 from . import __version__
 from .config import DEFAULT_BASE_URL, PLANS, JobConfig, Rate, ReadOptions, RetryPolicy, Secret
-from .errors import BulkUnenrollError, InputError, ResultsFileError
+from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group
 from .render import LOG_FORMATS, PLAIN_EVERY, Console
 from .report import (
     PlanFigures,
@@ -80,17 +80,6 @@ def _leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
-
-
-def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find(inner, kind)
-            if found is not None:
-                return found
-    return None
 
 
 def internal_error(exc: BaseException) -> NoReturn:
@@ -316,10 +305,10 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
         config = make_config()
         code = anyio.run(_drive, config, console, req, session, backend="asyncio")
     except BaseException as exc:
-        known = _find(exc, BulkUnenrollError)
-        if isinstance(known, BulkUnenrollError):
+        known = find_in_group(exc, BulkUnenrollError)
+        if known is not None:
             code, error = known.exit_code, redact(str(known))
-        elif _find(exc, KeyboardInterrupt) is not None:
+        elif find_in_group(exc, KeyboardInterrupt) is not None:
             code, error = (
                 130,
                 (

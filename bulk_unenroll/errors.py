@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def find_in_group(exc: BaseException, kind: type[E]) -> E | None:
+    """The first `kind` exception in `exc` or, depth first, in the task-group exception
+    groups around it."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_in_group(inner, kind)
+            if found is not None:
+                return found
+    return None
+
 
 class BulkUnenrollError(Exception):
     """A problem that stops the run; the message says what is wrong and how to fix it."""

@@ -29,6 +29,7 @@ from rich.text import Text
 
 from .config import Rate
 from .models import Outcome, StopReason, Summary
+from .pacing import describe_reset
 from .report import PlanFigures, ResultsReport
 from .runner import WAITING_FOR_QUOTA, Progress
 
@@ -320,13 +321,7 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
         lines.append(f"stopped early: {s.stop_detail or s.stop_reason.value}")
     quota_stop = s.stop_reason is StopReason.QUOTA
     if quota_stop and s.quota_reset_at is not None and "resets" not in s.stop_detail:
-        utc = s.quota_reset_at.astimezone(UTC)
-        local = utc.astimezone()
-        left = (utc - datetime.now(UTC)).total_seconds()
-        lines.append(
-            f"daily quota resets at {utc:%Y-%m-%d %H:%M:%S} UTC "
-            f"({local:%Y-%m-%d %H:%M:%S %Z} local), in {duration(left)}"
-        )
+        lines.append(f"daily quota resets {describe_reset(s.quota_reset_at)}")
     if s.remaining:
         lines.append(f"{_n(s.remaining)} row(s) left to do; to continue, run: {command}")
     lines.append(f"exit code {exit_code}: {EXIT_MEANINGS.get(exit_code, '')}".rstrip(": "))

@@ -17,7 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import client
 from .config import PLANS, JobConfig, is_published_plan, plan_for_daily_limit
-from .errors import AuthError, BulkUnenrollError, ResultsFileError
+from .errors import AuthError, BulkUnenrollError, ResultsFileError, find_in_group
 from .journal import Journal, read_history
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
 from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after
@@ -123,7 +123,7 @@ class Job:
                 await self._run_pool(http, workers)
         except BaseExceptionGroup as group:
             # A task failed (the results file filled up): raise its error, not the group.
-            error = _run_error(group)
+            error = find_in_group(group, BulkUnenrollError)
             if error is None:
                 raise
             raise error from None
@@ -520,15 +520,6 @@ class Job:
                 f"{pace} {climbing}"
             )
             pacer.learn(pace, adaptive=True)
-
-
-def _run_error(group: BaseExceptionGroup[BaseException]) -> BulkUnenrollError | None:
-    """The first error that ends the run, however deep in nested task groups."""
-    for exc in group.exceptions:
-        found = _run_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
-        if isinstance(found, BulkUnenrollError):
-            return found
-    return None
 
 
 async def run_job(
