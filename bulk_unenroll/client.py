@@ -14,6 +14,8 @@ from .models import Enrollment, Outcome
 from .pools import PooledTransport
 
 USER_AGENT = "bulk-unenroll/0.1"
+CAMPAIGN_NOT_FOUND = ("campaign_not_found", "not_found")
+"""The docs spell the 404 for an unknown campaign both ways."""
 
 
 class Action(Enum):
@@ -82,7 +84,7 @@ def classify(answer: Answer) -> Verdict:
     if status == 404:
         if code == "enrollment_not_found":
             return Verdict(Action.DONE, Outcome.NOT_ENROLLED)
-        if code in ("campaign_not_found", "not_found"):
+        if code in CAMPAIGN_NOT_FOUND:
             return Verdict(Action.DONE, Outcome.REJECTED, "no campaign with this id")
         if code:
             return Verdict(Action.DONE, Outcome.REJECTED, answer.message or f"404 {code}")

@@ -19,6 +19,10 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
 
 
+NEEDS_A_LOOK = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
+"""Outcomes that make a finished job exit 1, and what `report --export` picks by default."""
+
+
 class StopReason(StrEnum):
     """Why a run stopped; decides the exit code together with the results."""
 
@@ -111,5 +115,4 @@ class Summary:
         stopped_early = self.stop_reason is not StopReason.COMPLETE and self.remaining > 0
         if stopped_early or self.unfinished > 0:
             return {StopReason.SIGINT: 130, StopReason.SIGTERM: 143}.get(self.stop_reason, 75)
-        needs_look = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
-        return 1 if any(self.outcomes[o] for o in needs_look) else 0
+        return 1 if any(self.outcomes[o] for o in NEEDS_A_LOOK) else 0

@@ -17,7 +17,7 @@ import polars as pl
 from .config import PLANS, JobConfig, Plan, days_needed
 from .errors import InputError, ResultsFileError
 from .journal import COLUMNS, unescape
-from .models import Outcome, StopReason, Summary
+from .models import NEEDS_A_LOOK, Outcome, StopReason, Summary
 from .reader import (
     DUPLICATE,
     INVALID,
@@ -31,7 +31,6 @@ from .reader import (
 SCHEMA_VERSION = 1
 """Bumped only when a key of the summary JSON changes meaning or goes away."""
 TOP_CAMPAIGNS = 10
-NEEDS_A_LOOK = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
 EXPORT_SUFFIXES = (".csv", ".parquet", ".xlsx")
 
 

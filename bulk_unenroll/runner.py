@@ -471,7 +471,7 @@ class Job:
                 + "; ".join(dict.fromkeys(lost_reasons))
                 + ")"
             )
-        if outcome is Outcome.REJECTED and answer.code in ("campaign_not_found", "not_found"):
+        if outcome is Outcome.REJECTED and answer.code in client.CAMPAIGN_NOT_FOUND:
             self._dead_campaigns.setdefault(e.campaign_id, e.row)
         if outcome is Outcome.REMOVED:
             self._removed += 1
