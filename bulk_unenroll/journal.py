@@ -1,8 +1,10 @@
-"""The results file: append-only, flushed as rows finish, locked, read back for resume.
+"""The results file as a ledger: appended and flushed as rows finish, locked, read back.
 
-Beside it live two small companions: `<out>.lock` (one run at a time; the lock dies with its
-process) and `<out>.sent` (pairs a request went out for, written before the request, so a
-rerun after a crash knows which `enrollment_not_found` answers may be its own earlier work).
+Beside it live two companions that belong to it alone: `<out>.lock` (one run at a time; it
+exists only while a run holds it) and `<out>.sent` (pairs a request went out for, written
+before the request, so a rerun after a crash knows which `enrollment_not_found` answers may
+be its own earlier work). `.sent` starts with the identity of the results file it belongs to:
+when the results file is moved, deleted or replaced, old marks never speak for a new job.
 """
 
 from __future__ import annotations
@@ -14,53 +16,25 @@ import json
 import os
 import shutil
 import socket
-import tempfile
+import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import polars as pl
 
+from . import records
 from .errors import ResultsFileError
 from .models import Enrollment, Outcome, RowResult
 from .reader import CAMPAIGN, CONTACT, OUTCOME_CODE, History, pair_key
+from .records import escape_cell, unescape
 
-COLUMNS = (
-    "row",
-    "campaign_id",
-    "contact_id",
-    "status",
-    "http_status",
-    "error_code",
-    "attempts",
-    "request_id",
-    "detail",
-    "finished_at",
-)
-HEADER = ",".join(COLUMNS) + "\n"
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 FSYNC_EVERY = 1.0
-PAIR_SETTLED = [o.value for o in (Outcome.REMOVED, Outcome.NOT_ENROLLED, Outcome.REJECTED)]
-ROW_SETTLED = [o.value for o in (Outcome.INVALID, Outcome.DUPLICATE)]
-
-
-def escape_cell(value: str) -> str:
-    """Keep spreadsheet apps from running a cell as a formula (OWASP CSV injection), and
-    keep line breaks out of cells: one record is one line, so a torn tail is always a
-    partial last line, and csv and polars always agree on where records start. Valid ids
-    never hold a line break; only echoed invalid cells and server messages lose theirs."""
-    if "\r" in value or "\n" in value:
-        value = " ".join(value.splitlines())
-    return "'" + value if value.startswith(FORMULA_START) else value
-
-
-def unescape(column: str) -> pl.Expr:
-    """Undo `escape_cell`, so ids read back exactly as they were sent."""
-    col = pl.col(column)
-    escaped = col.str.starts_with("'") & col.str.slice(1, 1).is_in(list(FORMULA_START))
-    return pl.when(escaped).then(col.str.slice(1)).otherwise(col).alias(column)
+BINDING = "#results {:>41} {:>41}\n"
+"""First line of `.sent`: the (device:inode) of its results file, and of the file about to
+replace it while a rewrite is under way. Fixed width, so it is updated in place."""
 
 
 def _utc(moment: datetime | None) -> str:
@@ -74,55 +48,85 @@ def _fail(path: Path, action: str, exc: OSError) -> ResultsFileError:
     )
 
 
+def companion(out: Path, suffix: str) -> Path:
+    return out.with_name(out.name + suffix)
+
+
 class Lock:
-    """An exclusive lock on `<out>.lock` naming its holder; released when the process dies."""
+    """An exclusive lock on `<out>.lock` naming its holder; released when the process dies.
+
+    The file is removed on release, so none is left behind. A run that opened it just before
+    it went checks, once locked, that the name still leads to the file it locked.
+    """
 
     def __init__(self, out: Path) -> None:
-        self.path = out.with_name(out.name + ".lock")
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise _fail(self.path, "create the lock file", exc) from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 4096, 0).decode(errors="replace").strip()
-            os.close(self._fd)
-            raise ResultsFileError(
-                f"another run is using {out} ({holder or 'holder unknown'}); "
-                "wait for it to finish or stop it, then rerun"
-            ) from None
+        self.path = companion(out, ".lock")
+        while True:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise _fail(self.path, "create the lock file", exc) from None
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(self._fd, 4096, 0).decode(errors="replace").strip()
+                os.close(self._fd)
+                raise ResultsFileError(
+                    f"another run is using {out} ({holder or 'holder unknown'}); "
+                    "wait for it to finish or stop it, then rerun"
+                ) from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(self._fd)  # its holder removed it as we opened it: take the new one
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, self._holder().encode(), 0)
 
     @staticmethod
     def _holder() -> str:
-        started = _utc(None)
-        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": started})
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _utc(None)})
 
     def release(self) -> None:
         with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)
+            self.path.unlink()
         os.close(self._fd)
 
 
-def _cut_torn_tail(path: Path) -> None:
-    """A kill mid-write can leave half a line; drop it so the row is redone, not misread."""
-    with path.open("rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        chunk = min(size, 1 << 20)
-        f.seek(size - chunk)
-        tail = f.read(chunk)
-        cut = tail.rfind(b"\n")
-        f.truncate(size - chunk + cut + 1 if cut >= 0 else 0)
+def _identity(status: os.stat_result) -> str:
+    return f"{status.st_dev}:{status.st_ino}"
 
 
-def _read_history(out: Path, sent: Path) -> tuple[History, int]:
+def _binding(sent: Path) -> list[str] | None:
+    """The identities a `.sent` file is bound to; None for a file from before bindings."""
+    with sent.open("rb") as f:
+        first = f.readline(200).decode("ascii", "replace")
+    if not first.startswith("#results "):
+        return None
+    return [part for part in first.split()[1:] if part != "-"]
+
+
+def _bind(sent: Path, current: str, following: str = "-") -> None:
+    fd = os.open(sent, os.O_WRONLY)
+    try:
+        os.pwrite(fd, BINDING.format(current, following).encode(), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _marks_of(out: Path) -> Path | None:
+    """`.sent` if it belongs to `out` (read-only check, for --dry-run), else None."""
+    sent = companion(out, ".sent")
+    if not sent.exists():
+        return None
+    bound = _binding(sent)
+    return sent if bound is None or _identity(out.stat()) in bound else None
+
+
+def _read_history(results: Path, form: records.Dialect, sent: Path | None) -> tuple[History, int]:
     """Settled pairs, rows recorded without a call, pairs once sent; and the failed count.
 
     Streams both files and keeps 16 bytes per settled record, so the results of a 10M-row
@@ -132,28 +136,31 @@ def _read_history(out: Path, sent: Path) -> tuple[History, int]:
     code = pl.coalesce(  # not replace_strict: that one is not streamed, and held every status
         [pl.when(status == value).then(pl.lit(c, pl.UInt8)) for value, c in OUTCOME_CODE.items()]
     )
-    pair_settled = [OUTCOME_CODE[s] for s in PAIR_SETTLED]
-    row_settled = [OUTCOME_CODE[s] for s in ROW_SETTLED]
-    records = pl.scan_csv(out, infer_schema=False).select(
-        pl.col("row").cast(pl.Int64, strict=False),
+    settled = [OUTCOME_CODE[o.value] for o in records.SETTLED]
+    without_call = [OUTCOME_CODE[o.value] for o in records.WITHOUT_CALL]
+    row = pl.col("row").cast(pl.Int64, strict=False)
+    cells = pair_key(pl.col(CAMPAIGN).fill_null(""), pl.col(CONTACT).fill_null(""))
+    lazy = records.scan(results, form).select(
         pair_key(unescape(CAMPAIGN), unescape(CONTACT)),
         code.alias("prev"),
+        (cells + row.clip(0, 1 << 31).cast(pl.UInt128)).alias("row_key"),
     )
     frames = pl.collect_all(
         [
-            records.filter(pl.col("prev").is_in(pair_settled)).select("key", "prev"),
-            records.filter(pl.col("prev").is_in(row_settled)).select("row"),
-            records.filter(pl.col("prev") == OUTCOME_CODE[Outcome.FAILED.value]).select("key"),
+            lazy.filter(pl.col("prev").is_in(settled)).select("key", "prev"),
+            lazy.filter(pl.col("prev").is_in(without_call)).select("row_key"),
+            lazy.filter(pl.col("prev") == OUTCOME_CODE[Outcome.FAILED.value]).select("key"),
         ],
         engine="streaming",
     )
-    failed_keys, recorded = frames.pop()["key"], frames.pop()["row"]
+    failed_keys, recorded = frames.pop()["key"], frames.pop()["row_key"]
     sent_keys: Iterator[pl.DataFrame] = iter(())
-    if sent.exists() and sent.stat().st_size:
+    if sent is not None and sent.stat().st_size:
         sent_keys = (
             pl.scan_csv(  # a line without a delta (older files) is a mark: +1
                 sent,
                 has_header=False,
+                comment_prefix="#",
                 schema={CAMPAIGN: pl.String, CONTACT: pl.String, "delta": pl.String},
                 missing_columns="insert",
             )
@@ -170,63 +177,57 @@ def _read_history(out: Path, sent: Path) -> tuple[History, int]:
 
 def read_history(out: Path) -> History:
     """Read-only look at an earlier run's results, for --dry-run (no lock, nothing changed)."""
-    if not out.exists() or not out.stat().st_size:
+    out = Path(os.path.realpath(out))
+    if not out.is_file() or not out.stat().st_size:
         return History()
-    _check_header(out)
-    sent = out.with_name(out.name + ".sent")
-    with out.open("rb") as f:
-        f.seek(-1, os.SEEK_END)
-        whole_lines = f.read(1) == b"\n"
-    if whole_lines:
-        return _read_history(out, sent)[0]
-    with tempfile.TemporaryDirectory() as tmp:  # a torn last line: read a copy without it
-        copy = Path(tmp) / "results.csv"
-        shutil.copyfile(out, copy)
-        _cut_torn_tail(copy)
-        return _read_history(copy, sent)[0]
-
-
-def _check_header(out: Path) -> None:
-    with out.open(encoding="utf-8", errors="replace") as f:
-        first = f.readline()
-    if first != HEADER:
-        raise ResultsFileError(
-            f"{out} exists but is not a bulk_unenroll results file "
-            f"(its first line is {first.strip()[:80]!r}); choose another --out"
-        )
+    form = records.dialect(out)
+    try:
+        with records.whole(out) as readable:
+            return _read_history(readable, form, _marks_of(out))[0]
+    except pl.exceptions.PolarsError as exc:
+        raise ResultsFileError(f"cannot read back {out}: {exc}") from None
 
 
 class Journal:
-    """Owns the results file and its companions for one run."""
+    """Owns the results file and its companions for one run.
+
+    `out` may be a symbolic link: the file it leads to is locked, read and rewritten, so
+    two names for one file share one lock and one set of companions.
+    """
 
     def __init__(self, out: Path) -> None:
-        self.out = out
-        self.sent_path = out.with_name(out.name + ".sent")
         if out.is_dir():
             raise ResultsFileError(
                 f"--out {out} is a directory; give a file path such as results.csv"
             )
         if not out.parent.exists():
             raise ResultsFileError(f"--out {out}: folder {out.parent} does not exist")
+        self.out = out = Path(os.path.realpath(out))
+        self.sent_path = companion(out, ".sent")
+        self.notices: list[str] = []
+        """What opening found and did that the user should hear about."""
         self._lock = Lock(out)
         self.history = History()
         self._failed_before = 0
         self._closed = False
         opened: list[IO[str]] = []
         try:
-            if out.exists() and out.stat().st_size:
-                _check_header(out)  # before cutting anything: it may be someone else's file
-                _cut_torn_tail(out)
-            self._results: IO[str] = out.open("a", encoding="utf-8", newline="")
-            opened.append(self._results)
-            if self._results.tell() == 0:
+            companion(out, ".rewriting").unlink(missing_ok=True)  # left by a kill mid-rewrite
+            existed = out.exists() and out.stat().st_size > 0
+            form = records.dialect(out) if existed else records.Dialect()  # before any change
+            if not existed:
                 # At once, not with the first record: a run killed before any row finished
                 # leaves `.sent` pairs that the rerun must read back beside a valid file.
-                self._results.write(HEADER)
-                self._results.flush()
-            if self.sent_path.exists():
-                _cut_torn_tail(self.sent_path)
-            self.history, self._failed_before = _read_history(out, self.sent_path)
+                out.write_text(records.HEADER, encoding="utf-8")
+            self._adopt_marks(existed)
+            if not form.canonical:
+                self._make_canonical(form)
+            records.mend_tail(out)
+            self._results: IO[str] = out.open("a", encoding="utf-8", newline="")
+            opened.append(self._results)
+            self.history, self._failed_before = _read_history(
+                out, records.Dialect(), self.sent_path
+            )
             self._sent: IO[str] = self.sent_path.open("a", encoding="utf-8", newline="")
         except BaseException as exc:
             for f in opened:
@@ -242,6 +243,101 @@ class Journal:
         self._sent_csv = csv.writer(self._sent, lineterminator="\n")
         self._synced_at = time.monotonic()
         self._dirty = False
+
+    def _adopt_marks(self, existed: bool) -> None:
+        """Keep `.sent` only if it belongs to this results file; start it bound to it."""
+        sent, here = self.sent_path, _identity(self.out.stat())
+        if sent.exists():
+            bound = _binding(sent)
+            if not existed:
+                sent.unlink()
+                self.notices.append(
+                    f"removed {sent.name}: its results file is gone (moved or deleted), "
+                    "so its marks belong to an earlier job"
+                )
+            elif bound is None:  # written before bindings: bind it where it stands
+                records.mend_tail(sent)
+                body = sent.read_bytes()
+                sent.write_bytes(BINDING.format(here, "-").encode() + body)
+            elif here not in bound:
+                aside = companion(self.out, f".sent.orphaned-{_utc(None).replace(':', '')}")
+                sent.replace(aside)
+                self.notices.append(
+                    f"set {sent.name} aside as {aside.name}: it belongs to another file that "
+                    f"stood at {self.out.name} (replaced or re-saved), so its marks are not "
+                    "used; rows it marked are sent again if their results say nothing"
+                )
+            elif bound != [here]:
+                _bind(sent, here)  # a rewrite ended between its rename and the binding
+        if not sent.exists():
+            sent.write_text(BINDING.format(here, "-"), encoding="utf-8")
+        else:
+            records.mend_tail(sent)
+
+    def _make_canonical(self, form: records.Dialect) -> None:
+        """A results file re-saved by a spreadsheet: keep the original beside it as a
+        backup, and continue with the same records in the form this tool writes."""
+        stamp = _utc(None).replace(":", "").replace("-", "")
+        backup = self.out.with_name(f"{self.out.stem}.resaved-{stamp}{self.out.suffix}")
+        try:
+            os.link(self.out, backup)  # the original file itself, under a second name
+        except OSError:
+            shutil.copy2(self.out, backup)
+        self._replace(lambda dst: records.rewrite(self.out, form, dst))
+        self.notices.append(
+            f"{self.out.name} was re-saved by another program ({self._describe(form)}): its "
+            f"records were read back and the file rewritten in this tool's form; the file as "
+            f"it was is kept as {backup.name}"
+        )
+
+    @staticmethod
+    def _describe(form: records.Dialect) -> str:
+        changes = []
+        if form.bom:
+            changes.append("a byte-order mark")
+        if form.separator != ",":
+            changes.append(f"{form.separator!r} between cells")
+        if form.names != records.COLUMNS:
+            changes.append("columns added, removed or moved")
+        return ", ".join(changes) or "other line endings or quoting"
+
+    def _replace(self, write: Callable[[IO[str]], None]) -> None:
+        """Write a new version of the results file and swap it in atomically, with `.sent`
+        bound to both while the swap is under way. The new version is written unnamed
+        where the system allows (Linux `O_TMPFILE`), so a kill mid-rewrite leaves nothing
+        behind; elsewhere as `.rewriting`, which the next run removes."""
+        tmp = companion(self.out, ".rewriting")
+        mode = stat.S_IMODE(self.out.stat().st_mode)
+        try:
+            new = self._write_unnamed(write, tmp, mode)
+        except OSError:
+            new = None
+        try:
+            if new is None:
+                with tmp.open("w", encoding="utf-8", newline="") as dst:
+                    os.fchmod(dst.fileno(), mode)
+                    write(dst)
+                    new = _identity(os.fstat(dst.fileno()))
+            _bind(self.sent_path, _identity(self.out.stat()), new)
+            tmp.replace(self.out)
+            _bind(self.sent_path, new)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _write_unnamed(self, write: Callable[[IO[str]], None], tmp: Path, mode: int) -> str:
+        """Write into a file with no name, then give it the name `tmp`; its identity."""
+        folder = os.open(self.out.parent, os.O_RDONLY)
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, mode, dir_fd=folder)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as dst:
+                write(dst)
+                tmp.unlink(missing_ok=True)
+                # With a dir_fd, link() follows the /proc link to the file (AT_SYMLINK_FOLLOW).
+                os.link(f"/proc/self/fd/{fd}", tmp.name, dst_dir_fd=folder)
+                return _identity(os.fstat(fd))
+        finally:
+            os.close(folder)
 
     def record(self, results: Iterable[RowResult]) -> None:
         """Append finished rows and flush, so a kill loses only what is still in flight."""
@@ -295,7 +391,7 @@ class Journal:
         self._synced_at, self._dirty = time.monotonic(), False
 
     def close(self) -> None:
-        """Sync, then fold superseded `failed` records so each row has one record again.
+        """Sync, then drop `failed` records that a later record of the same pair superseded.
         After a failed write it still closes both files and unlocks; safe to call twice."""
         if self._closed:
             return
@@ -316,44 +412,37 @@ class Journal:
             # Also when this run wrote nothing: a rerun killed after settling failed rows
             # leaves them recorded twice, and the next run may find nothing left to send.
             if self._failed_before:
-                compact(self.out)
+                self.compact()
         finally:
             self._lock.release()
 
-
-def compact(out: Path) -> None:
-    """Drop records a later one superseded, keeping file order; atomic via rename.
-
-    Only the row column is loaded; records stream through the csv module, so memory stays
-    flat for results files of millions of rows.
-    """
-    tmp = out.with_name(out.name + ".compacting")
-    try:
-        rows = pl.scan_csv(out, infer_schema=False).select("row").collect()["row"]
-        superseded = set((~rows.is_last_distinct()).arg_true().to_list())
-        if not superseded:
-            return
-        with (
-            out.open(encoding="utf-8", newline="") as src,
-            tmp.open("w", encoding="utf-8", newline="") as dst,
-        ):
-            records = csv.reader(src)
-            writer = csv.writer(dst, lineterminator="\n")
-            writer.writerow(next(records))
-            count = 0
-            for index, record in enumerate(records):
-                count = index + 1
-                if index not in superseded:
-                    writer.writerow(record)
-            if count != rows.len():  # never rename a file the two readers disagree on
-                raise OSError(f"it reads as {count:,} or {rows.len():,} records")
-            dst.flush()
-            os.fsync(dst.fileno())
-        tmp.replace(out)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if not isinstance(exc, OSError | pl.exceptions.PolarsError):
-            raise
-        raise ResultsFileError(
-            f"cannot tidy {out} (it is intact, rows may repeat): {exc}"
-        ) from None
+    def compact(self) -> None:
+        """Drop each `failed` record that a later record of the same pair supersedes; keep
+        everything else (every definite answer, every row recorded without a call) in file
+        order. Only two columns are loaded; records stream through, so memory stays flat."""
+        try:
+            status = pl.col("status")
+            frame = (
+                records.scan(self.out, records.Dialect())
+                .select(
+                    pair_key(unescape(CAMPAIGN), unescape(CONTACT)),
+                    status.is_in([o.value for o in records.ANSWERED]).alias("answered"),
+                    (status == Outcome.FAILED.value).alias("failed"),
+                )
+                .with_row_index("i")
+                .collect()
+            )
+            answered = frame.filter("answered")
+            superseded = answered.filter(pl.col("failed") & ~pl.col("key").is_last_distinct())["i"]
+            if superseded.is_empty():
+                return
+            skip = set(superseded.to_list())
+            self._replace(
+                lambda dst: records.rewrite(
+                    self.out, records.Dialect(), dst, skip, expected=frame.height
+                )
+            )
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise ResultsFileError(
+                f"cannot tidy {self.out} (it is intact, `failed` records may repeat): {exc}"
+            ) from None

@@ -30,6 +30,7 @@ from .config import ReadOptions
 from .errors import InputError
 from .formats import Layout, as_text, explain, layout_of
 from .models import Enrollment, Outcome, RowResult
+from .records import stored
 
 BATCH_ROWS = 200_000
 
@@ -499,7 +500,10 @@ class History:
     settled: pl.Series = field(default_factory=_empty_keys)
     """Sorted pair keys plus the outcome code in their low bits (`key + code`). A pair
     settled more than once counts as its first outcome in `Outcome` order (removed first)."""
-    recorded_rows: pl.Series = field(default_factory=lambda: pl.Series("row", [], pl.Int64))
+    recorded: pl.Series = field(default_factory=_empty_keys)
+    """Sorted `row_key`s of rows recorded without a call (invalid, duplicate): a record
+    speaks for the row with the same number and the same cells, not for whatever row of
+    another input has that number now."""
     attempted: pl.Series = field(default_factory=_empty_keys)
     """Sorted keys of pairs sent before without a settled record since."""
     failed: pl.Series = field(default_factory=_empty_keys)
@@ -509,7 +513,7 @@ class History:
     def from_records(
         cls,
         settled: pl.DataFrame,
-        recorded_rows: pl.Series,
+        recorded: pl.Series,
         sent: Iterable[pl.DataFrame],
         failed: pl.Series | None = None,
     ) -> History:
@@ -536,7 +540,11 @@ class History:
         )
         failed = _empty_keys() if failed is None else failed.drop_nulls()
         failed = failed.filter(_settled_code(entries, failed).is_null()).unique().sort()
-        return cls(entries, recorded_rows, attempted.alias("key"), failed.alias("key"))
+        recorded = recorded.drop_nulls().unique().sort().alias("key")
+        return cls(entries, recorded, attempted.alias("key"), failed.alias("key"))
+
+    def was_recorded(self, row_keys: pl.Series) -> pl.Series:
+        return _is_in(self.recorded, row_keys).alias("recorded")
 
     def prev(self, keys: pl.Series) -> pl.Series:
         """Per key, the earlier outcome code if the pair was settled, else null."""
@@ -673,8 +681,14 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
         index = pl.int_range(offset, offset + df.height, dtype=pl.UInt64).cast(pl.UInt128)
         tagged.append(df.select(pl.col("key") + index).to_series().drop_nulls())
         blank = df["reason"].is_in(blank_reasons).fill_null(False).alias("blank")
+        recorded = pl.Series("recorded", [], pl.Boolean).extend_constant(False, df.height)
+        if len(history.recorded):
+            keys = df.select(row_key(pl.col(CAMPAIGN), pl.col(CONTACT), offset + 1)).to_series()
+            recorded = history.was_recorded(keys)
         flags.append(
-            pl.DataFrame([valid.alias("valid"), campaigns.codes(df[CAMPAIGN], valid), blank])
+            pl.DataFrame(
+                [valid.alias("valid"), campaigns.codes(df[CAMPAIGN], valid), blank, recorded]
+            )
         )
         offset += df.height
     if not offset:
@@ -691,11 +705,6 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
     ignored_tail = rows.height - (int(filled[-1]) + 1)
     rows = rows.head(rows.height - ignored_tail)
     invalid_examples = [(row, why) for row, why in invalid_examples if row <= rows.height]
-    recorded = pl.Series("recorded", [], pl.Boolean).extend_constant(False, rows.height)
-    done = history.recorded_rows.filter(history.recorded_rows.is_between(1, rows.height))
-    if len(done):
-        recorded = recorded.scatter(done - 1, True)
-    rows = rows.with_columns(recorded)
     dup_row = pl.col("valid") & pl.col("dup")
     settled_as = pl.col("prev")
     action = (
@@ -741,10 +750,19 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
     )
 
 
-def _shown(value: str | None) -> str:
-    if value is None:
-        return ""
-    return value if len(value) <= MAX_SHOWN else value[:MAX_SHOWN] + "..."
+def shown(cell: pl.Expr) -> pl.Expr:
+    """A cell as a record shows it: invalid cells are echoed, cut at MAX_SHOWN characters."""
+    cell = cell.fill_null("")
+    long = cell.str.len_chars() > MAX_SHOWN
+    return pl.when(long).then(cell.str.slice(0, MAX_SHOWN) + "...").otherwise(cell)
+
+
+def row_key(campaign: pl.Expr, contact: pl.Expr, first_row: int) -> pl.Expr:
+    """Row number and cells as a record without a call stores them (see `History.recorded`);
+    rows are numbered from `first_row`."""
+    cells = pair_key(stored(shown(campaign)), stored(shown(contact)))
+    rows = pl.int_range(first_row, first_row + pl.len(), dtype=pl.UInt64).cast(pl.UInt128)
+    return (cells + rows).alias("row_key")
 
 
 DUPLICATE_DETAIL = "same campaign and contact as an earlier row; not sent again"
@@ -780,6 +798,11 @@ def work_batches(
             [normalise(rows), rows.select("row", "action", "attempted", "failed")],
             how="horizontal",
         )
+        invalid = pl.col("action") == INVALID
+        df = df.with_columns(
+            pl.when(invalid).then(shown(pl.col(c))).otherwise(pl.col(c)).alias(c)
+            for c in (CAMPAIGN, CONTACT)
+        )
         send = df.filter(pl.col("action") == SEND)
         enrollments = [
             Enrollment(row, campaign, contact, attempted, failed)
@@ -797,8 +820,8 @@ def work_batches(
                 records.append(
                     RowResult(
                         row,
-                        _shown(campaign),
-                        _shown(contact),
+                        campaign,
+                        contact,
                         Outcome.INVALID,
                         detail=reason or "not a valid pair",
                     )

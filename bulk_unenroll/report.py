@@ -4,7 +4,7 @@ results file, and the export of chosen rows as a new input file. Rendering lives
 
 from __future__ import annotations
 
-import io
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,9 +14,9 @@ from typing import Any
 
 import polars as pl
 
+from . import records
 from .config import PLANS, JobConfig, Plan, days_needed
 from .errors import InputError, ResultsFileError
-from .journal import COLUMNS, unescape
 from .models import NEEDS_A_LOOK, Outcome, StopReason, Summary
 from .reader import (
     DUPLICATE,
@@ -27,6 +27,7 @@ from .reader import (
     TOKEN_RE,
     SendPlan,
 )
+from .records import unescape
 
 SCHEMA_VERSION = 1
 """Bumped only when a key of the summary JSON changes meaning or goes away."""
@@ -231,26 +232,36 @@ def parse_statuses(text: str | None) -> tuple[Outcome, ...] | None:
 
 
 def read_results(path: Path) -> pl.DataFrame:
-    """Each row's latest record, in row order; a torn last line (a killed run) is left out."""
+    """The latest record of each pair the API answered for, and each row recorded without a
+    call, in file order. Records are keyed as the run keys them: by pair for sent pairs
+    (inputs change between runs), by row number and cells for invalid and duplicate rows.
+    A torn last line (a killed run) is left out; a file re-saved by a spreadsheet is read."""
     try:
-        data = path.read_bytes()
+        if not path.is_file():
+            raise FileNotFoundError(errno.ENOENT, "no such file")
+        with records.whole(path) as readable:
+            frame = records.scan(readable).collect()
     except OSError as exc:
         raise ResultsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    header = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
-    if header.split(",") != list(COLUMNS):
-        raise ResultsFileError(
-            f"{path} is not a bulk_unenroll results file (its first line is {header[:80]!r})"
-        )
-    whole = data[: data.rfind(b"\n") + 1]
-    try:
-        frame = pl.read_csv(io.BytesIO(whole), infer_schema=False)
     except pl.exceptions.PolarsError as exc:
         raise ResultsFileError(f"cannot read {path}: {exc}") from None
+    frame = frame.with_columns(pl.col("row").cast(pl.Int64, strict=False)).filter(
+        pl.col("row").is_not_null()
+    )
+    without_call = pl.col("status").is_in([o.value for o in records.WITHOUT_CALL])
     return (
-        frame.with_columns(pl.col("row").cast(pl.Int64, strict=False))
-        .filter(pl.col("row").is_not_null())
-        .unique("row", keep="last", maintain_order=True)
-        .sort("row")
+        pl.concat(
+            [
+                frame.with_row_index("i")
+                .filter(~without_call)
+                .unique(["campaign_id", "contact_id"], keep="last", maintain_order=True),
+                frame.with_row_index("i")
+                .filter(without_call)
+                .unique(["row", "campaign_id", "contact_id"], keep="last", maintain_order=True),
+            ]
+        )
+        .sort("i")
+        .drop("i")
     )
 
 

@@ -85,6 +85,8 @@ class Job:
         else:
             self._journal = await anyio.to_thread.run_sync(Journal, self.config.out)
             history = self._journal.history
+            for notice in self._journal.notices:
+                self._on_event(notice)
         try:
             plan = await anyio.to_thread.run_sync(build_plan, self.source, history)
         except BaseException:

@@ -75,7 +75,8 @@ def in_flight(out: Path) -> set[Pair]:
         if r["status"] not in ("duplicate", "invalid")  # recorded without a call
     }
     sent_file = out.with_name(out.name + ".sent").read_bytes()
-    sent_lines = sent_file[: sent_file.rfind(b"\n") + 1].decode().splitlines()
+    whole_lines = sent_file[: sent_file.rfind(b"\n") + 1].decode().splitlines()
+    sent_lines = [line for line in whole_lines if not line.startswith("#")]  # its binding
     # A line is campaign, contact, +1 (sent) or -1 (taken back: nothing was applied).
     marks: dict[tuple[str, str], int] = {}
     for campaign, contact, delta in csv.reader(sent_lines):
@@ -103,7 +104,8 @@ def test_lost_answers_across_a_kill_are_reported_as_such(tmp_path: Path, serve: 
     proc.wait(10)
 
     in_flight = set(api.state.removed)
-    sent = out.with_name(out.name + ".sent").read_text().splitlines()
+    binding, *sent = out.with_name(out.name + ".sent").read_text().splitlines()
+    assert binding.startswith("#results ")
     assert {tuple(line.split(",")) for line in sent} == {(*p, "1") for p in in_flight}
     api.faults.hang_after = 0.0
 

@@ -24,7 +24,8 @@ from bulk_unenroll import (
     Secret,
     unenroll_file,
 )
-from bulk_unenroll.journal import HEADER, Journal
+from bulk_unenroll.journal import Journal
+from bulk_unenroll.records import HEADER
 from bulk_unenroll.sandbox import Sandbox, SandboxThread
 
 Serve = Callable[[Sandbox], SandboxThread]

@@ -340,8 +340,12 @@ def test_a_million_duplicate_rows_plan_one_send(tmp_path: Path) -> None:
 
 
 def history(
-    settled: list[tuple[str, str, Outcome]], rows: list[int], sent: list[tuple[str, str]]
+    settled: list[tuple[str, str, Outcome]],
+    rows: list[tuple[int, str, str]],
+    sent: list[tuple[str, str]],
 ) -> History:
+    """As the journal reads a results file back: records of rows without a call are keyed
+    by their row number and their cells as stored."""
     frame = pl.DataFrame(
         {
             "campaign_id": [c for c, _, _ in settled],
@@ -353,7 +357,11 @@ def history(
     sent_lines = pl.DataFrame(sent, schema=["campaign_id", "contact_id"], orient="row").select(
         pair_key(pl.col("campaign_id"), pl.col("contact_id")), pl.lit(1, pl.Int32).alias("delta")
     )
-    return History.from_records(frame, pl.Series("row", rows, pl.Int64), [sent_lines])
+    recorded = pl.DataFrame(rows, schema=["row", "campaign_id", "contact_id"], orient="row")
+    row_keys = recorded.select(
+        pair_key(pl.col("campaign_id"), pl.col("contact_id")) + pl.col("row").cast(pl.UInt128)
+    ).to_series()
+    return History.from_records(frame, row_keys, [sent_lines])
 
 
 def test_history_settles_pairs_and_rows_and_remembers_lost_requests(tmp_path: Path) -> None:
@@ -366,7 +374,9 @@ def test_history_settles_pairs_and_rows_and_remembers_lost_requests(tmp_path: Pa
             ("cmp_a", U1, Outcome.REJECTED),
             ("cmp_a", U1, Outcome.REMOVED),  # settled twice: removed is what counts
         ],
-        rows=[3, 5],  # recorded as invalid / duplicate without a call
+        # Recorded as invalid / duplicate without a call; the record of row 4 is of another
+        # input whose row 4 held other cells: it says nothing of this input's row 4.
+        rows=[(3, "bad id", U1), (5, "cmp_a", U3), (4, "cmp_b", U3)],
         sent=[("cmp_a", U1), ("cmp_a", U3)],  # U1 was settled since; U3 was never answered
     )
     source = Source(path)
@@ -474,7 +484,8 @@ def test_formula_looking_cells_are_escaped_and_ids_read_back_exactly(
 
 def test_a_dry_run_reads_back_results_with_a_torn_last_line(tmp_path: Path) -> None:
     """The torn line is ignored (it is redone), and the file is left as it was."""
-    from bulk_unenroll.journal import HEADER, read_history
+    from bulk_unenroll.journal import read_history
+    from bulk_unenroll.records import HEADER
 
     out = tmp_path / "results.csv"
     row = f"1,cmp_a,{U1},removed,200,,1,req_1,,2026-01-01T00:00:00Z\n"

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 
-from bulk_unenroll.journal import HEADER
+from bulk_unenroll.records import HEADER
 from bulk_unenroll.sandbox import Sandbox, SandboxThread
 
 Serve = Callable[[Sandbox], SandboxThread]

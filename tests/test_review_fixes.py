@@ -10,9 +10,10 @@ import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 
 from bulk_unenroll.client import delete
-from bulk_unenroll.journal import Journal, escape_cell
+from bulk_unenroll.journal import Journal
 from bulk_unenroll.models import Enrollment, Outcome, RowResult
 from bulk_unenroll.pacing import Quota, retry_after
+from bulk_unenroll.records import escape_cell
 from bulk_unenroll.sandbox import Limits, Sandbox
 
 PAIR = Enrollment(1, "cmp_x", new_uuid(1))

@@ -19,7 +19,7 @@ from truth import (
 )
 
 from bulk_unenroll import JobConfig
-from bulk_unenroll.journal import COLUMNS
+from bulk_unenroll.records import COLUMNS
 from bulk_unenroll.sandbox import Faults, Sandbox, SandboxThread
 
 Serve = Callable[[Sandbox], SandboxThread]
