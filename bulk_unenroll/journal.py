@@ -26,6 +26,7 @@ import polars as pl
 from .errors import ResultsFileError
 from .models import Enrollment, Outcome, RowResult
 from .reader import CAMPAIGN, CONTACT, OUTCOME_CODE, History, pair_key
+from .scrub import redact
 
 COLUMNS = (
     "row",
@@ -253,10 +254,10 @@ class Journal:
                     escape_cell(r.contact_id),
                     r.outcome.value,
                     "" if r.http_status is None else r.http_status,
-                    escape_cell(r.error_code),
+                    escape_cell(redact(r.error_code)),  # server text: never a piece of the key
                     r.attempts,
-                    escape_cell(r.request_id),
-                    escape_cell(r.detail),
+                    escape_cell(redact(r.request_id)),
+                    escape_cell(redact(r.detail)),
                     _utc(r.finished_at),
                 )
                 for r in results
