@@ -88,10 +88,15 @@ class InputClaim:
 
     def __init__(self, input_path: Path, out: Path, read: ReadOptions, *, shared: bool) -> None:
         self.others = ""
+        self.unchecked = ""
+        """Why no claim could be made, when the user should know."""
         self._held: list[tuple[Path, int]] = []
+        if not input_path.is_file():
+            return  # a pipe: nothing to name a claim after
         folder = claims_dir()
-        if folder is None or not input_path.is_file():
-            return  # a pipe, or no private folder: nothing to claim with
+        if folder is None:
+            self.unchecked = "no private folder for claims (see $" + DIR_ENV + ")"
+            return
         holder = json.dumps(
             {
                 "pid": os.getpid(),

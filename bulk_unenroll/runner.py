@@ -113,6 +113,10 @@ class Job:
                 f"warning: another run is using {cfg.input} ({self._claim.others}); going on "
                 "as --allow-same-input asks: pairs both runs send go out twice"
             )
+        elif self._claim.unchecked:
+            self._on_event(
+                f"warning: cannot check for another run on {cfg.input}: {self._claim.unchecked}"
+            )
 
     def close(self) -> None:
         """Release the results file (sync, tidy, unlock) and the input. Safe to call twice."""
