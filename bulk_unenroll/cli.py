@@ -213,6 +213,7 @@ def main() -> None:
     Start with `plan` to see what a run would do, `run` to do it, `report` to read a
     results file afterwards, and `sandbox` to rehearse against a fake API.
     """
+    remember(os.environ.get(KEY_ENV, "").strip())  # scrubbed even where no command reads it
 
 
 # -- plan and run ----------------------------------------------------------------------------

@@ -473,7 +473,8 @@ class Console:
             click.echo(redact("\n".join(summary_lines(s, command, data["exit_code"]))))
 
     def report(self, r: ResultsReport, as_json: bool) -> None:
+        # Scrubbed too: a results file written before scrubbing got stricter may hold pieces.
         if as_json:
-            click.echo(json.dumps(r.as_dict(), indent=2))
+            click.echo(json.dumps(redact_data(r.as_dict()), indent=2))
         else:
-            click.echo("\n".join(report_lines(r)))
+            click.echo(redact("\n".join(report_lines(r))))

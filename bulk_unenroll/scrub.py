@@ -18,14 +18,15 @@ FRAGMENT = 8
 MASK = "***"
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 _ANY_KEY = re.compile(r"wbk_[A-Za-z0-9_\-]+")
-_known: set[str] = set()
+_known: frozenset[str] = frozenset()
 """Every key this process has been given: scrubbed wherever it shows up."""
 
 
 def remember(key: str) -> None:
     """Scrub this key (and its fragments) from everything the process writes from now on."""
+    global _known
     if key:
-        _known.add(key)
+        _known |= {key}
 
 
 @functools.lru_cache(maxsize=8)
@@ -61,9 +62,12 @@ def _mask_fragments(text: str, keys: frozenset[str]) -> str:
 
 def redact(text: str, *keys: str) -> str:
     """`text` without any known key, any FRAGMENT-long piece of one, or a bearer token."""
-    every = frozenset(k for k in (*_known, *keys) if k)
-    for key in sorted(every, key=len, reverse=True):  # keys shorter than a fragment too
-        text = text.replace(key, MASK)
+    if not text:
+        return text
+    every = _known.union(k for k in keys if k) if keys else _known
+    for key in every:
+        if len(key) < FRAGMENT:  # longer keys are made of fragments
+            text = text.replace(key, MASK)
     while True:  # a mask next to what is left could in theory spell a new piece
         scrubbed = _mask_fragments(text, every)
         if scrubbed == text:
@@ -84,7 +88,7 @@ def redact_data(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {k: redact_data(v) for k, v in value.items()}
+        return {redact_data(k): redact_data(v) for k, v in value.items()}  # keys: error codes
     if isinstance(value, list | tuple):
         return [redact_data(v) for v in value]
     return value

@@ -16,6 +16,7 @@ import pytest
 from conftest import cli_env, new_uuid, run_cli, write_csv
 
 from bulk_unenroll.client import delete
+from bulk_unenroll.journal import COLUMNS
 from bulk_unenroll.models import Enrollment
 from bulk_unenroll.scrub import FRAGMENT, redact
 
@@ -131,3 +132,18 @@ async def test_the_client_scrubs_a_key_it_was_never_told_about() -> None:
     text = answer.code + answer.message + answer.request_id
     assert not [p for p in pieces(key) if p in text]
     assert answer.message == "m" * 295 + "***" and answer.request_id == "***"
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_report_scrubs_a_results_file_written_before(tmp_path: Path, as_json: bool) -> None:
+    """Results written by an older version may hold pieces; `report` does not repeat them."""
+    results = tmp_path / "old.csv"
+    record = f"1,cmp_a,{new_uuid(1)},rejected,400,bad_{KEY[5:17]},1,{TAIL},no,2026-01-01T00:00:00Z"
+    results.write_text(",".join(COLUMNS) + "\n" + record + "\n", encoding="utf-8")
+    env = {**cli_env("http://127.0.0.1:9"), "LEADLEX_API_KEY": KEY}
+
+    result = run_cli(["report", str(results), *(["--json"] if as_json else [])], env)
+
+    assert result.returncode == 0, result.stderr
+    assert "bad_***" in result.stdout
+    assert not leaks(result.stdout + result.stderr), result.stdout
