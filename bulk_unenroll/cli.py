@@ -30,12 +30,11 @@ from .report import (
     write_json,
 )
 from .runner import Job
+from .scrub import redact_message, remember
 
 KEY_ENV = "LEADLEX_API_KEY"
 DEBUG_ENV = "BULK_UNENROLL_DEBUG"
 INTERNAL_ERROR = 70
-_secrets: set[str] = set()
-"""Every key this process has read: scrubbed from any message it prints."""
 
 
 def _read_key(key_file: Path | None, needed: bool) -> Secret:
@@ -57,22 +56,13 @@ def _read_key(key_file: Path | None, needed: bool) -> Secret:
                 "see them)"
             )
     if key:
-        _secrets.add(key)
+        remember(key)  # before checking it: the error below must not show it either
         if not re.fullmatch(r"[\x21-\x7e]+", key):
             raise InputError(
                 f"the API key in {where} contains a space, line break or non-ASCII character; "
                 "copy it again from the LeadLex dashboard"
             )
     return Secret(key)
-
-
-def redact(text: str) -> str:
-    """Scrub API keys from a message, whatever put them there."""
-    env_key = os.environ.get(KEY_ENV, "").strip()
-    for secret in sorted(_secrets | ({env_key} if env_key else set()), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    text = re.sub(r"wbk_[A-Za-z0-9_\-]+", "wbk_***", text)
-    return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -85,9 +75,9 @@ def _leaf(exc: BaseException) -> BaseException:
 def internal_error(exc: BaseException) -> NoReturn:
     """A bug: one line, never a traceback (unless asked for), never the key; exit 70."""
     if os.environ.get(DEBUG_ENV) == "1":
-        click.echo(redact("".join(traceback.format_exception(exc))), err=True)
+        click.echo(redact_message("".join(traceback.format_exception(exc))), err=True)
     leaf = _leaf(exc)
-    message = redact(str(leaf)).replace("\n", " ")[:500]
+    message = redact_message(str(leaf)).replace("\n", " ")[:500]
     click.echo(
         f"internal error: {type(leaf).__name__}: {message} — the results file is intact; "
         f"please report this (set {DEBUG_ENV}=1 for the traceback)",
@@ -223,6 +213,7 @@ def main() -> None:
     Start with `plan` to see what a run would do, `run` to do it, `report` to read a
     results file afterwards, and `sandbox` to rehearse against a fake API.
     """
+    remember(os.environ.get(KEY_ENV, "").strip())  # scrubbed even where no command reads it
 
 
 # -- plan and run ----------------------------------------------------------------------------
@@ -267,6 +258,8 @@ def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool
         wait_for_quota=kw.pop("wait_for_quota", False),
         max_removals=kw.pop("max_removals"),
         read=read,
+        grace_period=kw.pop("grace_period", 10.0),
+        allow_same_input=kw.pop("allow_same_input", False),
     )
 
 
@@ -307,7 +300,7 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
     except BaseException as exc:
         known = find_in_group(exc, BulkUnenrollError)
         if known is not None:
-            code, error = known.exit_code, redact(str(known))
+            code, error = known.exit_code, redact_message(str(known))
         elif find_in_group(exc, KeyboardInterrupt) is not None:
             code, error = (
                 130,
@@ -399,6 +392,20 @@ def _console(kw: dict[str, Any]) -> Console:
     "--wait-for-quota",
     is_flag=True,
     help="When the daily quota is spent, sleep until it resets instead of exiting 75.",
+)
+@click.option(
+    "--grace-period",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="After SIGINT/SIGTERM, how long requests in flight get to finish and be recorded.",
+)
+@click.option(
+    "--allow-same-input",
+    is_flag=True,
+    help="Run even while another run works on the same INPUT (each pair it also sends goes "
+    "out twice).",
 )
 @click.option(
     "--dry-run", is_flag=True, help="Plan only: read, validate, compare with --out; send nothing."

@@ -12,6 +12,7 @@ import httpx
 
 from .models import Enrollment, Outcome
 from .pools import PooledTransport
+from .scrub import redact
 
 USER_AGENT = "bulk-unenroll/0.1"
 CAMPAIGN_NOT_FOUND = ("campaign_not_found", "not_found")
@@ -121,16 +122,16 @@ def _parse(response: httpx.Response) -> Answer:
         error, data = body.get("error"), body.get("data")
         if isinstance(error, dict):
             code = str(error.get("code") or "")
-            message = str(error.get("message") or "")[:300]
+            message = str(error.get("message") or "")
         if isinstance(data, dict):
             confirmed = data.get("removed") is True
     elif response.status_code >= 500 or response.status_code == 404:
         kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
         message = f"non-JSON body ({kind}, {len(response.content)} bytes)"
-    # Server text goes into results and logs: a gateway that echoes our key must not leak it.
+    # Server text goes into results and logs: a gateway that echoes our key must not leak it,
+    # whole or cut off. Scrubbed before it is cut, so no cut can leave a piece behind.
     key = response.request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if key:
-        code, message, request_id = (t.replace(key, "***") for t in (code, message, request_id))
+    code, message, request_id = (redact(t, key)[:300] for t in (code, message, request_id))
     return Answer(
         status=response.status_code,
         code=code,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .scrub import remember
 
 DEFAULT_BASE_URL = "https://data.leadlex.com/functions/v1/api-gateway"
 
@@ -110,6 +111,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        remember(value)  # scrubbed from results, logs and messages from now on
 
     def reveal(self) -> str:
         return self._value
@@ -157,6 +159,9 @@ class JobConfig:
     max_removals: int | None = None
     read: ReadOptions = ReadOptions()
     grace_period: float = 10.0
+    """Seconds the requests in flight get to finish after SIGINT/SIGTERM."""
+    allow_same_input: bool = False
+    """Run even while another live run works on the same input (see claims.py)."""
     breaker_threshold: int = 25
     """Consecutive transient failures after which the API is taken to be down."""
 
@@ -171,6 +176,7 @@ class JobConfig:
             (self.reserve >= 0, "--reserve cannot be negative"),
             (self.concurrency is None or self.concurrency >= 1, "--concurrency must be at least 1"),
             (self.max_removals is None or self.max_removals >= 1, "--max-removals must be >= 1"),
+            (self.grace_period >= 0, "--grace-period cannot be negative"),
         ]
         for ok, message in checks:
             if not ok:

@@ -30,6 +30,7 @@ from .errors import ResultsFileError
 from .models import Enrollment, Outcome, RowResult
 from .reader import CAMPAIGN, CONTACT, OUTCOME_CODE, History, pair_key
 from .records import escape_cell, unescape
+from .scrub import redact
 
 FSYNC_EVERY = 1.0
 BINDING = "#results {:>41} {:>41}\n"
@@ -349,10 +350,10 @@ class Journal:
                     escape_cell(r.contact_id),
                     r.outcome.value,
                     "" if r.http_status is None else r.http_status,
-                    escape_cell(r.error_code),
+                    escape_cell(redact(r.error_code)),  # server text: never a piece of the key
                     r.attempts,
-                    escape_cell(r.request_id),
-                    escape_cell(r.detail),
+                    escape_cell(redact(r.request_id)),
+                    escape_cell(redact(r.detail)),
                     _utc(r.finished_at),
                 )
                 for r in results

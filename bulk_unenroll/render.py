@@ -32,6 +32,7 @@ from .models import Outcome, StopReason, Summary
 from .pacing import describe_reset
 from .report import PlanFigures, ResultsReport
 from .runner import WAITING_FOR_QUOTA, Progress
+from .scrub import redact, redact_data
 
 LOG_FORMATS = ("text", "json")
 PLAIN_EVERY = 30.0
@@ -372,11 +373,12 @@ class Console:
 
     def emit(self, kind: str, **fields: Any) -> None:
         """One JSON object per line on stderr."""
-        line = json.dumps({"type": kind, "time": _iso_now(), **fields}, ensure_ascii=False)
+        data = redact_data({"type": kind, "time": _iso_now(), **fields})
+        line = json.dumps(data, ensure_ascii=False)
         click.echo(line, err=True)
 
     def _line(self, text: str) -> None:
-        stamped = f"[{datetime.now():%H:%M:%S}] {text}"
+        stamped = redact(f"[{datetime.now():%H:%M:%S}] {text}")
         if self._live is not None:
             self._rich.print(Text(stamped))
         else:
@@ -388,7 +390,7 @@ class Console:
         if self.json:
             self.emit("error", message=message, exit_code=exit_code)
         else:
-            click.echo(f"error: {message}", err=True)
+            click.echo(redact(f"error: {message}"), err=True)
 
     def event(self, message: str) -> None:
         if self.quiet:
@@ -468,10 +470,11 @@ class Console:
         if self.json:
             self.emit("summary", **data)
         else:
-            click.echo("\n".join(summary_lines(s, command, data["exit_code"])))
+            click.echo(redact("\n".join(summary_lines(s, command, data["exit_code"]))))
 
     def report(self, r: ResultsReport, as_json: bool) -> None:
+        # Scrubbed too: a results file written before scrubbing got stricter may hold pieces.
         if as_json:
-            click.echo(json.dumps(r.as_dict(), indent=2))
+            click.echo(json.dumps(redact_data(r.as_dict()), indent=2))
         else:
-            click.echo("\n".join(report_lines(r)))
+            click.echo(redact("\n".join(report_lines(r))))

@@ -28,6 +28,7 @@ from .reader import (
     SendPlan,
 )
 from .records import unescape
+from .scrub import redact_data
 
 SCHEMA_VERSION = 1
 """Bumped only when a key of the summary JSON changes meaning or goes away."""
@@ -204,7 +205,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write whole or not at all: a scheduler never reads half a summary."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(redact_data(data), indent=2) + "\n", encoding="utf-8")
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import client
+from .claims import InputClaim
 from .config import PLANS, JobConfig, is_published_plan, plan_for_daily_limit
 from .errors import AuthError, BulkUnenrollError, ResultsFileError, find_in_group
 from .journal import Journal, read_history
@@ -62,6 +63,7 @@ class Job:
         self._on_event = on_event or (lambda _message: None)
         self._handle_signals = handle_signals
         self._journal: Journal | None = None
+        self._claim: InputClaim | None = None
         self._plan: SendPlan | None = None
         self._in_flight = 0
         self._sent_rows = 0
@@ -80,14 +82,15 @@ class Job:
     async def plan(self, *, dry_run: bool = False) -> SendPlan:
         """Read and validate the input, compare with the results file; locks it unless dry."""
         self.source.columns()  # fail fast on a missing column, before any lock or pass
-        if dry_run:
-            history = await anyio.to_thread.run_sync(read_history, self.config.out)
-        else:
-            self._journal = await anyio.to_thread.run_sync(Journal, self.config.out)
-            history = self._journal.history
-            for notice in self._journal.notices:
-                self._on_event(notice)
         try:
+            if dry_run:
+                history = await anyio.to_thread.run_sync(read_history, self.config.out)
+            else:
+                self._claim_input()
+                self._journal = await anyio.to_thread.run_sync(Journal, self.config.out)
+                history = self._journal.history
+                for notice in self._journal.notices:
+                    self._on_event(notice)
             plan = await anyio.to_thread.run_sync(build_plan, self.source, history)
         except BaseException:
             self.close()
@@ -102,11 +105,30 @@ class Job:
         s.to_send = plan.count(SEND)
         return plan
 
+    def _claim_input(self) -> None:
+        """Refuse (or, allowed, warn about) another live run on this input: with its own
+        --out it would send every pair this run sends."""
+        cfg = self.config
+        self._claim = InputClaim(cfg.input, cfg.out, cfg.read, shared=cfg.allow_same_input)
+        if self._claim.others:
+            self._on_event(
+                f"warning: another run is using {cfg.input} ({self._claim.others}); going on "
+                "as --allow-same-input asks: pairs both runs send go out twice"
+            )
+        elif self._claim.unchecked:
+            self._on_event(
+                f"warning: cannot check for another run on {cfg.input}: {self._claim.unchecked}"
+            )
+
     def close(self) -> None:
-        """Release the results file (sync, tidy, unlock). Safe to call twice."""
-        if self._journal is not None:
-            journal, self._journal = self._journal, None
-            journal.close()
+        """Release the results file (sync, tidy, unlock) and the input. Safe to call twice."""
+        try:
+            if self._journal is not None:
+                journal, self._journal = self._journal, None
+                journal.close()
+        finally:
+            if self._claim is not None:
+                self._claim.release()
 
     # -- running --------------------------------------------------------------------------
 
@@ -376,12 +398,12 @@ class Job:
                 marked = True
                 self._sent_rows += 1
             self._in_flight += 1
+            self.summary.calls += 1  # now, not when answered: the grace period may end first
             try:
                 answer = await client.delete(http, cfg.base_url, e, cfg.timeout)
             finally:
                 self._in_flight -= 1
             attempts += 1
-            self.summary.calls += 1
             verdict = client.classify(answer)
             action = verdict.action
             if answer.headers is not None:

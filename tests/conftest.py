@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bulk_unenroll.claims import DIR_ENV
 from bulk_unenroll.sandbox import Sandbox, SandboxThread
 
 API_KEY = "wbk_test_key_8d7f6e5a4b3c"
@@ -35,6 +36,16 @@ def write_csv(
 def read_results(path: Path) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_claims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Runs claim their input in this session's own folder (inherited by `cli_env`): another
+    session running the same tests on identical files at the same time must not see them."""
+    folder = tmp_path_factory.mktemp("claims")
+    os.environ[DIR_ENV] = str(folder)
+    yield folder
+    del os.environ[DIR_ENV]
 
 
 @pytest.fixture
