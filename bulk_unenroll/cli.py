@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -90,6 +91,11 @@ class _Commands(click.Group):
     """The command group; any unexpected exception becomes `internal_error`."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # polars takes SIGINT on import, even in a process started with it ignored (`cmd &`
+        # in a script), and then silently cuts short the read it interrupts. Ctrl-C (or a
+        # kill -INT) is the user's: KeyboardInterrupt ends planning with 130, nothing sent;
+        # while sending, the run's own signal receiver drains the requests in flight.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
@@ -343,7 +349,19 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
             code = code or exc.exit_code
     if unexpected is not None:
         internal_error(unexpected)  # the summary JSON above is written even for a bug
+    if code == 130 and not session.ran:
+        _leave_planning()
     sys.exit(code)
+
+
+def _leave_planning() -> NoReturn:
+    """Interrupted while planning: the results file is closed and unlocked by now, but a
+    worker thread may still be reading a large input; leave without waiting for it (and
+    without a traceback for a second Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _console(kw: dict[str, Any]) -> Console:

@@ -280,6 +280,16 @@ class Source:
         row `start` (0-based; polars finds it without parsing the rows before it)."""
         return self._read(lambda lazy: lazy.slice(start) if start else lazy)
 
+    def row_count(self) -> int | None:
+        """The file's data rows, counted apart from the batched read (a quick pass that
+        only finds line ends); None for workbooks and JSON, which are read whole."""
+        if self._layout().kind not in ("csv", "parquet", "ndjson"):
+            return None
+        try:
+            return int(self._lazy().select(pl.len()).collect().item())
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise self._fail(exc) from None
+
     def normalised(self) -> Iterator[pl.DataFrame]:
         """`normalise`d batches: the per-row work runs in polars' engine, beside the reading."""
         for frame in self._read(lambda lazy: lazy.select(_fast_columns())):
@@ -691,6 +701,12 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
             )
         )
         offset += df.height
+    expected = source.row_count()
+    if expected is not None and offset != expected:
+        raise InputError(  # never plan from a partial read (an interrupt polars swallowed)
+            f"reading {source.path} stopped after {offset:,} of its {expected:,} rows "
+            "(was it interrupted, or changed while read?); nothing was sent: rerun"
+        )
     if not offset:
         raise InputError(f"{source.path} has a header but no data rows: nothing to do")
     if offset >= LOW_BITS:
