@@ -184,3 +184,97 @@ def test_kills_at_any_moment_never_make_results_lie(
         if not faulty:
             assert {p for p, n in api.state.deletes.items() if n > 1} <= in_flight_at_kills
         assert len(in_flight_at_kills) <= len(delays) * CONCURRENCY
+
+
+VARIANTS = ("full", "fewer", "more", "cmp_A", "cmp_B")
+"""How the input changes between runs: the same file, rows removed, rows added, and a
+contacts-only file run for one campaign and then another, all on one results file."""
+
+
+def variant_file(folder: Path, base: Mixed, extra: Mixed, name: str) -> tuple[Path, list[str]]:
+    """The input of one variant, and the CLI options it needs."""
+    path = folder / f"{name}.csv"
+    if name == "full":
+        return base.path, []
+    if name == "fewer":
+        return write_csv(path, [r for i, r in enumerate(base.rows) if i % 3]), []
+    if name == "more":
+        return write_csv(path, [*base.rows[::2], *extra.rows, *base.rows[1::2]]), []
+    contacts = sorted({contact for _, contact in base.rows + extra.rows})
+    return write_csv(path, [(c,) for c in contacts], header=("contact_id",)), ["--campaign", name]
+
+
+def ledger_snapshot(out: Path) -> set[str]:
+    """The definite answers a results file holds, as whole lines."""
+    if not out.exists():
+        return set()
+    lines = out.read_bytes().decode("utf-8", "replace").split("\n")[1:-1]
+    return {line for line in lines if line.split(",")[3:4] in (["removed"], ["not_enrolled"])}
+
+
+def pair_of(line: str) -> Pair:
+    record = next(csv.reader([line]))
+    return record[1], record[2]
+
+
+@settings(max_examples=6, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(VARIANTS), st.one_of(st.none(), st.floats(0.0, 0.3))),
+        min_size=2,
+        max_size=4,
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_a_changing_input_killed_at_any_moment_never_loses_or_resends_an_answer(
+    steps: list[tuple[str, float | None]], seed: int
+) -> None:
+    """Runs over several inputs on one results file, some killed, with 503s that leave
+    `failed` records (so closing compacts): every definite answer stays recorded, is never
+    sent again, and every `removed` is one the API made."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        base = mixed_file(folder / "base.csv", 60, seed=seed)
+        extra = mixed_file(folder / "extra.csv", 20, seed=seed + 1)
+        for mixed in (base, extra):
+            mixed.campaigns |= {"cmp_A", "cmp_B"}
+        contacts = {contact for _, contact in base.valid_pairs | extra.valid_pairs}
+        enrolled = base.enrolled | extra.enrolled
+        enrolled |= {(c, k) for c in ("cmp_A", "cmp_B") for k in sorted(contacts)[::2]}
+        api = Sandbox(
+            enrolled,
+            campaigns=base.campaigns | extra.campaigns,
+            faults=Faults(latency=0.002, error_503=0.1),
+            seed=seed,
+        )
+        out = folder / "results.csv"
+        with SandboxThread(api) as server:
+            env = cli_env(server.base_url)
+            ledger: set[str] = set()
+            sends_at_answer: dict[Pair, int] = {}
+            for name, kill_after in [*steps, *((v, None) for v in VARIANTS)]:
+                if (name, kill_after) == (VARIANTS[0], None):
+                    api.faults = Faults(latency=0.002)  # the final passes: no faults
+                inp, options = variant_file(folder, base, extra, name)
+                args = [
+                    "run", str(inp), "--out", str(out), "--rate", "400/s",
+                    "--concurrency", str(CONCURRENCY), "--max-retries", "1", "--yes", *options,
+                ]  # fmt: skip
+                proc = spawn_cli(args, env, folder / "logs")
+                try:
+                    proc.wait(kill_after if kill_after is not None else 120)
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(10)
+                assert proc.returncode in (0, 1, 75, -signal.SIGKILL), (folder / "logs").name
+                now = ledger_snapshot(out)
+                assert ledger <= now, f"definite answers dropped: {sorted(ledger - now)[:3]}"
+                for pair, sends in sends_at_answer.items():
+                    assert api.state.deletes[pair] == sends, f"{pair} was sent again"
+                for line in now - ledger:
+                    pair = pair_of(line)
+                    sends_at_answer[pair] = api.state.deletes[pair]
+                    if line.split(",")[3] == "removed":
+                        assert pair in api.state.removed, f"a removal the API never made: {line}"
+                ledger = now
+        assert not api.state.enrolled, "an enrolled pair of an input was left"
