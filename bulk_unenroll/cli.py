@@ -379,6 +379,7 @@ def _console(kw: dict[str, Any]) -> Console:
 )
 @click.option(
     "--ca-bundle",
+    metavar="PATH",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="PEM file of CA certificates to trust instead of the built-in ones (a TLS-inspecting "
     "proxy's CA); default: $SSL_CERT_FILE, else the built-in bundle.",
