@@ -3,7 +3,7 @@
 from importlib.metadata import version
 
 from .config import JobConfig, Plan, Rate, ReadOptions, RetryPolicy, Secret
-from .errors import AuthError, BulkUnenrollError, InputError, ResultsFileError
+from .errors import AuthError, BulkUnenrollError, InputError, ResultsFileError, SetupError
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
 from .runner import Job, Progress, run_job, unenroll_file
 
@@ -25,6 +25,7 @@ __all__ = [
     "RetryPolicy",
     "RowResult",
     "Secret",
+    "SetupError",
     "StopReason",
     "Summary",
     "__version__",

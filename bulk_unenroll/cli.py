@@ -266,6 +266,7 @@ def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool
         read=read,
         grace_period=kw.pop("grace_period", 10.0),
         allow_same_input=kw.pop("allow_same_input", False),
+        ca_bundle=kw.pop("ca_bundle", None),
     )
 
 
@@ -393,6 +394,13 @@ def _console(kw: dict[str, Any]) -> Console:
     default=DEFAULT_BASE_URL,
     show_default=True,
     help="API gateway (env LEADLEX_BASE_URL).",
+)
+@click.option(
+    "--ca-bundle",
+    metavar="PATH",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM file of CA certificates to trust instead of the built-in ones (a TLS-inspecting "
+    "proxy's CA); default: $SSL_CERT_FILE, else the built-in bundle.",
 )
 @pace_options
 @click.option(

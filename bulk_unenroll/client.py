@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from urllib.parse import quote
 
 import anyio
 import httpx
 
+from .errors import InputError
 from .models import Enrollment, Outcome
-from .pools import PooledTransport
+from .pools import PooledTransport, proxy_mounts
 from .scrub import redact
 
 USER_AGENT = "bulk-unenroll/0.1"
@@ -46,6 +50,9 @@ class Answer:
     """Transport failure (timeout, reset); empty when a response arrived."""
     maybe_applied: bool = False
     """The server may have acted without us seeing the answer."""
+    setup_fault: str = ""
+    """A connection that failed for a reason that points at the setup (TLS trust, host name,
+    port, proxy) rather than a passing outage: the cause and what to check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +151,104 @@ def _parse(response: httpx.Response) -> Answer:
     )
 
 
-def make_client(api_key: str, timeout: float, max_connections: int) -> httpx.AsyncClient:
+PROXY_SETTINGS = "the proxy settings (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)"
+
+
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """Trust --ca-bundle if given, else SSL_CERT_FILE / SSL_CERT_DIR, else certifi's bundle."""
+    where = f"--ca-bundle {ca_bundle}" if ca_bundle is not None else "SSL_CERT_FILE/SSL_CERT_DIR"
+    try:
+        if ca_bundle is not None:
+            return ssl.create_default_context(cafile=ca_bundle)
+        return httpx.create_ssl_context()
+    except OSError as exc:
+        ssl_error = isinstance(exc, ssl.SSLError)
+        reason = "it holds no PEM certificate" if ssl_error else exc.strerror or str(exc)
+        raise InputError(
+            f"cannot load the CA certificates of {where}: {reason}; "
+            "give a PEM file of the CA certificates to trust"
+        ) from None
+
+
+def make_client(
+    api_key: str, timeout: float, max_connections: int, ca_bundle: Path | None = None
+) -> httpx.AsyncClient:
+    context = tls_context(ca_bundle)
+    try:
+        mounts = proxy_mounts(max_connections, context)
+    except (ValueError, ImportError, httpx.InvalidURL):
+        raise InputError(
+            "a proxy URL in HTTPS_PROXY, HTTP_PROXY or ALL_PROXY (either case) cannot be used: "
+            "write it as http://host:port or https://host:port"
+        ) from None
     return httpx.AsyncClient(
         headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         # Small pools: httpx's one big pool slows down as connections grow (pools.py).
-        transport=PooledTransport(max_connections),
+        transport=PooledTransport(max_connections, context),
+        mounts=mounts,
         follow_redirects=False,
     )
+
+
+def _root_cause(exc: BaseException) -> BaseException | None:
+    """The TLS, DNS or refusal error under httpx's ConnectError (httpx, httpcore, anyio, OS)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        error = todo.pop(0)
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLError | socket.gaierror | ConnectionRefusedError):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            todo.extend(error.exceptions)
+        todo += [error.__cause__, error.__context__]
+    return None
+
+
+def connect_fault(exc: httpx.TransportError, proxy: httpx.URL | None) -> tuple[str, str]:
+    """Why no connection could be made, and what to check when the cause is one a retry will
+    not cure (an untrusted certificate, no TLS on the port, an unknown host name, a refused
+    port, a proxy refusing the tunnel); no check for causes that may pass (unreachable)."""
+    url = exc.request.url
+    target = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+    via = f" through the proxy {proxy}" if proxy else ""
+    if isinstance(exc, httpx.ProxyError):
+        return (
+            f"the proxy {proxy} refused the tunnel to {target} ({exc})",
+            f"check {PROXY_SETTINGS} and that the proxy lets this machine reach {target}",
+        )
+    cause = _root_cause(exc)
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"certificate verify failed for {target}{via} ({cause.verify_message})",
+            "if a proxy or gateway on your network inspects TLS, pass its CA certificate with "
+            "--ca-bundle PATH (or set SSL_CERT_FILE); otherwise check the host in --base-url",
+        )
+    if isinstance(cause, ssl.SSLError):
+        reason = (cause.reason or "no TLS").lower().replace("_", " ")
+        return (
+            f"TLS handshake with {target}{via} failed ({reason})",
+            "is it a plain-HTTP port? check the scheme and port in --base-url, "
+            f"--ca-bundle and {PROXY_SETTINGS}",
+        )
+    if isinstance(cause, socket.gaierror):
+        host = proxy.host if proxy else url.host
+        return (
+            f"host name {host} not resolved ({cause.strerror})",
+            f"check the host in {f'the proxy {proxy}' if proxy else '--base-url'}, "
+            f"{PROXY_SETTINGS} and this machine's DNS",
+        )
+    if isinstance(cause, ConnectionRefusedError):
+        if proxy:
+            return f"connection refused by the proxy {proxy}", f"check {PROXY_SETTINGS}"
+        return (
+            f"connection refused by {target}",
+            f"check the host and port in --base-url and {PROXY_SETTINGS}",
+        )
+    return f"{type(exc).__name__}: {exc}", ""
 
 
 async def delete(
@@ -162,7 +259,14 @@ async def delete(
         # Watchdog: a server that trickles bytes can dodge httpx's per-read timeout.
         with anyio.fail_after(timeout * 2 + 5):
             response = await client.delete(url_for(base_url, enrollment))
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+    except (httpx.ConnectError, httpx.ProxyError) as exc:  # the request never left
+        transport = client._transport_for_url(exc.request.url)  # the one httpx chose
+        proxy = transport.proxy if isinstance(transport, PooledTransport) else None
+        cause, check = connect_fault(exc, proxy.url if proxy else None)
+        return Answer(
+            None, error=f"could not connect: {cause}", setup_fault=check and f"{cause}: {check}"
+        )
+    except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         return Answer(None, error=f"could not connect ({type(exc).__name__})")
     except (httpx.TimeoutException, TimeoutError):
         return Answer(None, error="no answer within the timeout", maybe_applied=True)

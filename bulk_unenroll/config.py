@@ -158,6 +158,8 @@ class JobConfig:
     wait_for_quota: bool = False
     max_removals: int | None = None
     read: ReadOptions = ReadOptions()
+    ca_bundle: Path | None = None
+    """PEM file of the CA certificates to trust instead of the built-in ones."""
     grace_period: float = 10.0
     """Seconds the requests in flight get to finish after SIGINT/SIGTERM."""
     allow_same_input: bool = False

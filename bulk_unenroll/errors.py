@@ -42,3 +42,10 @@ class AuthError(BulkUnenrollError):
     """The API refused the key (401) or its permissions (403); sending stopped at once."""
 
     exit_code = 3
+
+
+class SetupError(BulkUnenrollError):
+    """Nothing answered and the connection failed for a reason a retry will not cure (TLS
+    trust, host name, port, proxy); every row is left to do."""
+
+    exit_code = 3

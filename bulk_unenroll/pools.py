@@ -9,26 +9,39 @@ pools of 1 0.72 ms, level with a bare httpx loop (docs/benchmarks.md).
 
 So every connection gets a pool of its own, and a request takes the free pool with the lowest
 number: a light load reuses one connection, a heavy one spreads over as many as it needs.
+
+httpx reads HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY only when it builds its own
+transport, so passing ours turned them off: `proxy_mounts` puts them back, each proxy over
+pools of its own, mapped exactly as httpx maps them.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+from httpx._utils import get_environment_proxies  # httpx is pinned: its own mapping, not a copy
 
 
 class PooledTransport(httpx.AsyncBaseTransport):
     """Up to `max_connections` keep-alive connections, one per httpcore pool."""
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        context: ssl.SSLContext | None = None,
+        proxy: httpx.Proxy | None = None,
+    ) -> None:
         count = max(1, max_connections)
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        context = httpx.create_ssl_context()  # load the CA bundle once, not once per pool
+        context = context or httpx.create_ssl_context()  # the CA bundle once, not once per pool
+        self.proxy = proxy
         self._pools = [
-            httpx.AsyncHTTPTransport(verify=context, limits=limits) for _ in range(count)
+            httpx.AsyncHTTPTransport(verify=context, limits=limits, proxy=proxy)
+            for _ in range(count)
         ]
         self._free = list(range(count))  # a heap: the lowest free pool first
         self._overflow = itertools.cycle(range(count))
@@ -52,6 +65,23 @@ class PooledTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for pool in self._pools:
             await pool.aclose()
+
+
+def proxy_mounts(
+    max_connections: int, context: ssl.SSLContext
+) -> dict[str, PooledTransport | None]:
+    """The environment's proxies as httpx mounts (None: NO_PROXY, go direct); one
+    PooledTransport per proxy, however many schemes share it."""
+    by_url: dict[str, PooledTransport] = {}
+    mounts: dict[str, PooledTransport | None] = {}
+    for pattern, url in get_environment_proxies().items():
+        if url is not None and url not in by_url:
+            # An https:// proxy trusts the same CAs (httpcore refuses a context for http://).
+            tls = context if url.startswith("https://") else None
+            proxy = httpx.Proxy(url, ssl_context=tls)
+            by_url[url] = PooledTransport(max_connections, context, proxy)
+        mounts[pattern] = None if url is None else by_url[url]
+    return mounts
 
 
 class _Releasing(httpx.AsyncByteStream):

@@ -43,8 +43,8 @@ EXIT_MEANINGS = {
     0: "done: every row removed, not enrolled or a duplicate",
     1: "finished, but some rows are rejected, failed or invalid: see the results file",
     2: "usage or input error: nothing was sent",
-    3: "aborted: the API refused the key or its permissions, or --base-url is wrong; "
-    "rerun once it is fixed",
+    3: "aborted: the API refused the key or its permissions, or the API cannot be reached as "
+    "set up (--base-url, --ca-bundle, proxy); rerun once it is fixed",
     74: "the results file could not be used: rows written so far are intact",
     75: "stopped early with rows left to do: rerun later to continue",
     130: "interrupted: rerun to continue",

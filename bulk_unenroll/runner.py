@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from . import client
 from .claims import InputClaim
 from .config import PLANS, JobConfig, is_published_plan, plan_for_daily_limit
-from .errors import AuthError, BulkUnenrollError, ResultsFileError, find_in_group
+from .errors import AuthError, BulkUnenrollError, ResultsFileError, SetupError, find_in_group
 from .journal import Journal, read_history
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
 from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after
@@ -76,6 +76,9 @@ class Job:
         self._quota = Quota()
         self._pacer: Pacer | None = None
         self._plan_learnt = False
+        self._answered = False
+        """Some request of this run got an HTTP answer: the setup can reach the API."""
+        self._abort_error: type[BulkUnenrollError] = AuthError
 
     # -- planning -------------------------------------------------------------------------
 
@@ -143,7 +146,8 @@ class Job:
             pace = cfg.pace()
             self._pacer = Pacer(pace or cfg.pace(PLANS["starter"]), probe_first=pace is None)
             workers = cfg.workers(pace)
-            async with client.make_client(cfg.api_key.reveal(), cfg.timeout, workers) as http:
+            http = client.make_client(cfg.api_key.reveal(), cfg.timeout, workers, cfg.ca_bundle)
+            async with http:
                 await self._run_pool(http, workers)
         except BaseExceptionGroup as group:
             # A task failed (the results file filled up): raise its error, not the group.
@@ -155,7 +159,7 @@ class Job:
             self.summary.finished_at = datetime.now(UTC)
             self.close()
         if self.summary.stop_reason is StopReason.ABORTED:
-            raise AuthError(self.summary.stop_detail)
+            raise self._abort_error(self.summary.stop_detail)
         return self.summary
 
     async def _run_pool(self, http: httpx.AsyncClient, workers: int) -> None:
@@ -405,6 +409,11 @@ class Job:
                 self._in_flight -= 1
             attempts += 1
             verdict = client.classify(answer)
+            if answer.setup_fault and not self._answered:
+                # Nothing has answered yet: a refused port, an unknown host or an untrusted
+                # certificate is the setup, not an outage. Once answers came, it may pass.
+                verdict = client.Verdict(client.Action.ABORT, detail=answer.setup_fault)
+            self._answered = self._answered or answer.status is not None
             action = verdict.action
             if answer.headers is not None:
                 self._quota.observe(answer.headers)
@@ -428,6 +437,8 @@ class Job:
                 self._quota.remaining = 0
                 continue
             if action is client.Action.ABORT:
+                if not self._stopping.is_set():
+                    self._abort_error = SetupError if answer.setup_fault else AuthError
                 self.stop(StopReason.ABORTED, verdict.detail)
                 self._left_to_do(e, marked, maybe_applied)
                 return None

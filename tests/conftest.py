@@ -48,6 +48,18 @@ def private_claims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     del os.environ[DIR_ENV]
 
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loopback tests go direct: the machine's proxy settings (honoured since the client reads
+    them) must not route them; tests that want a proxy set one in the CLI's environment."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
 @pytest.fixture
 def serve() -> Iterator[Callable[[Sandbox], SandboxThread]]:
     """Start sandboxes on 127.0.0.1 for one test; all are stopped after it."""
