@@ -4,7 +4,6 @@ its result to an exit code. No HTTP, no polars, no business rules here."""
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import signal
 import sys
@@ -18,7 +17,16 @@ import anyio
 import click
 
 from . import __version__
-from .config import DEFAULT_BASE_URL, PLANS, JobConfig, Rate, ReadOptions, RetryPolicy, Secret
+from .config import (
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    KEY_ENV,
+    PLANS,
+    JobConfig,
+    Rate,
+    ReadOptions,
+    RetryPolicy,
+)
 from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group
 from .render import LOG_FORMATS, PLAIN_EVERY, Console
 from .report import (
@@ -33,37 +41,8 @@ from .report import (
 from .runner import Job
 from .scrub import redact_message, remember
 
-KEY_ENV = "LEADLEX_API_KEY"
 DEBUG_ENV = "BULK_UNENROLL_DEBUG"
 INTERNAL_ERROR = 70
-
-
-def _read_key(key_file: Path | None, needed: bool) -> Secret:
-    where = f"--api-key-file {key_file}" if key_file is not None else KEY_ENV
-    if key_file is not None:
-        try:
-            key = key_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            raise InputError(f"cannot read {where}: {reason}") from None
-        if not key:
-            raise InputError(f"{where} is empty")
-    else:
-        key = os.environ.get(KEY_ENV, "").strip()
-        if not key and needed:
-            raise InputError(
-                f"no API key: set the {KEY_ENV} environment variable or pass --api-key-file "
-                "PATH (keys are never taken on the command line, where ps and shell history "
-                "see them)"
-            )
-    if key:
-        remember(key)  # before checking it: the error below must not show it either
-        if not re.fullmatch(r"[\x21-\x7e]+", key):
-            raise InputError(
-                f"the API key in {where} contains a space, line break or non-ASCII character; "
-                "copy it again from the LeadLex dashboard"
-            )
-    return Secret(key)
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -250,11 +229,12 @@ def continue_command() -> str:
 def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool) -> JobConfig:
     read = _read_options(kw)
     rate, plan = kw.pop("rate"), kw.pop("plan")
-    return JobConfig(
-        input=input_path,
-        out=out,
-        api_key=_read_key(kw.pop("api_key_file", None), needed=key_needed),
-        base_url=kw.pop("base_url", DEFAULT_BASE_URL),
+    config = JobConfig.from_env(
+        input_path,
+        out,
+        api_key_file=kw.pop("api_key_file", None),
+        base_url=kw.pop("base_url", None),
+        key_needed=key_needed,
         rate=Rate.parse(rate) if rate else None,
         plan=PLANS[plan] if plan else None,
         concurrency=kw.pop("concurrency", None),
@@ -267,6 +247,7 @@ def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool
         grace_period=kw.pop("grace_period", 10.0),
         allow_same_input=kw.pop("allow_same_input", False),
     )
+    return config
 
 
 async def _drive(config: JobConfig, console: Console, req: _Request, session: _Session) -> int:
@@ -389,10 +370,8 @@ def _console(kw: dict[str, Any]) -> Console:
 )
 @click.option(
     "--base-url",
-    envvar="LEADLEX_BASE_URL",
-    default=DEFAULT_BASE_URL,
-    show_default=True,
-    help="API gateway (env LEADLEX_BASE_URL).",
+    metavar="URL",
+    help=f"API gateway (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL}).",
 )
 @pace_options
 @click.option(
