@@ -28,6 +28,7 @@ from .config import (
     RetryPolicy,
 )
 from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group
+from .models import StopReason, Summary
 from .render import LOG_FORMATS, PLAIN_EVERY, Console
 from .report import (
     PlanFigures,
@@ -210,7 +211,9 @@ class _Request:
     dry_run: bool
     yes: bool
     summary_json: Path | None
-    results_given: bool
+    input: Path
+    results: Path | None
+    """--out as given (None for `plan` without it)."""
 
 
 @dataclass
@@ -265,6 +268,7 @@ async def _drive(config: JobConfig, console: Console, req: _Request, session: _S
         if req.dry_run:
             return 0
         if job.summary.to_send and not req.yes and not console.confirm(session.figures):
+            job.summary.stop_reason = StopReason.SIGINT
             console.error("cancelled at the prompt; nothing was sent", 130)
             return 130
         session.ran = True
@@ -278,7 +282,6 @@ async def _drive(config: JobConfig, console: Console, req: _Request, session: _S
 def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Request) -> NoReturn:
     """Plan, confirm, run; then the summary, its JSON and the exit code, however it ended."""
     session = _Session()
-    config: JobConfig | None = None
     error: str | None = None
     unexpected: BaseException | None = None
     try:
@@ -303,26 +306,25 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
         else:
             raise
     command = continue_command()
-    job = session.job
-    data = None
-    if job is not None and config is not None:
-        data = summary_dict(
-            job.summary,
-            command=req.command,
-            input=config.input,
-            results=config.out if req.results_given else None,
-            figures=session.figures,
-            exit_code=code,
-            error=error,
-            continue_command=None if req.dry_run else command,
-        )
-        if session.ran:
-            console.summary(job.summary, command, data)
+    summary = session.job.summary if session.job is not None else Summary()
+    if code == 130 and summary.stop_reason is StopReason.COMPLETE:
+        summary.stop_reason = StopReason.SIGINT  # Ctrl-C before the signal watcher started
+    data = summary_dict(
+        summary,
+        command=req.command,
+        input=req.input,
+        results=req.results,
+        figures=session.figures,
+        exit_code=code,
+        error=error,
+        continue_command=None if req.dry_run else command,
+        planned=session.figures is not None,
+    )
+    if session.ran:
+        console.summary(summary, command, data)
     if error is not None and unexpected is None:
         console.error(error, code)
     if req.summary_json is not None:
-        if data is None:
-            data = {"schema_version": 1, "command": req.command, "exit_code": code, "error": error}
         try:
             write_json(req.summary_json, data)
         except ResultsFileError as exc:
@@ -426,7 +428,8 @@ def run(input_path: Path, out: Path, **kw: Any) -> None:
         dry_run=dry_run,
         yes=kw.pop("yes"),
         summary_json=kw.pop("summary_json"),
-        results_given=True,
+        input=input_path,
+        results=out,
     )
     _execute(lambda: _config(input_path, out, kw, key_needed=not dry_run), console, req)
 
@@ -450,7 +453,8 @@ def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
         dry_run=True,
         yes=True,
         summary_json=kw.pop("summary_json"),
-        results_given=out is not None,
+        input=input_path,
+        results=out,
     )
     # Without --out nothing was done before: an empty file stands in for the results.
     results = out if out is not None else Path(os.devnull)

@@ -31,7 +31,7 @@ from .config import Rate
 from .models import Outcome, StopReason, Summary
 from .pacing import describe_reset
 from .report import PlanFigures, ResultsReport
-from .runner import WAITING_FOR_QUOTA, Progress
+from .runner import ENDS_WITH_AN_ERROR, WAITING_FOR_QUOTA, Progress
 from .scrub import redact, redact_data
 
 LOG_FORMATS = ("text", "json")
@@ -302,7 +302,7 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
         lines.append(f"  {outcome.value:<24}{_n(s.outcomes[outcome]):>10}")
     lines.append(f"  {'not yet done':<24}{_n(s.unfinished):>10}")
     lines.append("this run:")
-    lines.append(f"  {'settled before, skipped':<24}{_n(s.settled_before):>10}")
+    lines.append(f"  {'settled by an earlier run':<25}{_n(s.settled_before):>9}")
     per_row = s.calls_per_settled_row
     lines.append(
         f"  {'calls spent':<24}{_n(s.calls):>10}"
@@ -318,7 +318,7 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
             f"  {_n(s.lost_then_not_enrolled)} not_enrolled after a lost answer: most likely "
             "removed by an earlier attempt whose answer never arrived"
         )
-    if s.stop_reason is not StopReason.COMPLETE:
+    if s.stop_reason not in (StopReason.COMPLETE, *ENDS_WITH_AN_ERROR):  # the error says why
         lines.append(f"stopped early: {s.stop_detail or s.stop_reason.value}")
     quota_stop = s.stop_reason is StopReason.QUOTA
     if quota_stop and s.quota_reset_at is not None and "resets" not in s.stop_detail:
