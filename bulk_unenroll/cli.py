@@ -29,7 +29,7 @@ from .config import (
 )
 from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group
 from .models import StopReason, Summary
-from .render import LOG_FORMATS, PLAIN_EVERY, Console
+from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console
 from .report import (
     PlanFigures,
     build_report,
@@ -188,9 +188,36 @@ def _read_options(kw: dict[str, Any]) -> ReadOptions:
     )
 
 
+COMPLETE_ENV = "_BULK_UNENROLL_COMPLETE"
+RETRY_CODES = (75, 130, 143)
+"""Exit codes after which rerunning the same command (later) carries on the job."""
+
+
+def _epilog(*examples: str, exit_codes: bool = False) -> str:
+    """Examples (and the exit codes) under --help; `\b` keeps click from rewrapping them."""
+    parts = ["\b\nExamples:\n" + "\n".join(f"  {example}" for example in examples)]
+    if exit_codes:
+        retry = ", ".join(map(str, RETRY_CODES))
+        codes = "\n".join(f"  {code:<5}{meaning}" for code, meaning in EXIT_MEANINGS.items())
+        parts.append(
+            f"\b\nExit codes (rerun the same command later on {retry}, and on 74 when "
+            f"another run holds the lock):\n{codes}"
+        )
+    return "\n\n".join(parts)
+
+
 @click.group(
     cls=_Commands,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=_epilog(
+        "bulk-unenroll plan unenroll.csv                  # what a run would do; sends nothing",
+        "bulk-unenroll run unenroll.csv --out results.csv # do it; rerun the same to resume",
+        "bulk-unenroll report results.csv --export fix.xlsx",
+        "bulk-unenroll sandbox --enroll-from unenroll.csv # a fake API to rehearse against",
+        f'eval "$({COMPLETE_ENV}=bash_source bulk-unenroll)"  # shell completion (bash; zsh: '
+        "zsh_source)",
+        exit_codes=True,
+    ),
 )
 @click.version_option(__version__, prog_name="bulk-unenroll")
 def main() -> None:
@@ -355,7 +382,16 @@ def _console(kw: dict[str, Any]) -> Console:
     )
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        "bulk-unenroll run unenroll.csv --out results.csv",
+        "bulk-unenroll run export.xlsx --sheet 'To remove' --out results.csv --plan pro",
+        "bulk-unenroll run big.csv --out big-results.csv --wait-for-quota --yes  # multi-day",
+        "bulk-unenroll run q.csv --out r.csv --api-key-file /etc/leadlex/key \\",
+        "    --summary-json last.json --reserve 100                  # a nightly cron job",
+        exit_codes=True,
+    )
+)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--out",
@@ -434,7 +470,13 @@ def run(input_path: Path, out: Path, **kw: Any) -> None:
     _execute(lambda: _config(input_path, out, kw, key_needed=not dry_run), console, req)
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        "bulk-unenroll plan unenroll.csv",
+        "bulk-unenroll plan unenroll.csv --plan pro --reserve 100  # time and quota days",
+        "bulk-unenroll plan unenroll.csv --out results.csv  # what a rerun has left to do",
+    )
+)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--out",
@@ -464,7 +506,14 @@ def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
 # -- report ----------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        "bulk-unenroll report results.csv",
+        "bulk-unenroll report results.csv --status invalid,rejected --export fix.xlsx",
+        "bulk-unenroll report results.csv --status removed --export removed.csv",
+        "bulk-unenroll report results.csv --json",
+    )
+)
 @click.argument("results", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--status",
@@ -499,7 +548,14 @@ def report(results: Path, status: str | None, export: Path | None, as_json: bool
 # -- sandbox ---------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        "bulk-unenroll sandbox --enroll-from unenroll.csv --ready-file url.txt",
+        "bulk-unenroll sandbox --enroll-from unenroll.csv --daily-quota 100 --day-seconds 60",
+        "LEADLEX_API_KEY=wbk_test bulk-unenroll run unenroll.csv --out r.csv \\",
+        "    --base-url http://127.0.0.1:PORT/api-gateway          # in another terminal",
+    )
+)
 @click.option(
     "--enroll-from",
     type=click.Path(path_type=Path, dir_okay=False),

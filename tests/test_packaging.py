@@ -28,7 +28,9 @@ def _pins() -> dict[str, str]:
 
 
 def test_dependencies_are_ranges_and_the_lock_file_pins_each_within_them() -> None:
-    deps = PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["dev"]
+    deps = (
+        PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"]["dev"]
+    )
     pins = _pins()
     for text in deps:
         req = Requirement(text)

@@ -91,7 +91,15 @@ def test_a_reserve_of_the_whole_plan_is_a_usage_error(tmp_path: Path, serve: Ser
     summary_file = tmp_path / "s.json"
     for command in (["plan", str(src)], ["run", str(src), "--out", str(tmp_path / "r.csv")]):
         result = run_cli(
-            [*command, "--plan", "starter", "--reserve", "100", "--summary-json", str(summary_file)],
+            [
+                *command,
+                "--plan",
+                "starter",
+                "--reserve",
+                "100",
+                "--summary-json",
+                str(summary_file),
+            ],
             cli_env(server.base_url),
         )
         assert result.returncode == 2, result.stderr
@@ -103,9 +111,7 @@ def test_a_reserve_of_the_whole_plan_is_a_usage_error(tmp_path: Path, serve: Ser
     assert api.state.calls == 0
 
 
-def test_a_reserve_of_the_whole_learnt_limit_is_a_usage_error(
-    tmp_path: Path, serve: Serve
-) -> None:
+def test_a_reserve_of_the_whole_learnt_limit_is_a_usage_error(tmp_path: Path, serve: Serve) -> None:
     pairs = _pairs(30)
     api = Sandbox(pairs, limits=Limits(per_day=100))
     server = serve(api)
