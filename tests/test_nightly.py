@@ -188,3 +188,11 @@ def test_a_problem_is_told_once_and_the_job_stays_queued(tmp_path: Path) -> None
     )
     assert result.returncode == 1
     assert "command -v bulk-unenroll" in notices.read_text().splitlines()[-1]
+
+
+def test_the_readme_shows_the_script_as_it_is() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```sh\n", readme.index("The heart of the script:")) + len("```sh\n")
+    shown = readme[start : readme.index("```", start)]
+    assert shown in SCRIPT.read_text(encoding="utf-8")
+    assert "examples/nightly-unenroll.sh" in readme
