@@ -74,7 +74,7 @@ class Lock:
                 holder = os.pread(self._fd, 4096, 0).decode(errors="replace").strip()
                 os.close(self._fd)
                 raise ResultsFileError(
-                    f"another run is using {out} ({_holder_in_words(holder)}); "
+                    f"another run is using {out} ({holder_in_words(holder)}); "
                     "wait for it to finish or stop it, then rerun"
                 ) from None
             try:
@@ -97,8 +97,9 @@ class Lock:
         os.close(self._fd)
 
 
-def _holder_in_words(recorded: str) -> str:
-    """`pid 4242 on host web1 since 2026-01-31 23:59:59 UTC (5m ago)` from the lock's JSON."""
+def holder_in_words(recorded: str) -> str:
+    """`pid 4242 on host web1 since 2026-01-31 23:59:59 UTC (5m ago)` from a lock's JSON (the
+    results file's, or an input claim's, which adds `, writing RESULTS`)."""
     try:
         holder = json.loads(recorded)
         since = datetime.strptime(holder["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
@@ -106,7 +107,8 @@ def _holder_in_words(recorded: str) -> str:
     except (ValueError, KeyError, TypeError):
         return "holder unknown"
     ago = span((datetime.now(UTC) - since).total_seconds())
-    return f"{words} since {since:%Y-%m-%d %H:%M:%S} UTC ({ago} ago)"
+    words += f" since {since:%Y-%m-%d %H:%M:%S} UTC ({ago} ago)"
+    return words + (f", writing {holder['results']}" if holder.get("results") else "")
 
 
 def _identity(status: os.stat_result) -> str:

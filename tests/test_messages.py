@@ -87,16 +87,28 @@ def test_the_lock_holder_is_named_in_words(tmp_path: Path, serve: Serve) -> None
         deadline = time.monotonic() + 60
         while "progress:" not in holder.stderr.readline():
             assert time.monotonic() < deadline and holder.poll() is None
-        second = run_cli(["run", str(src), "--out", str(out), "--rate", "1/min"], env)
+        args = ["run", str(src), "--out", str(out), "--rate", "1/min"]
+        same_input = run_cli(args, env)
+        same_results = run_cli([*args, "--allow-same-input"], env)
     finally:
         holder.terminate()
         holder.communicate(timeout=30)
-    assert second.returncode == 74
-    message = second.stderr.strip()
+    in_words = (
+        rf"pid {holder.pid} on host {re.escape(socket.gethostname())} since "
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(\d+s ago\)"
+    )
+    assert same_results.returncode == 74
+    message = same_results.stderr.strip().splitlines()[-1]  # after the --allow-same-input warning
     assert re.fullmatch(
-        rf"error: another run is using {re.escape(str(out))} \(pid {holder.pid} on host "
-        rf"{re.escape(socket.gethostname())} since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC "
-        r"\(\d+s ago\)\); wait for it to finish or stop it, then rerun",
+        rf"error: another run is using {re.escape(str(out))} \({in_words}\); "
+        "wait for it to finish or stop it, then rerun",
+        message,
+    ), message
+    assert same_input.returncode == 74
+    message = same_input.stderr.strip()
+    assert re.match(
+        rf"error: another run is using {re.escape(str(src))} \({in_words}, writing "
+        rf"{re.escape(str(out.resolve()))}\): two runs on one input",
         message,
     ), message
 
