@@ -259,14 +259,8 @@ class Job:
         state, left = self._pacer.state() if self._pacer else ("starting", None)
         if self.summary.finished_at is not None:  # the final frame: no pacer any more
             reason = self.summary.stop_reason
-            state, left = (
-                (
-                    "finished"
-                    if reason is StopReason.COMPLETE
-                    else f"stopped ({reason.value.replace('_', ' ')})"
-                ),
-                None,
-            )
+            stopped = f"stopped ({reason.value.replace('_', ' ')})"
+            state, left = ("finished" if reason is StopReason.COMPLETE else stopped), None
         return Progress(
             summary=self.summary,
             in_flight=self._in_flight,
