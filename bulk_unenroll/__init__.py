@@ -5,6 +5,7 @@ from importlib.metadata import version
 from .config import JobConfig, Plan, Rate, ReadOptions, RetryPolicy, Secret
 from .errors import AuthError, BulkUnenrollError, InputError, ResultsFileError, SetupError
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
+from .reader import SendPlan
 from .runner import Job, Progress, run_job, unenroll_file
 
 __version__ = version("bulk-unenroll")
@@ -25,6 +26,7 @@ __all__ = [
     "RetryPolicy",
     "RowResult",
     "Secret",
+    "SendPlan",
     "SetupError",
     "StopReason",
     "Summary",

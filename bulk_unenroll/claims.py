@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .config import ReadOptions
 from .errors import ResultsFileError
+from .journal import holder_in_words
 
 DIR_ENV = "BULK_UNENROLL_RUNTIME_DIR"
 SAMPLE = 1 << 20
@@ -112,7 +113,7 @@ class InputClaim:
         for name in names:
             got = _take(folder / name)
             if isinstance(got, str):
-                self.others = self.others or got
+                self.others = self.others or holder_in_words(got)
                 if shared:
                     continue
                 break  # take no more: a run starting beside us then finds all of ours free

@@ -4,7 +4,6 @@ its result to an exit code. No HTTP, no polars, no business rules here."""
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import signal
 import sys
@@ -18,9 +17,19 @@ import anyio
 import click
 
 from . import __version__
-from .config import DEFAULT_BASE_URL, PLANS, JobConfig, Rate, ReadOptions, RetryPolicy, Secret
+from .config import (
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    KEY_ENV,
+    PLANS,
+    JobConfig,
+    Rate,
+    ReadOptions,
+    RetryPolicy,
+)
 from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group
-from .render import LOG_FORMATS, PLAIN_EVERY, Console
+from .models import StopReason, Summary
+from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console
 from .report import (
     PlanFigures,
     build_report,
@@ -33,37 +42,8 @@ from .report import (
 from .runner import Job
 from .scrub import redact_message, remember
 
-KEY_ENV = "LEADLEX_API_KEY"
 DEBUG_ENV = "BULK_UNENROLL_DEBUG"
 INTERNAL_ERROR = 70
-
-
-def _read_key(key_file: Path | None, needed: bool) -> Secret:
-    where = f"--api-key-file {key_file}" if key_file is not None else KEY_ENV
-    if key_file is not None:
-        try:
-            key = key_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            raise InputError(f"cannot read {where}: {reason}") from None
-        if not key:
-            raise InputError(f"{where} is empty")
-    else:
-        key = os.environ.get(KEY_ENV, "").strip()
-        if not key and needed:
-            raise InputError(
-                f"no API key: set the {KEY_ENV} environment variable or pass --api-key-file "
-                "PATH (keys are never taken on the command line, where ps and shell history "
-                "see them)"
-            )
-    if key:
-        remember(key)  # before checking it: the error below must not show it either
-        if not re.fullmatch(r"[\x21-\x7e]+", key):
-            raise InputError(
-                f"the API key in {where} contains a space, line break or non-ASCII character; "
-                "copy it again from the LeadLex dashboard"
-            )
-    return Secret(key)
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -208,9 +188,36 @@ def _read_options(kw: dict[str, Any]) -> ReadOptions:
     )
 
 
+COMPLETE_ENV = "_BULK_UNENROLL_COMPLETE"
+RETRY_CODES = (75, 130, 143)
+"""Exit codes after which rerunning the same command (later) carries on the job."""
+
+
+def _epilog(*examples: str, exit_codes: bool = False) -> str:
+    """Examples (and the exit codes) under --help; `\b` keeps click from rewrapping them."""
+    parts = ["\b\nExamples:\n" + "\n".join(f"  {example}" for example in examples)]
+    if exit_codes:
+        retry = ", ".join(map(str, RETRY_CODES))
+        codes = "\n".join(f"  {code:<5}{meaning}" for code, meaning in EXIT_MEANINGS.items())
+        parts.append(
+            f"\b\nExit codes (rerun the same command later on {retry}, and on 74 when "
+            f"another run holds the lock):\n{codes}"
+        )
+    return "\n\n".join(parts)
+
+
 @click.group(
     cls=_Commands,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=_epilog(
+        "bulk-unenroll plan unenroll.csv                  # what a run would do; sends nothing",
+        "bulk-unenroll run unenroll.csv --out results.csv # do it; rerun the same to resume",
+        "bulk-unenroll report results.csv --export fix.xlsx",
+        "bulk-unenroll sandbox --enroll-from unenroll.csv # a fake API to rehearse against",
+        f'eval "$({COMPLETE_ENV}=bash_source bulk-unenroll)"  # shell completion (bash; zsh: '
+        "zsh_source)",
+        exit_codes=True,
+    ),
 )
 @click.version_option(__version__, prog_name="bulk-unenroll")
 def main() -> None:
@@ -231,7 +238,9 @@ class _Request:
     dry_run: bool
     yes: bool
     summary_json: Path | None
-    results_given: bool
+    input: Path
+    results: Path | None
+    """--out as given (None for `plan` without it)."""
 
 
 @dataclass
@@ -250,11 +259,12 @@ def continue_command() -> str:
 def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool) -> JobConfig:
     read = _read_options(kw)
     rate, plan = kw.pop("rate"), kw.pop("plan")
-    return JobConfig(
-        input=input_path,
-        out=out,
-        api_key=_read_key(kw.pop("api_key_file", None), needed=key_needed),
-        base_url=kw.pop("base_url", DEFAULT_BASE_URL),
+    config = JobConfig.from_env(
+        input_path,
+        out,
+        api_key_file=kw.pop("api_key_file", None),
+        base_url=kw.pop("base_url", None),
+        key_needed=key_needed,
         rate=Rate.parse(rate) if rate else None,
         plan=PLANS[plan] if plan else None,
         concurrency=kw.pop("concurrency", None),
@@ -268,6 +278,7 @@ def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool
         allow_same_input=kw.pop("allow_same_input", False),
         ca_bundle=kw.pop("ca_bundle", None),
     )
+    return config
 
 
 async def _drive(config: JobConfig, console: Console, req: _Request, session: _Session) -> int:
@@ -285,6 +296,7 @@ async def _drive(config: JobConfig, console: Console, req: _Request, session: _S
         if req.dry_run:
             return 0
         if job.summary.to_send and not req.yes and not console.confirm(session.figures):
+            job.summary.stop_reason = StopReason.SIGINT
             console.error("cancelled at the prompt; nothing was sent", 130)
             return 130
         session.ran = True
@@ -298,7 +310,6 @@ async def _drive(config: JobConfig, console: Console, req: _Request, session: _S
 def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Request) -> NoReturn:
     """Plan, confirm, run; then the summary, its JSON and the exit code, however it ended."""
     session = _Session()
-    config: JobConfig | None = None
     error: str | None = None
     unexpected: BaseException | None = None
     try:
@@ -323,26 +334,25 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
         else:
             raise
     command = continue_command()
-    job = session.job
-    data = None
-    if job is not None and config is not None:
-        data = summary_dict(
-            job.summary,
-            command=req.command,
-            input=config.input,
-            results=config.out if req.results_given else None,
-            figures=session.figures,
-            exit_code=code,
-            error=error,
-            continue_command=None if req.dry_run else command,
-        )
-        if session.ran:
-            console.summary(job.summary, command, data)
+    summary = session.job.summary if session.job is not None else Summary()
+    if code == 130 and summary.stop_reason is StopReason.COMPLETE:
+        summary.stop_reason = StopReason.SIGINT  # Ctrl-C before the signal watcher started
+    data = summary_dict(
+        summary,
+        command=req.command,
+        input=req.input,
+        results=req.results,
+        figures=session.figures,
+        exit_code=code,
+        error=error,
+        continue_command=None if req.dry_run else command,
+        planned=session.figures is not None,
+    )
+    if session.ran:
+        console.summary(summary, command, data)
     if error is not None and unexpected is None:
         console.error(error, code)
     if req.summary_json is not None:
-        if data is None:
-            data = {"schema_version": 1, "command": req.command, "exit_code": code, "error": error}
         try:
             write_json(req.summary_json, data)
         except ResultsFileError as exc:
@@ -373,7 +383,16 @@ def _console(kw: dict[str, Any]) -> Console:
     )
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        "bulk-unenroll run unenroll.csv --out results.csv",
+        "bulk-unenroll run export.xlsx --sheet 'To remove' --out results.csv --plan pro",
+        "bulk-unenroll run big.csv --out big-results.csv --wait-for-quota --yes  # multi-day",
+        "bulk-unenroll run q.csv --out r.csv --api-key-file /etc/leadlex/key \\",
+        "    --summary-json last.json --reserve 100                  # a nightly cron job",
+        exit_codes=True,
+    )
+)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--out",
@@ -390,10 +409,8 @@ def _console(kw: dict[str, Any]) -> Console:
 )
 @click.option(
     "--base-url",
-    envvar="LEADLEX_BASE_URL",
-    default=DEFAULT_BASE_URL,
-    show_default=True,
-    help="API gateway (env LEADLEX_BASE_URL).",
+    metavar="URL",
+    help=f"API gateway (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL}).",
 )
 @click.option(
     "--ca-bundle",
@@ -455,12 +472,19 @@ def run(input_path: Path, out: Path, **kw: Any) -> None:
         dry_run=dry_run,
         yes=kw.pop("yes"),
         summary_json=kw.pop("summary_json"),
-        results_given=True,
+        input=input_path,
+        results=out,
     )
     _execute(lambda: _config(input_path, out, kw, key_needed=not dry_run), console, req)
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        "bulk-unenroll plan unenroll.csv",
+        "bulk-unenroll plan unenroll.csv --plan pro --reserve 100  # time and quota days",
+        "bulk-unenroll plan unenroll.csv --out results.csv  # what a rerun has left to do",
+    )
+)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--out",
@@ -479,7 +503,8 @@ def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
         dry_run=True,
         yes=True,
         summary_json=kw.pop("summary_json"),
-        results_given=out is not None,
+        input=input_path,
+        results=out,
     )
     # Without --out nothing was done before: an empty file stands in for the results.
     results = out if out is not None else Path(os.devnull)
@@ -489,7 +514,14 @@ def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
 # -- report ----------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        "bulk-unenroll report results.csv",
+        "bulk-unenroll report results.csv --status invalid,rejected --export fix.xlsx",
+        "bulk-unenroll report results.csv --status removed --export removed.csv",
+        "bulk-unenroll report results.csv --json",
+    )
+)
 @click.argument("results", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--status",
@@ -524,7 +556,14 @@ def report(results: Path, status: str | None, export: Path | None, as_json: bool
 # -- sandbox ---------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        "bulk-unenroll sandbox --enroll-from unenroll.csv --ready-file url.txt",
+        "bulk-unenroll sandbox --enroll-from unenroll.csv --daily-quota 100 --day-seconds 60",
+        "LEADLEX_API_KEY=wbk_test bulk-unenroll run unenroll.csv --out r.csv \\",
+        "    --base-url http://127.0.0.1:PORT/api-gateway          # in another terminal",
+    )
+)
 @click.option(
     "--enroll-from",
     type=click.Path(path_type=Path, dir_okay=False),

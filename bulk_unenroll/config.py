@@ -1,16 +1,22 @@
-"""The job's settings: frozen, validated eagerly, free of env, argv and I/O."""
+"""The job's settings: frozen, validated eagerly, free of argv. `JobConfig.from_env` is the one
+place that reads the environment and the key file, for the CLI and the library alike."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 from .scrub import remember
 
 DEFAULT_BASE_URL = "https://data.leadlex.com/functions/v1/api-gateway"
+KEY_ENV = "LEADLEX_API_KEY"
+BASE_URL_ENV = "LEADLEX_BASE_URL"
 
 SAFETY_MARGIN = 0.98
 """Pace at 98% of a limit. N calls at that pace span N/0.98 windows, so a strict sliding window
@@ -96,6 +102,15 @@ def is_published_plan(limit: int) -> bool:
     return any(p.per_day == limit for p in PLANS.values())
 
 
+def reserve_leaves_no_calls(reserve: int, per_day: int, source: str) -> str:
+    """The usage error for a --reserve of the whole daily quota: every run would stop (exit 75)
+    after at most one call, night after night. `source` says where `per_day` comes from."""
+    return (
+        f"--reserve {reserve:,} leaves no calls: {source}; "
+        f"keep fewer than {per_day:,} in reserve (for example --reserve {per_day // 10:,})"
+    )
+
+
 def days_needed(calls: int, per_day: int, reserve: int = 0) -> int | None:
     """Quota days a job of `calls` calls spans at `per_day`, keeping `reserve`; None if never."""
     usable = per_day - reserve
@@ -120,6 +135,38 @@ class Secret:
         return "Secret('***')"
 
     __str__ = __repr__
+
+
+def read_api_key(
+    key_file: Path | None = None, environ: Mapping[str, str] | None = None, *, needed: bool = True
+) -> Secret:
+    """The key from `key_file`, else from $LEADLEX_API_KEY: never from argv, where `ps` and
+    shell history see it. Empty when not `needed` and not set."""
+    env = os.environ if environ is None else environ
+    where = f"--api-key-file {key_file}" if key_file is not None else KEY_ENV
+    if key_file is not None:
+        try:
+            key = key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            raise InputError(f"cannot read {where}: {reason}") from None
+        if not key:
+            raise InputError(f"{where} is empty")
+    else:
+        key = env.get(KEY_ENV, "").strip()
+        if not key and needed:
+            raise InputError(
+                f"no API key: set the {KEY_ENV} environment variable or pass --api-key-file "
+                "PATH (keys are never taken on the command line, where ps and shell history "
+                "see them)"
+            )
+    remember(key)  # before checking it: the error below must not show it either
+    if key and not re.fullmatch(r"[\x21-\x7e]+", key):
+        raise InputError(
+            f"the API key in {where} contains a space, line break or non-ASCII character; "
+            "copy it again from the LeadLex dashboard"
+        )
+    return Secret(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +230,38 @@ class JobConfig:
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+        if self.plan is not None and self.reserve >= self.plan.per_day:
+            raise InputError(
+                reserve_leaves_no_calls(
+                    self.reserve,
+                    self.plan.per_day,
+                    f"the {self.plan.name} plan allows {self.plan.per_day:,} calls a day",
+                )
+            )
+
+    @classmethod
+    def from_env(
+        cls,
+        input: Path,
+        out: Path,
+        *,
+        api_key_file: Path | None = None,
+        base_url: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        key_needed: bool = True,
+        **settings: Any,
+    ) -> JobConfig:
+        """The settings as the CLI reads them: the key from `api_key_file` or
+        $LEADLEX_API_KEY, the gateway from `base_url`, else $LEADLEX_BASE_URL, else
+        production; any other field as a keyword (`plan=PLANS["pro"]`, `reserve=100`)."""
+        env = os.environ if environ is None else environ
+        return cls(
+            input=input,
+            out=out,
+            api_key=read_api_key(api_key_file, env, needed=key_needed),
+            base_url=base_url or env.get(BASE_URL_ENV, "").strip() or DEFAULT_BASE_URL,
+            **settings,
+        )
 
     def pace(self, learnt: Plan | None = None) -> Rate | None:
         """The rate to send at: --rate, else --plan, else the learnt plan; less the margin."""

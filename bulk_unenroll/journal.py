@@ -28,6 +28,7 @@ import polars as pl
 from . import records
 from .errors import ResultsFileError
 from .models import Enrollment, Outcome, RowResult
+from .pacing import span
 from .reader import CAMPAIGN, CONTACT, OUTCOME_CODE, History, pair_key
 from .records import escape_cell, unescape
 from .scrub import redact
@@ -73,7 +74,7 @@ class Lock:
                 holder = os.pread(self._fd, 4096, 0).decode(errors="replace").strip()
                 os.close(self._fd)
                 raise ResultsFileError(
-                    f"another run is using {out} ({holder or 'holder unknown'}); "
+                    f"another run is using {out} ({holder_in_words(holder)}); "
                     "wait for it to finish or stop it, then rerun"
                 ) from None
             try:
@@ -94,6 +95,20 @@ class Lock:
         with contextlib.suppress(OSError):
             self.path.unlink()
         os.close(self._fd)
+
+
+def holder_in_words(recorded: str) -> str:
+    """`pid 4242 on host web1 since 2026-01-31 23:59:59 UTC (5m ago)` from a lock's JSON (the
+    results file's, or an input claim's, which adds `, writing RESULTS`)."""
+    try:
+        holder = json.loads(recorded)
+        since = datetime.strptime(holder["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        words = f"pid {int(holder['pid'])} on host {holder['host']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+    ago = span((datetime.now(UTC) - since).total_seconds())
+    words += f" since {since:%Y-%m-%d %H:%M:%S} UTC ({ago} ago)"
+    return words + (f", writing {holder['results']}" if holder.get("results") else "")
 
 
 def _identity(status: os.stat_result) -> str:

@@ -33,6 +33,8 @@ class StopReason(StrEnum):
     SIGINT = "sigint"
     SIGTERM = "sigterm"
     ABORTED = "aborted"
+    ERROR = "error"
+    """Ended by an error other than the API refusing the setup (usage, input, results file)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,7 @@ class Summary:
     """Per input row, its latest outcome: earlier runs' and this one's."""
     error_codes: Counter[str] = field(default_factory=Counter)
     settled_before: int = 0
-    """Rows an earlier run had already settled (skipped this time)."""
+    """Rows an earlier run settled with an API answer (skipped this time); the plan's figure."""
     to_send: int = 0
     calls: int = 0
     rows_settled_by_calls: int = 0

@@ -27,11 +27,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .config import Rate
+from .config import SAFETY_MARGIN, Rate
 from .models import Outcome, StopReason, Summary
 from .pacing import describe_reset
 from .report import PlanFigures, ResultsReport
-from .runner import WAITING_FOR_QUOTA, Progress
+from .runner import ENDS_WITH_AN_ERROR, WAITING_FOR_QUOTA, Progress
 from .scrub import redact, redact_data
 
 LOG_FORMATS = ("text", "json")
@@ -42,11 +42,13 @@ RATE_WINDOW = 60.0
 EXIT_MEANINGS = {
     0: "done: every row removed, not enrolled or a duplicate",
     1: "finished, but some rows are rejected, failed or invalid: see the results file",
-    2: "usage or input error: nothing was sent",
+    2: "usage or input error: fix the command or the input, then rerun",
     3: "aborted: the API refused the key or its permissions, or the API cannot be reached as "
     "set up (--base-url, --ca-bundle, proxy); rerun once it is fixed",
+    70: "internal error (a bug): the results file is intact; please report it",
     74: "the results file could not be used: rows written so far are intact",
-    75: "stopped early with rows left to do: rerun later to continue",
+    75: "stopped early with rows left to do: rerun later to continue "
+    "(the summary's stop_reason: quota, max_removals or api_down)",
     130: "interrupted: rerun to continue",
     143: "terminated: rerun to continue",
 }
@@ -71,15 +73,20 @@ def duration(seconds: float) -> str:
     return f"{days}d{hours:02d}h"
 
 
-def rate_text(rate: Rate | float | None, noun: str = "") -> str:
-    """Per second or per minute, whichever reads better: `4.9/s`, `9.8 rows/min`."""
+def per_unit(per_second: float | None) -> str:
+    """`s` or `min`, whichever reads better for this rate."""
+    return "s" if per_second is not None and per_second >= 1 else "min"
+
+
+def rate_text(rate: Rate | float | None, noun: str = "", per: str | None = None) -> str:
+    """Per second or per minute (`per`, else whichever reads better): `4.9/s`, `9.8 rows/min`."""
     if rate is None:
         return "unknown"
     per_second = rate.per_second if isinstance(rate, Rate) else rate
     if math.isinf(per_second):
         return "unlimited"
     unit = f" {noun}/" if noun else "/"
-    if per_second >= 1:
+    if (per or per_unit(per_second)) == "s":
         return f"{per_second:,.1f}{unit}s"
     return f"{per_second * 60:,.1f}{unit}min"
 
@@ -135,9 +142,11 @@ class Snapshot:
         return f"{duration(self.eta_seconds)} (around {end:%H:%M})"
 
     def rate_text(self) -> str:
-        rows = self.rows_per_second
-        shown = rate_text(rows, "rows") if rows is not None else "measuring"
-        return f"{shown} (pace {rate_text(self.pace_per_second, 'calls')})"
+        """Rows and calls in one unit, the pace's (the rows' when unpaced)."""
+        rows, pace = self.rows_per_second, self.pace_per_second
+        per = per_unit(pace if pace is not None and not math.isinf(pace) else rows)
+        shown = rate_text(rows, "rows", per) if rows is not None else "measuring"
+        return f"{shown} (pace {rate_text(pace, 'calls', per)})"
 
     def outcomes_text(self) -> str:
         return ", ".join(f"{name} {_n(count)}" for name, count in self.outcomes.items())
@@ -281,6 +290,12 @@ def plan_lines(f: PlanFigures) -> list[str]:
         pace = "unlimited" if math.isinf(e.per_second) else f"{e.per_second * 60:,.1f}/min"
         sending = "-" if math.isinf(e.per_second) else duration(e.sending_seconds)
         lines.append(f"  {e.label:<34}{pace:>11}  {sending:>12}  {days:>10}{per_day}")
+    if any(not math.isinf(e.per_second) for e in f.estimates):
+        lines += [
+            f"  (each pace is {SAFETY_MARGIN:.0%} of the plan's limit or --rate: the margin "
+            "absorbs",
+            "   network jitter, so the API's strict per-minute window never answers 429)",
+        ]
     if len(f.estimates) > 1:
         lines.append(
             "  (the plan is not known yet: a run learns it from the API's first answer; "
@@ -302,7 +317,7 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
         lines.append(f"  {outcome.value:<24}{_n(s.outcomes[outcome]):>10}")
     lines.append(f"  {'not yet done':<24}{_n(s.unfinished):>10}")
     lines.append("this run:")
-    lines.append(f"  {'settled before, skipped':<24}{_n(s.settled_before):>10}")
+    lines.append(f"  {'settled by an earlier run':<25}{_n(s.settled_before):>9}")
     per_row = s.calls_per_settled_row
     lines.append(
         f"  {'calls spent':<24}{_n(s.calls):>10}"
@@ -318,7 +333,7 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
             f"  {_n(s.lost_then_not_enrolled)} not_enrolled after a lost answer: most likely "
             "removed by an earlier attempt whose answer never arrived"
         )
-    if s.stop_reason is not StopReason.COMPLETE:
+    if s.stop_reason not in (StopReason.COMPLETE, *ENDS_WITH_AN_ERROR):  # the error says why
         lines.append(f"stopped early: {s.stop_detail or s.stop_reason.value}")
     quota_stop = s.stop_reason is StopReason.QUOTA
     if quota_stop and s.quota_reset_at is not None and "resets" not in s.stop_detail:

@@ -168,10 +168,20 @@ def summary_dict(
     exit_code: int | None = None,
     error: str | None = None,
     continue_command: str | None = None,
+    planned: bool = True,
 ) -> dict[str, Any]:
-    """The summary with stable keys (documented in the README) for schedulers and logs."""
+    """The summary with stable keys (documented in the README) for schedulers and logs: every
+    key on every exit. `planned=False` (the run ended before its plan: no key, bad input, a
+    busy results file) makes the row counts null: unknown, not zero."""
     s = summary
     per_row = s.calls_per_settled_row
+
+    def known(value: Any) -> Any:
+        return value if planned else None
+
+    stop = s.stop_reason
+    if error is not None and stop is StopReason.COMPLETE:
+        stop = StopReason.ERROR
     return {
         "schema_version": SCHEMA_VERSION,
         "command": command,
@@ -179,24 +189,24 @@ def summary_dict(
         "results": None if results is None else str(results),
         "exit_code": s.exit_code if exit_code is None else exit_code,
         "error": error,
-        "rows": s.total_rows,
-        "outcomes": {o.value: s.outcomes[o] for o in Outcome},
-        "unfinished": s.unfinished,
-        "remaining": s.remaining,
+        "rows": known(s.total_rows),
+        "outcomes": known({o.value: s.outcomes[o] for o in Outcome}),
+        "unfinished": known(s.unfinished),
+        "remaining": known(s.remaining),
         "error_codes": dict(sorted(s.error_codes.items())),
-        "settled_before": s.settled_before,
-        "to_send": s.to_send,
+        "settled_before": known(s.settled_before),
+        "to_send": known(s.to_send),
         "calls": s.calls,
         "calls_per_settled_row": None if per_row is None else round(per_row, 4),
         "rate_limited": s.rate_limited,
         "lost_then_not_enrolled": s.lost_then_not_enrolled,
-        "stop_reason": s.stop_reason.value,
-        "stop_detail": s.stop_detail,
-        "quota_reset_at": _iso(s.quota_reset_at) if s.stop_reason is StopReason.QUOTA else None,
+        "stop_reason": stop.value,
+        "stop_detail": s.stop_detail or (error or ""),
+        "quota_reset_at": _iso(s.quota_reset_at) if stop is StopReason.QUOTA else None,
         "started_at": _iso(s.started_at),
         "finished_at": _iso(s.finished_at),
-        "duration_seconds": round(s.duration_seconds, 3),
-        "continue_command": continue_command if s.remaining else None,
+        "duration_seconds": None if s.started_at is None else round(s.duration_seconds, 3),
+        "continue_command": continue_command if planned and s.remaining else None,
         "plan": None if figures is None else figures.as_dict(),
     }
 

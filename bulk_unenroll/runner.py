@@ -17,14 +17,29 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import client
 from .claims import InputClaim
-from .config import PLANS, JobConfig, is_published_plan, plan_for_daily_limit
-from .errors import AuthError, BulkUnenrollError, ResultsFileError, SetupError, find_in_group
+from .config import (
+    PLANS,
+    JobConfig,
+    is_published_plan,
+    plan_for_daily_limit,
+    reserve_leaves_no_calls,
+)
+from .errors import (
+    AuthError,
+    BulkUnenrollError,
+    InputError,
+    ResultsFileError,
+    SetupError,
+    find_in_group,
+)
 from .journal import Journal, read_history
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
 from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after
-from .reader import SEND, SendPlan, Source, build_plan, work_batches
+from .reader import SEND, SETTLED, SendPlan, Source, build_plan, work_batches
 
 PROGRESS_EVERY = 0.5
+ENDS_WITH_AN_ERROR = (StopReason.ABORTED, StopReason.ERROR)
+"""Stops that `Job.run` raises as an error (AuthError, InputError) rather than returns."""
 WAITING_FOR_QUOTA = "waiting for quota reset"
 
 
@@ -104,7 +119,8 @@ class Job:
         before = plan.settled_before()
         s.outcomes.update(before)
         s.outcomes[Outcome.FAILED] += plan.failed_before()  # until this run settles them
-        s.settled_before = sum(before.values())
+        s.settled_before = plan.count(SETTLED)  # the plan's figure: invalid and duplicate rows
+        # of an earlier run are counted under their own status, as the plan counts them
         s.to_send = plan.count(SEND)
         return plan
 
@@ -160,6 +176,8 @@ class Job:
             self.close()
         if self.summary.stop_reason is StopReason.ABORTED:
             raise self._abort_error(self.summary.stop_detail)
+        if self.summary.stop_reason is StopReason.ERROR:
+            raise InputError(self.summary.stop_detail)
         return self.summary
 
     async def _run_pool(self, http: httpx.AsyncClient, workers: int) -> None:
@@ -250,6 +268,10 @@ class Job:
 
     def progress(self) -> Progress:
         state, left = self._pacer.state() if self._pacer else ("starting", None)
+        if self.summary.finished_at is not None:  # the final frame: no pacer any more
+            reason = self.summary.stop_reason
+            stopped = f"stopped ({reason.value.replace('_', ' ')})"
+            state, left = ("finished" if reason is StopReason.COMPLETE else stopped), None
         return Progress(
             summary=self.summary,
             in_flight=self._in_flight,
@@ -269,8 +291,8 @@ class Job:
             self._stopping.set()
             if self._pacer is not None:
                 self._pacer.close()  # wake workers waiting for a slot, a pause or the plan
-            if detail:
-                self._on_event(detail)
+            if detail and reason not in ENDS_WITH_AN_ERROR:
+                self._on_event(detail)  # an error is raised to the caller, who shows it once
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -418,6 +440,7 @@ class Job:
             if answer.headers is not None:
                 self._quota.observe(answer.headers)
                 pacer.answered(sent_at)  # a slow answer may mean a late stamp: see pacing
+                self._check_reserve()
             self._learn_plan(answer, verdict)
             if action is client.Action.DONE:
                 assert verdict.outcome is not None
@@ -523,6 +546,16 @@ class Job:
             detail=detail,
             finished_at=datetime.now(UTC),
         )
+
+    def _check_reserve(self) -> None:
+        """A --reserve of the whole daily limit the API reports is a usage error, not a quota
+        stop that would repeat every night (the answer that told us is recorded as usual)."""
+        limit, reserve = self._quota.limit, self.config.reserve
+        if reserve and limit is not None and reserve >= limit:
+            source = f"the API reports a daily limit of {limit:,} calls"
+            if is_published_plan(limit):
+                source += f" (the {plan_for_daily_limit(limit).name} plan)"
+            self.stop(StopReason.ERROR, reserve_leaves_no_calls(reserve, limit, source))
 
     def _learn_plan(self, answer: client.Answer, verdict: client.Verdict) -> None:
         """Pace at the plan the first X-RateLimit-Limit reveals, unless told a rate."""

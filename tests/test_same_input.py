@@ -51,7 +51,7 @@ def test_a_second_run_on_the_same_input_is_refused_however_it_is_named(
 
             assert second.returncode == 74, (name, second.stdout + second.stderr)
             assert "another run is using" in second.stderr
-            assert f'"pid": {first.pid}' in second.stderr
+            assert f"pid {first.pid} on host" in second.stderr
             assert str(first_out.resolve()) in second.stderr
             assert "--allow-same-input" in second.stderr
             assert not out.exists(), "a refused run creates no results file"
@@ -94,7 +94,7 @@ def test_one_contacts_file_for_two_campaigns_runs_side_by_side(
 
         assert forced.returncode == 0, forced.stdout + forced.stderr
         assert "warning: another run is using" in forced.stderr
-        assert f'"pid": {first.pid}' in forced.stderr
+        assert f"pid {first.pid} on host" in forced.stderr
     finally:
         stop(first)
 
@@ -112,7 +112,7 @@ def test_claims_in_process_and_their_release(
             InputClaim(src, tmp_path / "other.csv", read, shared=False)
         InputClaim(src, out, ReadOptions(campaign="cmp_b"), shared=False).release()
         shared = InputClaim(src, tmp_path / "other.csv", read, shared=True)
-        assert f'"pid": {os.getpid()}' in shared.others and str(out.resolve()) in shared.others
+        assert f"pid {os.getpid()} on host" in shared.others and str(out.resolve()) in shared.others
         shared.release()
     finally:
         first.release()
