@@ -25,7 +25,7 @@ from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after
 from .reader import SEND, SendPlan, Source, build_plan, work_batches
 
 PROGRESS_EVERY = 0.5
-OVERLOADS_PER_ROW = 20
+OVERLOADS_PER_ROW = 10
 """Overload answers a row may get without spending its retries. Past this it is refused for
 itself, not for the pace (other rows get through), and ends like any failing row."""
 WAITING_FOR_QUOTA = "waiting for quota reset"

@@ -105,8 +105,7 @@ def nginx(tmp_path: Path) -> Iterator[Callable[[str, int], str]]:
         )
         with (home / "stderr").open("wb") as stderr:
             proc = subprocess.Popen(
-                [binary, "-p", str(home), "-e", str(home / "error.log"), "-c", str(conf)]
-                + ["-g", "daemon off;"],
+                [binary, "-p", home, "-e", home / "error.log", "-c", conf, "-g", "daemon off;"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -134,9 +133,9 @@ def test_behind_nginx_at_10_per_second_a_run_told_30_per_second_settles_below_it
     gateway = nginx(serve(api).base_url, 10)
     out, summary_path = tmp_path / "results.csv", tmp_path / "summary.json"
 
+    args = ["run", str(mixed.path), "--out", str(out), "--rate", "30/s", "--yes"]
     done = run_cli(
-        ["run", str(mixed.path), "--out", str(out), "--rate", "30/s", "--yes"]
-        + ["--summary-json", str(summary_path)],
+        [*args, "--summary-json", str(summary_path)],
         cli_env(gateway),
         timeout=300,
     )
