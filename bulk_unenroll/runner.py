@@ -504,9 +504,9 @@ class Job:
         return self._still_up(verdict, e, marked, maybe_applied)
 
     def _left_to_do(self, e: Enrollment, marked: bool, maybe_applied: bool) -> None:
-        """The row ends this run without a definite outcome. If every answer it got was
-        definite (a 429, a 401, a refused connection), nothing was applied: take back its
-        `.sent` mark, so a rerun's `not_enrolled` is not blamed on a lost answer."""
+        """The row ends this run without a definite outcome. If every answer it got was a
+        refusal (a 429, a 503, a 401, a refused connection), nothing was applied: take back
+        its `.sent` mark, so a rerun's `not_enrolled` is not blamed on a lost answer."""
         if marked and not maybe_applied:
             assert self._journal is not None
             self._journal.mark_sent(e, -1)
