@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The exact versions every venv (and so CI) installs; pyproject.toml has the compatible ranges.
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test lint typecheck pytest bench clean constraints
+.PHONY: demo test test-gateway lint typecheck pytest bench clean constraints
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,21 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
+
+# A real nginx (Debian's nginx-light, limit_req at 10/s) in front of the sandbox; about a
+# minute, so not part of `make test` (.ci/run calls both). Installs nginx-light with apt-get
+# if it is missing (root or passwordless sudo); the test skips, saying so, if that fails.
+# On a host with systemd, the package also starts its own nginx service.
+test-gateway: $(STAMP)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  echo "installing nginx-light (apt-get) for the gateway test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q --no-install-recommends nginx-light >/dev/null \
+	  || { $$SUDO apt-get update -q >/dev/null \
+	       && $$SUDO apt-get install -y -q --no-install-recommends nginx-light >/dev/null; } \
+	  || echo "could not install nginx-light: the gateway test will skip"; }
+	$(BIN)/pytest -q -rs -s -m gateway tests/test_gateway.py
 
 # Never part of `make test`. One part: make bench BENCH="--only pacing" (see bench/__main__.py).
 bench: $(STAMP)

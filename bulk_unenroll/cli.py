@@ -429,7 +429,8 @@ def _console(kw: dict[str, Any]) -> Console:
     type=int,
     default=5,
     show_default=True,
-    help="Retries per row for 5xx, timeouts and resets.",
+    help="Retries per row for 5xx, timeouts and resets (429s and gateway overload answers, "
+    "such as a 503, use none).",
 )
 @click.option(
     "--wait-for-quota",

@@ -21,6 +21,13 @@ from .scrub import redact
 USER_AGENT = "bulk-unenroll/0.1"
 CAMPAIGN_NOT_FOUND = ("campaign_not_found", "not_found")
 """The docs spell the 404 for an unknown campaign both ways."""
+MAY_FOLLOW_A_REMOVAL = frozenset({500, 502, 504, 546})
+"""Answers that can come after LeadLex applied the DELETE: its own answer was lost behind a
+crash (500), a bad upstream (502), a gateway timeout (504) or a platform resource limit (546).
+A 503 or a 429 is a refusal: nothing was applied."""
+QUICK_ANSWER = 2.0
+"""Seconds: a 502/504 faster than this came from a gateway shedding load, not one that waited
+for LeadLex and gave up."""
 
 
 class Action(Enum):
@@ -30,6 +37,9 @@ class Action(Enum):
     """Transient: try again after a backoff (the row's retries are spent)."""
     SLOW_DOWN = "slow_down"
     """Per-minute 429: pause every worker, retry without spending the row's retries."""
+    OVERLOADED = "overloaded"
+    """A gateway shed the call (503, quick 502/504, platform error): slow the shared pace,
+    retry without spending the row's retries."""
     QUOTA = "quota"
     """Daily quota spent: stop or wait for the reset."""
     ABORT = "abort"
@@ -53,6 +63,8 @@ class Answer:
     setup_fault: str = ""
     """A connection that failed for a reason that points at the setup (TLS trust, host name,
     port, proxy) rather than a passing outage: the cause and what to check."""
+    seconds: float = 0.0
+    """How long the answer took."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +117,23 @@ def classify(answer: Answer) -> Verdict:
         if answer.headers is not None and answer.headers.get("x-ratelimit-remaining") == "0":
             return Verdict(Action.QUOTA, detail="daily quota spent")
         return Verdict(Action.SLOW_DOWN, detail="rate limited (429)")
+    if overloaded(answer):
+        platform = answer.headers.get("sb-error-code", "") if answer.headers else ""
+        said = " ".join(filter(None, (code, platform)))
+        return Verdict(Action.OVERLOADED, detail=f"HTTP {status}" + (f" {said}" if said else ""))
     if status in (408, 425) or status >= 500:
         return Verdict(Action.RETRY, detail=f"HTTP {status}" + (f" {code}" if code else ""))
     return Verdict(Action.DONE, Outcome.REJECTED, answer.message or f"HTTP {status}")
+
+
+def overloaded(answer: Answer) -> bool:
+    """A gateway shedding load: a 503, a quick 502/504, or a platform error (`sb-error-code`)."""
+    status = answer.status
+    if status is None or status < 500:
+        return False
+    if status == 503 or (answer.headers is not None and "sb-error-code" in answer.headers):
+        return True
+    return status in (502, 504) and answer.seconds < QUICK_ANSWER
 
 
 def url_for(base_url: str, enrollment: Enrollment) -> str:
@@ -117,7 +143,7 @@ def url_for(base_url: str, enrollment: Enrollment) -> str:
     return f"{base_url.rstrip('/')}/v1/campaigns/{campaign}/contacts/{contact}"
 
 
-def _parse(response: httpx.Response) -> Answer:
+def _parse(response: httpx.Response, seconds: float = 0.0) -> Answer:
     request_id = response.headers.get("x-request-id", "")
     code = message = ""
     confirmed = False
@@ -146,8 +172,9 @@ def _parse(response: httpx.Response) -> Answer:
         request_id=request_id,
         headers=response.headers,
         removed_confirmed=confirmed,
-        maybe_applied=response.status_code >= 500
+        maybe_applied=response.status_code in MAY_FOLLOW_A_REMOVAL
         or (200 <= response.status_code < 300 and not confirmed),
+        seconds=seconds,
     )
 
 
@@ -255,6 +282,7 @@ async def delete(
     client: httpx.AsyncClient, base_url: str, enrollment: Enrollment, timeout: float
 ) -> Answer:
     """Send one DELETE. Never raises for the network: a lost answer is an Answer too."""
+    started = anyio.current_time()
     try:
         # Watchdog: a server that trickles bytes can dodge httpx's per-read timeout.
         with anyio.fail_after(timeout * 2 + 5):
@@ -274,4 +302,4 @@ async def delete(
         return Answer(None, error=f"connection lost ({type(exc).__name__})", maybe_applied=True)
     except httpx.HTTPError as exc:  # e.g. a body that fails to decode: the answer is lost
         return Answer(None, error=f"unreadable answer ({type(exc).__name__})", maybe_applied=True)
-    return _parse(response)
+    return _parse(response, anyio.current_time() - started)

@@ -81,6 +81,10 @@ class Summary:
     rows_settled_by_calls: int = 0
     rate_limited: int = 0
     """429 answers for the per-minute window (pacing signals, not row failures)."""
+    overloaded: int = 0
+    """Overload answers from a gateway (a 503, a quick 502/504): pacing signals too."""
+    final_pace: float | None = None
+    """Calls per second the run was pacing at when it ended (None: unpaced)."""
     lost_then_not_enrolled: int = 0
     """`not_enrolled` after a lost answer: most likely removed by an earlier attempt."""
     stop_reason: StopReason = StopReason.COMPLETE

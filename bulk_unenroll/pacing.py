@@ -38,6 +38,8 @@ CLIMB_EVERY = 20
 """After a 429 the pace climbs back by a tenth every this many successes."""
 SLOW_DOWN = 0.7
 LONGEST_BACKOFF = 60.0
+OVERLOAD_PAUSE = 1.0
+"""Seconds every worker waits after a gateway sheds a call of an unpaced run (nothing to slow)."""
 LATENCY_SAMPLES = 32
 """Usual latency: the fastest of this many recent answers."""
 
@@ -73,6 +75,8 @@ class Pacer:
         self._seq: dict[float, int] = {}
         self._holds: list[tuple[int, float]] = []
         self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._gateway_floor: float | None = None
+        """The slowest pace overload answers may push the run to (a tenth of the first)."""
         if not probe_first:
             self._learnt.set()
         self._aim(rate, adaptive=False)
@@ -227,6 +231,29 @@ class Pacer:
             floor = (self._ceiling or self._rate) * 0.1
             self._set(max(floor, self._rate * SLOW_DOWN))
         return pause
+
+    def overloaded(self, retry_after: float | None, sent_at: float = math.inf) -> bool:
+        """A gateway in front of the API shed a call (a 503, a quick 502/504): too fast for it,
+        whatever the plan allows. Resume slower and climb back only to just below the pace
+        that drew it: the gateway's limit lies there. True when it slowed down.
+
+        Answers to calls sent before the last slow-down were drawn by the old pace: one signal.
+        """
+        if retry_after is not None:
+            self.pause(retry_after, "backing off: the gateway is overloaded")
+        if sent_at < self._slowed_at:
+            return False
+        self._slowed_at = anyio.current_time()
+        self._streak = 0
+        if not self._rate:
+            self.pause(OVERLOAD_PAUSE, "backing off: the gateway is overloaded")
+            return True
+        if self._gateway_floor is None:
+            self._gateway_floor = self._rate * 0.1
+        ceiling = min(self._ceiling or math.inf, self._rate * SAFETY_MARGIN)
+        self._ceiling = max(self._gateway_floor, ceiling)
+        self._set(max(self._gateway_floor, self._rate * SLOW_DOWN))
+        return True
 
     def succeeded(self, sent_at: float = math.inf) -> None:
         """Climb back toward the ceiling slowly after a slow-down (or up to one, if unknown)."""

@@ -29,7 +29,7 @@ from rich.text import Text
 
 from .config import SAFETY_MARGIN, Rate
 from .models import Outcome, StopReason, Summary
-from .pacing import describe_reset
+from .pacing import describe_reset, pace_text
 from .report import PlanFigures, ResultsReport
 from .runner import ENDS_WITH_AN_ERROR, WAITING_FOR_QUOTA, Progress
 from .scrub import redact, redact_data
@@ -324,14 +324,19 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
         + (f"   ({per_row:.3f} per settled row)" if per_row is not None else "")
     )
     lines.append(f"  {'429 answers':<24}{_n(s.rate_limited):>10}")
+    if s.overloaded:
+        lines.append(
+            f"  {'overload answers':<24}{_n(s.overloaded):>10}   (the gateway shed calls: "
+            f"the run slowed to {pace_text(s.final_pace)})"
+        )
     if s.error_codes:
         codes = ", ".join(f"{code} {_n(n)}" for code, n in sorted(s.error_codes.items()))
         lines.append(f"  {'error codes':<24}{codes}")
     lines.append(f"  {'duration':<24}{duration(s.duration_seconds):>10}")
     if s.lost_then_not_enrolled:
         lines.append(
-            f"  {_n(s.lost_then_not_enrolled)} not_enrolled after a lost answer: most likely "
-            "removed by an earlier attempt whose answer never arrived"
+            f"  {_n(s.lost_then_not_enrolled)} not_enrolled after a lost answer (no answer, or "
+            "a 500/502/504/546): most likely removed by that earlier attempt"
         )
     if s.stop_reason not in (StopReason.COMPLETE, *ENDS_WITH_AN_ERROR):  # the error says why
         lines.append(f"stopped early: {s.stop_detail or s.stop_reason.value}")

@@ -199,6 +199,8 @@ def summary_dict(
         "calls": s.calls,
         "calls_per_settled_row": None if per_row is None else round(per_row, 4),
         "rate_limited": s.rate_limited,
+        "overloaded": s.overloaded,
+        "final_pace_per_second": None if s.final_pace is None else round(s.final_pace, 3),
         "lost_then_not_enrolled": s.lost_then_not_enrolled,
         "stop_reason": stop.value,
         "stop_detail": s.stop_detail or (error or ""),

@@ -40,6 +40,9 @@ from .reader import SEND, SETTLED, SendPlan, Source, build_plan, work_batches
 PROGRESS_EVERY = 0.5
 ENDS_WITH_AN_ERROR = (StopReason.ABORTED, StopReason.ERROR)
 """Stops that `Job.run` raises as an error (AuthError, InputError) rather than returns."""
+OVERLOADS_PER_ROW = 10
+"""Overload answers a row may get without spending its retries. Past this it is refused for
+itself, not for the pace (other rows get through), and ends like any failing row."""
 WAITING_FOR_QUOTA = "waiting for quota reset"
 
 
@@ -173,6 +176,7 @@ class Job:
             raise error from None
         finally:
             self.summary.finished_at = datetime.now(UTC)
+            self.summary.final_pace = self._pacer.per_second if self._pacer else None
             self.close()
         if self.summary.stop_reason is StopReason.ABORTED:
             raise self._abort_error(self.summary.stop_detail)
@@ -403,10 +407,10 @@ class Job:
         """Attempts until a definite outcome; None when the run stops first (row stays to do)."""
         cfg, pacer = self.config, self._pacer
         assert pacer is not None and self._journal is not None
-        attempts = retries = 0
+        attempts = retries = overloads = 0
         maybe_applied, lost_reasons = e.attempted_before, []
         if e.attempted_before:
-            lost_reasons.append("a request in an earlier run got no definite answer")
+            lost_reasons.append("a request in an earlier run got no definite answer (see .sent)")
         marked = False
         while True:
             dead = self._dead_campaign_result(e, attempts)
@@ -459,27 +463,23 @@ class Job:
             if action is client.Action.QUOTA:
                 self._quota.remaining = 0
                 continue
+            if answer.maybe_applied:  # whatever happens next, this attempt may have removed it
+                maybe_applied = True
+                lost_reasons.append(_uncertain(answer, verdict.detail))
             if action is client.Action.ABORT:
                 if not self._stopping.is_set():
                     self._abort_error = SetupError if answer.setup_fault else AuthError
                 self.stop(StopReason.ABORTED, verdict.detail)
                 self._left_to_do(e, marked, maybe_applied)
                 return None
+            if action is client.Action.OVERLOADED:
+                overloads += 1
+                if not self._overloaded(answer, verdict, sent_at, e, marked, maybe_applied):
+                    return None
+                if overloads <= OVERLOADS_PER_ROW:
+                    continue  # a pacing signal: the row's retries are not spent on it
             # Transient: retry with backoff, unless the API looks down altogether.
-            maybe_applied = maybe_applied or answer.maybe_applied
-            if answer.maybe_applied:
-                lost_reasons.append(verdict.detail)
-            self._consecutive_transient += 1
-            if self._consecutive_transient >= cfg.breaker_threshold:
-                self.stop(
-                    StopReason.API_DOWN,
-                    (
-                        f"the API looks down: {self._consecutive_transient} attempts in a row "
-                        "failed "
-                        f"(last: {verdict.detail}); stopped sending, rerun later"
-                    ),
-                )
-                self._left_to_do(e, marked, maybe_applied)
+            elif not self._still_up(verdict, e, marked, maybe_applied):
                 return None
             retries += 1
             if retries > cfg.retry.max_retries:
@@ -502,10 +502,45 @@ class Job:
             with anyio.move_on_after(delay if delay is not None else random.uniform(0, ceiling)):
                 await self._stopping.wait()  # a stop ends the backoff at once
 
+    def _still_up(
+        self, verdict: client.Verdict, e: Enrollment, marked: bool, maybe_applied: bool
+    ) -> bool:
+        """Count one more answer that settled nothing; stop the run when nothing succeeds."""
+        self._consecutive_transient += 1
+        if self._consecutive_transient < self.config.breaker_threshold:
+            return True
+        self.stop(
+            StopReason.API_DOWN,
+            f"the API looks down: {self._consecutive_transient} attempts in a row failed "
+            f"(last: {verdict.detail}); stopped sending, rerun later",
+        )
+        self._left_to_do(e, marked, maybe_applied)
+        return False
+
+    def _overloaded(
+        self,
+        answer: client.Answer,
+        verdict: client.Verdict,
+        sent_at: float,
+        e: Enrollment,
+        marked: bool,
+        maybe_applied: bool,
+    ) -> bool:
+        """A gateway shed the call: slow the shared pace. False when the run stops instead."""
+        assert self._pacer is not None
+        self.summary.overloaded += 1
+        pacer = self._pacer
+        if pacer.overloaded(retry_after(answer.headers or httpx.Headers()), sent_at):
+            self._on_event(
+                f"gateway overloaded ({verdict.detail}): slowing all workers to "
+                f"{pace_text(pacer.per_second)}"
+            )
+        return self._still_up(verdict, e, marked, maybe_applied)
+
     def _left_to_do(self, e: Enrollment, marked: bool, maybe_applied: bool) -> None:
-        """The row ends this run without a definite outcome. If every answer it got was
-        definite (a 429, a 401, a refused connection), nothing was applied: take back its
-        `.sent` mark, so a rerun's `not_enrolled` is not blamed on a lost answer."""
+        """The row ends this run without a definite outcome. If every answer it got was a
+        refusal (a 429, a 503, a 401, a refused connection), nothing was applied: take back
+        its `.sent` mark, so a rerun's `not_enrolled` is not blamed on a lost answer."""
         if marked and not maybe_applied:
             assert self._journal is not None
             self._journal.mark_sent(e, -1)
@@ -524,10 +559,8 @@ class Job:
         detail = verdict.detail
         if outcome is Outcome.NOT_ENROLLED and maybe_applied:
             self.summary.lost_then_not_enrolled += 1
-            detail = (
-                "an earlier attempt may have removed it: its answer was lost ("
-                + "; ".join(dict.fromkeys(lost_reasons))
-                + ")"
+            detail = "an earlier attempt may have removed it: " + "; ".join(
+                dict.fromkeys(lost_reasons)
             )
         if outcome is Outcome.REJECTED and answer.code in client.CAMPAIGN_NOT_FOUND:
             self._dead_campaigns.setdefault(e.campaign_id, e.row)
@@ -588,6 +621,13 @@ class Job:
                 f"{pace} {climbing}"
             )
             pacer.learn(pace, adaptive=True)
+
+
+def _uncertain(answer: client.Answer, detail: str) -> str:
+    """What an attempt that may have been applied got, in words for `detail`."""
+    if answer.status is None:
+        return f"its answer was lost ({detail})"
+    return f"it got {detail} (an answer that can follow a removal)"
 
 
 async def run_job(

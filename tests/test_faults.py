@@ -78,7 +78,9 @@ def test_wire_faults_end_truthful_after_one_rerun(tmp_path: Path, serve: Serve) 
     lost = [r for r in records if LOST in r["detail"]]
     assert all(re.search(r"\(.+\)$", r["detail"]) for r in lost), "the reason is recorded"
     failed = [r for r in records if r["status"] == "failed"]
-    assert all(r["detail"].startswith("no definite answer after 2 attempts") for r in failed)
+    # Two attempts that spent the row's retries, plus any overload answers (which spend none).
+    assert all(re.match(r"no definite answer after \d+ attempts", r["detail"]) for r in failed)
+    assert all(int(r["attempts"]) >= 2 for r in failed)
 
     rerun = run_cli(args, cli_env(server.base_url))
 
@@ -116,8 +118,6 @@ def test_api_that_always_hangs_trips_the_breaker(tmp_path: Path, serve: Serve) -
         (Faults(empty_2xx=1.0), Outcome.NOT_ENROLLED, "HTTP 200 without the documented"),
         (Faults(reset_after=1.0), Outcome.NOT_ENROLLED, "connection lost"),
         (Faults(html_500=1.0), Outcome.FAILED, "HTTP 500"),
-        (Faults(empty_5xx=1.0), Outcome.FAILED, "HTTP 502"),
-        (Faults(error_503=1.0), Outcome.FAILED, "HTTP 503 service_unavailable"),
         (Faults(reset_before=1.0), Outcome.FAILED, "connection lost"),
     ],
 )

@@ -53,7 +53,7 @@ def test_another_campaign_on_the_same_results_file_keeps_every_record(
     cmp_A (with a `failed` record in the file) dropped every cmp_A record, and rerunning
     cmp_A then resent pairs the API had already removed."""
     enrolled = [(c, k) for c in ("cmp_A", "cmp_B") for k in CONTACTS]
-    api = Sandbox(enrolled, faults=Faults(error_503=0.3), seed=3)
+    api = Sandbox(enrolled, faults=Faults(html_500=0.3), seed=3)
     server = serve(api)
     env = cli_env(server.base_url)
     inp, out = contacts_file(tmp_path / "contacts.csv", CONTACTS), tmp_path / "multi.csv"
@@ -109,7 +109,7 @@ def test_a_shorter_queue_file_and_a_new_input_on_the_same_out_keep_the_old_recor
     row numbers then point at other pairs. Rows recorded without a call (invalid,
     duplicate) speak only for the same row with the same cells."""
     pairs = [("cmp_a", c) for c in CONTACTS[:10]]
-    api = Sandbox(pairs, faults=Faults(error_503=0.3), seed=4)
+    api = Sandbox(pairs, faults=Faults(html_500=0.3), seed=4)
     env = cli_env(serve(api).base_url)
     out = tmp_path / "results.csv"
     day1 = write_csv(tmp_path / "day1.csv", [*pairs[:6], ("cmp_a", "bad"), pairs[0]])
@@ -237,7 +237,7 @@ def test_a_file_that_is_no_results_file_is_refused_untouched(tmp_path: Path, ser
 
 def test_a_symlinked_out_shares_the_lock_and_stays_a_link(tmp_path: Path, serve: Serve) -> None:
     pairs = [("cmp_a", c) for c in CONTACTS[:6]]
-    api = Sandbox(pairs, faults=Faults(error_503=0.4), seed=2)
+    api = Sandbox(pairs, faults=Faults(html_500=0.4), seed=2)
     server = serve(api)
     env = cli_env(server.base_url)
     inp = write_csv(tmp_path / "in.csv", pairs)

@@ -19,7 +19,7 @@ def test_failed_rows_are_retried_and_the_file_keeps_one_record_per_row(
     serve, tmp_path: Path
 ) -> None:
     rows = pairs(20)  # fewer than the circuit breaker's threshold of failures in a row
-    api = Sandbox(rows, faults=Faults(error_503=1.0))
+    api = Sandbox(rows, faults=Faults(html_500=1.0))
     server = serve(api)
     src = write_csv(tmp_path / "in.csv", rows)
     out = tmp_path / "results.csv"
@@ -30,7 +30,7 @@ def test_failed_rows_are_retried_and_the_file_keeps_one_record_per_row(
     assert Counter(r["status"] for r in read_results(out)) == {"failed": 20}
     assert not api.state.removed
 
-    api.faults.error_503 = 0.0
+    api.faults.html_500 = 0.0
     second = run_cli(args, cli_env(server.base_url))
     assert second.returncode == 0, second.stderr
     records = read_results(out)
@@ -91,14 +91,14 @@ def test_failed_rows_a_stopped_rerun_did_not_reach_still_count_as_failed(
 ) -> None:
     """The summary says what the results file says, even when the rerun stops early."""
     rows = pairs(12)
-    api = Sandbox(rows, faults=Faults(error_503=1.0))
+    api = Sandbox(rows, faults=Faults(html_500=1.0))
     server = serve(api)
     src = write_csv(tmp_path / "in.csv", rows)
     out, summary = tmp_path / "results.csv", tmp_path / "summary.json"
     args = ["run", str(src), "--out", str(out), "--rate", "500/s", "--max-retries", "0", "--yes"]
     assert run_cli(args, cli_env(server.base_url)).returncode == 1
 
-    api.faults.error_503 = 0.0
+    api.faults.html_500 = 0.0
     second = run_cli(
         [*args, "--concurrency", "1", "--max-removals", "5", "--summary-json", str(summary)],
         cli_env(server.base_url),
