@@ -82,6 +82,8 @@ class Job:
     async def plan(self, *, dry_run: bool = False) -> SendPlan:
         """Read and validate the input, compare with the results file; locks it unless dry."""
         self.source.columns()  # fail fast on a missing column, before any lock or pass
+        if self.source.sheet_note:
+            self._on_event(self.source.sheet_note)
         try:
             if dry_run:
                 history = await anyio.to_thread.run_sync(read_history, self.config.out)
