@@ -3,11 +3,15 @@ its result to an exit code. No HTTP, no polars, no business rules here."""
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ import click
 from . import __version__
 from .config import DEFAULT_BASE_URL, PLANS, JobConfig, Rate, ReadOptions, RetryPolicy, Secret
 from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group
+from .formats import spool
 from .render import LOG_FORMATS, PLAIN_EVERY, Console
 from .report import (
     PlanFigures,
@@ -247,11 +252,50 @@ def continue_command() -> str:
     return shlex.join(["bulk-unenroll", *sys.argv[1:]])
 
 
+STDIN = Path("-")
+_spooled: set[str] = set()
+"""Private copies of stdin made by this process: messages call them `stdin`."""
+
+
+def _readable_twice(input_path: Path) -> Path:
+    """INPUT as a file the reader can go over twice: `-` is stdin, copied to a private
+    temporary folder (removed at exit) before anything else reads it."""
+    if input_path != STDIN:
+        return input_path
+    if sys.stdin.isatty():
+        raise InputError(
+            "INPUT '-' reads the rows from stdin, but stdin is a terminal: pipe them in, "
+            "e.g. `cat unenroll.csv | bulk-unenroll run - --out results.csv`"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="bulk-unenroll-stdin-"))
+    atexit.register(shutil.rmtree, folder, True)
+    try:
+        copy = spool(sys.stdin.buffer, folder)
+    except OSError as exc:
+        raise InputError(
+            f"cannot copy stdin to a temporary file in {folder.parent}: {exc.strerror or exc} "
+            "(set TMPDIR to a folder with room)"
+        ) from None
+    _spooled.add(str(copy))
+    return copy
+
+
+def _given(path: Path) -> Path:
+    """The input as the user named it (`-` for stdin)."""
+    return STDIN if str(path) in _spooled else path
+
+
+def _shown(text: str) -> str:
+    for copy in _spooled:
+        text = text.replace(copy, "stdin")
+    return text
+
+
 def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool) -> JobConfig:
     read = _read_options(kw)
     rate, plan = kw.pop("rate"), kw.pop("plan")
     return JobConfig(
-        input=input_path,
+        input=_readable_twice(input_path),
         out=out,
         api_key=_read_key(kw.pop("api_key_file", None), needed=key_needed),
         base_url=kw.pop("base_url", DEFAULT_BASE_URL),
@@ -279,7 +323,9 @@ async def _drive(config: JobConfig, console: Console, req: _Request, session: _S
     session.job = job
     try:
         plan = await job.plan(dry_run=req.dry_run)
-        session.figures = plan_figures(plan, job.summary, config)
+        session.figures = dataclasses.replace(
+            plan_figures(plan, job.summary, config), input=_given(config.input)
+        )
         console.plan(session.figures, dry_run=req.dry_run)
         if req.dry_run:
             return 0
@@ -306,7 +352,7 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
     except BaseException as exc:
         known = find_in_group(exc, BulkUnenrollError)
         if known is not None:
-            code, error = known.exit_code, redact_message(str(known))
+            code, error = known.exit_code, _shown(redact_message(str(known)))
         elif find_in_group(exc, KeyboardInterrupt) is not None:
             code, error = (
                 130,
@@ -328,7 +374,7 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
         data = summary_dict(
             job.summary,
             command=req.command,
-            input=config.input,
+            input=_given(config.input),
             results=config.out if req.results_given else None,
             figures=session.figures,
             exit_code=code,
@@ -439,7 +485,10 @@ def _console(kw: dict[str, Any]) -> Console:
 )
 @output_options
 def run(input_path: Path, out: Path, **kw: Any) -> None:
-    """Unenroll every (campaign, contact) pair in INPUT, recording each row in --out."""
+    """Unenroll every (campaign, contact) pair in INPUT, recording each row in --out.
+
+    INPUT `-` reads the rows from stdin (a pipeline); a rerun fed the same rows resumes.
+    """
     console = _console(kw)
     dry_run = kw.pop("dry_run")
     req = _Request(
@@ -464,7 +513,10 @@ def run(input_path: Path, out: Path, **kw: Any) -> None:
 @pace_options
 @output_options
 def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
-    """Show what `run` would do with INPUT (same as `run --dry-run`); send nothing."""
+    """Show what `run` would do with INPUT (same as `run --dry-run`); send nothing.
+
+    INPUT `-` reads the rows from stdin.
+    """
     console = _console(kw)
     req = _Request(
         command="plan",
