@@ -27,11 +27,15 @@ from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_gro
 from .formats import spool
 from .render import LOG_FORMATS, PLAIN_EVERY, Console
 from .report import (
+    ROW_FORMATS,
+    STDOUT,
+    Export,
     PlanFigures,
     build_report,
     export_rows,
     parse_statuses,
     plan_figures,
+    shown_rows,
     summary_dict,
     write_json,
 )
@@ -541,28 +545,77 @@ def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
     help="Rows to select, comma-separated (default: rejected,failed,invalid).",
 )
 @click.option(
+    "--format",
+    "rows_format",
+    type=click.Choice(ROW_FORMATS),
+    default="table",
+    show_default=True,
+    help="How to print the selected rows on stdout: a table (the first 100), or all of them "
+    "as csv or jsonl (the counts then go to stderr).",
+)
+@click.option(
     "--export",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the selected rows as a new input file: .csv, .parquet or .xlsx.",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Write the selected rows as a new input file: .csv, .parquet, .xlsx, .json, .jsonl, "
+    "or - for CSV on stdout.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def report(results: Path, status: str | None, export: Path | None, as_json: bool) -> None:
-    """Summarise RESULTS (any run's results file) and export rows to fix and feed back."""
+def report(
+    results: Path, status: str | None, rows_format: str, export: Path | None, as_json: bool
+) -> None:
+    """Summarise RESULTS (any run's results file), print the selected rows, and export rows
+    to fix and feed back."""
     console = Console()
     try:
-        statuses = parse_statuses(status)
-        console.report(build_report(results, statuses), as_json)
-        if export is not None:
-            count, chosen = export_rows(results, export, statuses)
-            names = ",".join(o.value for o in chosen)
-            click.echo(
-                f"exported {count:,} row(s) with status {names} to {export}; fix them, then "
-                f"run: bulk-unenroll run {shlex.quote(str(export))} --out NEW_RESULTS.csv",
-                err=True,
+        to_stdout = [
+            name
+            for name, used in (
+                ("--json", as_json),
+                (f"--format {rows_format}", rows_format != "table"),
+                ("--export -", export == STDOUT),
             )
+            if used
+        ]
+        if len(to_stdout) > 1:
+            raise InputError(f"{' and '.join(to_stdout)} both write to stdout; choose one")
+        statuses = parse_statuses(status)
+        found = build_report(results, statuses)
+        shown = "csv" if export == STDOUT else rows_format
+        console.report(found, as_json, "none" if as_json else shown)
+        if rows_format != "table":
+            click.echo(shown_rows(found.selection, rows_format), nl=False)
+        if export is not None:
+            figures, text = export_rows(found, export)
+            click.echo(text, nl=False)
+            _exported(figures, export)
     except BulkUnenrollError as exc:
         console.error(str(exc))
         sys.exit(exc.exit_code)
+
+
+def _exported(figures: Export, dest: Path) -> None:
+    names = ",".join(o.value for o in figures.statuses)
+    where = "stdout" if dest == STDOUT else str(dest)
+    click.echo(f"exported {figures.rows:,} row(s) with status {names} to {where}", err=True)
+    gone = "campaign_not_found"
+    if figures.left_out:
+        click.echo(
+            f"left out {figures.left_out:,} rejected row(s) whose campaign does not exist "
+            f"({gone}): sent again they would only be rejected again; to export them as well "
+            f"(to correct their campaign ids), name the statuses: --status {names}",
+            err=True,
+        )
+    if figures.for_good:
+        click.echo(
+            f"{figures.for_good:,} of them were rejected because their campaign does not exist "
+            f"({gone}): correct their campaign ids first, or they will be rejected again",
+            err=True,
+        )
+    if figures.rows and dest != STDOUT:
+        click.echo(
+            f"fix them, then run: bulk-unenroll run {shlex.quote(str(dest))} --out NEW_RESULTS.csv",
+            err=True,
+        )
 
 
 # -- sandbox ---------------------------------------------------------------------------------

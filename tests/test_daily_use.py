@@ -3,6 +3,8 @@ from stdin, `report` printing rows, the audit log."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -144,3 +146,109 @@ def test_bad_rows_on_stdin_are_named_as_stdin(tmp_path: Path) -> None:
         )
     assert piped.returncode == 0, piped.stderr
     assert b"to send                             1" in piped.stderr
+
+
+# -- report prints the rows --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def results_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Removed rows, two rejected for good (a deleted campaign), a formula and a not-a-UUID
+    (invalid), one not enrolled. Read-only."""
+    tmp_path = tmp_path_factory.mktemp("report")
+    enrolled = [("cmp_live", new_uuid(i)) for i in range(1, 5)]
+    rows = [
+        *enrolled,
+        ("cmp_gone", new_uuid(50)),
+        ("cmp_gone", new_uuid(51)),
+        ("cmp_live", "=HYPERLINK(1)"),
+        ("cmp_live", "not-a-uuid"),
+        ("cmp_live", new_uuid(99)),
+    ]
+    src = tmp_path / "input.csv"
+    src.write_text(
+        "campaign_id,contact_id\n" + "".join(f"{c},{u}\n" for c, u in rows), encoding="utf-8"
+    )
+    out = tmp_path / "results.csv"
+    with SandboxThread(Sandbox(enrolled)) as server:
+        result = run_cli(["run", str(src), "--out", str(out), *FAST], cli_env(server.base_url))
+    assert result.returncode == 1, result.stderr
+    return out
+
+
+def test_report_prints_the_rows_that_need_a_look(results_file: Path) -> None:
+    result = run_cli(["report", str(results_file)], NO_API)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("row "))
+    table = lines[header + 1 :]
+    assert len(table) == 4  # two rejected, two invalid; one line each off a terminal
+    assert f"cmp_gone     {new_uuid(50)}  rejected  404   campaign_not_found" in table[0]
+    assert "=HYPERLINK(1)" in result.stdout and "'=HYPERLINK" not in result.stdout
+    assert "contact_id is not a UUID" in result.stdout
+    assert new_uuid(1) not in result.stdout  # removed rows are not selected
+
+
+def test_report_rows_as_csv_and_json_lines_on_stdout(results_file: Path) -> None:
+    as_csv = run_cli(["report", str(results_file), "--format", "csv"], NO_API)
+    assert as_csv.returncode == 0, as_csv.stderr
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [r["status"] for r in rows] == ["rejected", "rejected", "invalid", "invalid"]
+    assert list(rows[0]) == list(read_results(results_file)[0])  # the results file's columns
+    assert rows[2]["contact_id"] == "'=HYPERLINK(1)"  # CSV keeps a formula inert
+    assert "selected rows                    4" in as_csv.stderr  # the counts, off stdout
+
+    as_jsonl = run_cli(
+        ["report", str(results_file), "--format", "jsonl", "--status", "rejected,invalid"], NO_API
+    )
+    assert as_jsonl.returncode == 0, as_jsonl.stderr
+    records = [json.loads(line) for line in as_jsonl.stdout.splitlines()]
+    assert [(r["row"], r["http_status"]) for r in records] == [
+        (5, 404),
+        (6, None),
+        (7, None),
+        (8, None),
+    ]
+    assert records[2]["contact_id"] == "=HYPERLINK(1)"  # the value itself, not the escape
+
+    both = run_cli(["report", str(results_file), "--json", "--format", "csv"], NO_API)
+    assert both.returncode == 2
+    assert both.stderr.strip() == "error: --json and --format csv both write to stdout; choose one"
+
+
+def test_export_to_stdout_leaves_out_dead_campaigns_and_says_so(
+    results_file: Path, tmp_path: Path, serve: Serve
+) -> None:
+    exported = run_cli(["report", str(results_file), "--export", "-"], NO_API)
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    assert [r["status"] for r in rows] == ["invalid", "invalid"]
+    assert "left out 2 rejected row(s) whose campaign does not exist (campaign_not_found)" in (
+        exported.stderr
+    )
+    chosen = run_cli(["report", str(results_file), "--export", "-", "--status", "rejected"], NO_API)
+    assert len(list(csv.DictReader(io.StringIO(chosen.stdout)))) == 2
+    assert "2 of them were rejected because their campaign does not exist" in chosen.stderr
+
+    # The campaign is restored: the chosen rows go straight back in through a pipe.
+    api = Sandbox([("cmp_gone", new_uuid(50)), ("cmp_gone", new_uuid(51))])
+    server = serve(api)
+    out = tmp_path / "fix-results.csv"
+    rerun = pipe_cli(
+        ["run", "-", "--out", str(out), *FAST], chosen.stdout, cli_env(server.base_url)
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert not api.state.enrolled
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_json_exports_read_back_as_input(results_file: Path, tmp_path: Path, suffix: str) -> None:
+    fix = tmp_path / f"fix{suffix}"
+    result = run_cli(
+        ["report", str(results_file), "--status", "rejected", "--export", str(fix)], NO_API
+    )
+    assert result.returncode == 0, result.stderr
+    planned = run_cli(["plan", str(fix), "--log-format", "json"], NO_API)
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stderr.splitlines()[-1])
+    assert (plan["to_send"], plan["invalid"], plan["campaigns"]) == (2, 0, 1)
