@@ -314,6 +314,7 @@ def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool
         read=read,
         grace_period=kw.pop("grace_period", 10.0),
         allow_same_input=kw.pop("allow_same_input", False),
+        audit_log=kw.pop("audit_log", None),
     )
 
 
@@ -474,6 +475,13 @@ def _console(kw: dict[str, Any]) -> Console:
     is_flag=True,
     help="Run even while another run works on the same INPUT (each pair it also sends goes "
     "out twice).",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE.jsonl",
+    help="Append one JSON line per request sent (time, pair, attempt, status, error code, "
+    "request id, duration, why it waited); never the key.",
 )
 @click.option(
     "--dry-run", is_flag=True, help="Plan only: read, validate, compare with --out; send nothing."

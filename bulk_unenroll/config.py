@@ -158,6 +158,8 @@ class JobConfig:
     wait_for_quota: bool = False
     max_removals: int | None = None
     read: ReadOptions = ReadOptions()
+    audit_log: Path | None = None
+    """Append one JSON line per request to this file (`audit.AuditLog`)."""
     grace_period: float = 10.0
     """Seconds the requests in flight get to finish after SIGINT/SIGTERM."""
     allow_same_input: bool = False

@@ -40,6 +40,16 @@ SLOW_DOWN = 0.7
 LONGEST_BACKOFF = 60.0
 LATENCY_SAMPLES = 32
 """Usual latency: the fastest of this many recent answers."""
+PACE = "pace"
+"""What an attempt waited for when it waited for its slot (not for a pause)."""
+RATE_LIMITED = "backing off after a 429"
+
+Waits = dict[str, float]
+"""Seconds an attempt waited before it left, by why (`PACE`, a pause's reason, ...)."""
+
+
+def add_wait(waits: Waits, why: str, seconds: float) -> None:
+    waits[why] = waits.get(why, 0.0) + seconds
 
 
 class Pacer:
@@ -131,34 +141,41 @@ class Pacer:
         for scope in self._waiters:
             scope.cancel()
 
-    async def acquire(self) -> float:
-        """Wait for this attempt's slot; returns the loop time it was given (or closed at)."""
+    async def acquire(self, waited: Waits | None = None) -> float:
+        """Wait for this attempt's slot; returns the loop time it was given (or closed at).
+
+        `waited` gets the seconds spent, by why: `PACE`, or the reason of the pause."""
         now = anyio.current_time()
         if self._limiter is None and self._learnt.is_set() and now >= self._resume_at:
             return now  # unpaced and not paused: the hot path of an unmetered run
         with anyio.CancelScope() as scope:
             self._waiters.add(scope)
             try:
-                return await self._acquire()
+                return await self._acquire({} if waited is None else waited)
             finally:
                 self._waiters.discard(scope)
         return anyio.current_time()
 
-    async def _acquire(self) -> float:
+    async def _acquire(self, waited: Waits) -> float:
         while not self._closed:
-            wait = max(self._resume_at, self._not_before) - anyio.current_time()
+            now = anyio.current_time()
+            wait = max(self._resume_at, self._not_before) - now
             if wait > 0:
+                why = self._pause_reason if self._resume_at >= self._not_before else PACE
                 await anyio.sleep(wait)
+                add_wait(waited, why, anyio.current_time() - now)
                 continue
             if not self._learnt.is_set():
                 if not self._probe_pending:
                     await self._learnt.wait()  # one probe is out; its answer sets the pace
+                    add_wait(waited, PACE, anyio.current_time() - now)
                     continue
                 self._probe_pending = False
             limiter = self._limiter
             if limiter is not None:
                 self._bound = not limiter.has_capacity()
                 await limiter.acquire()
+                add_wait(waited, PACE, anyio.current_time() - now)
             now = anyio.current_time()
             if limiter is self._limiter and now >= self._resume_at:
                 hold = self._hold_for(self._issued)
@@ -209,14 +226,14 @@ class Pacer:
         """
         if sent_at < self._slowed_at:
             if retry_after is not None:
-                self.pause(retry_after, "backing off after a 429")
+                self.pause(retry_after, RATE_LIMITED)
             return None
         self._backoffs += 1
         self._streak = 0
         pause = (
             retry_after if retry_after is not None else min(LONGEST_BACKOFF, 2.0**self._backoffs)
         )
-        self.pause(pause, "backing off after a 429")
+        self.pause(pause, RATE_LIMITED)
         self._slowed_at = anyio.current_time()
         if self._rate:
             if self._ceiling is None:

@@ -16,16 +16,43 @@ import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import client
+from .audit import AuditLog
 from .claims import InputClaim
 from .config import PLANS, JobConfig, is_published_plan, plan_for_daily_limit
 from .errors import AuthError, BulkUnenrollError, ResultsFileError, find_in_group
 from .journal import Journal, read_history
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
-from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after
+from .pacing import (
+    PACE,
+    RATE_LIMITED,
+    Pacer,
+    Quota,
+    Waits,
+    add_wait,
+    describe_reset,
+    pace_text,
+    retry_after,
+)
 from .reader import SEND, SendPlan, Source, build_plan, work_batches
 
 PROGRESS_EVERY = 0.5
 WAITING_FOR_QUOTA = "waiting for quota reset"
+RETRY_BACKOFF = "retry backoff"
+QUOTA_IN_FLIGHT = "quota"
+AUDIT_WAITS = {
+    PACE: "pace",
+    RATE_LIMITED: "rate_limit_pause",
+    RETRY_BACKOFF: "retry_backoff",
+    WAITING_FOR_QUOTA: "quota",
+    QUOTA_IN_FLIGHT: "quota",
+}
+"""Why an attempt waited, as the audit log names it; any other pause is `other`."""
+AUDIT_RESULTS = {
+    client.Action.RETRY: "transient",
+    client.Action.SLOW_DOWN: "rate_limited",
+    client.Action.QUOTA: "quota_spent",
+    client.Action.ABORT: "aborted",
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,7 @@ class Job:
         self._quota = Quota()
         self._pacer: Pacer | None = None
         self._plan_learnt = False
+        self._audit: AuditLog | None = None
 
     # -- planning -------------------------------------------------------------------------
 
@@ -145,6 +173,8 @@ class Job:
             pace = cfg.pace()
             self._pacer = Pacer(pace or cfg.pace(PLANS["starter"]), probe_first=pace is None)
             workers = cfg.workers(pace)
+            if cfg.audit_log is not None:
+                self._audit = AuditLog(cfg.audit_log)
             async with client.make_client(cfg.api_key.reveal(), cfg.timeout, workers) as http:
                 await self._run_pool(http, workers)
         except BaseExceptionGroup as group:
@@ -155,6 +185,8 @@ class Job:
             raise error from None
         finally:
             self.summary.finished_at = datetime.now(UTC)
+            if self._audit is not None:
+                self._audit.close()
             self.close()
         if self.summary.stop_reason is StopReason.ABORTED:
             raise AuthError(self.summary.stop_detail)
@@ -318,8 +350,9 @@ class Job:
             finished_at=datetime.now(UTC),
         )
 
-    async def _ready_to_send(self) -> float | None:
-        """Wait for a slot from the pacer and the quota: its time, or None when stopping."""
+    async def _ready_to_send(self, waited: Waits) -> float | None:
+        """Wait for a slot from the pacer and the quota: its time, or None when stopping.
+        `waited` gets the seconds spent waiting, by why."""
         cfg, pacer, quota = self.config, self._pacer, self._quota
         assert pacer is not None
         while True:
@@ -329,17 +362,19 @@ class Job:
             if cap is not None and self._removed + self._in_flight >= cap:
                 if self._removed < cap:
                     await anyio.sleep(0.05)  # answers in flight decide whether the cap is met
+                    add_wait(waited, "max_removals", 0.05)
                     continue
                 self.stop(StopReason.MAX_REMOVALS, f"stopped after --max-removals {cap}")
                 return None
             if quota.spent(self._in_flight, cfg.reserve):
                 if self._in_flight:
                     await anyio.sleep(0.05)  # answers in flight will refresh the count
+                    add_wait(waited, QUOTA_IN_FLIGHT, 0.05)
                     continue
                 if not self._wait_for_quota():
                     return None
                 continue
-            slot = await pacer.acquire()
+            slot = await pacer.acquire(waited)
             if self._stopping.is_set():
                 return None
             if cap is not None and self._removed + self._in_flight >= cap:
@@ -384,11 +419,12 @@ class Job:
         if e.attempted_before:
             lost_reasons.append("a request in an earlier run got no definite answer")
         marked = False
+        waited: Waits = {}
         while True:
             dead = self._dead_campaign_result(e, attempts)
             if dead is not None:
                 return dead
-            sent_at = await self._ready_to_send()
+            sent_at = await self._ready_to_send(waited)
             if sent_at is None:
                 self._left_to_do(e, marked, maybe_applied)
                 return None
@@ -401,13 +437,25 @@ class Job:
                 self._sent_rows += 1
             self._in_flight += 1
             self.summary.calls += 1  # now, not when answered: the grace period may end first
+            left_at, started = datetime.now(UTC), anyio.current_time()
             try:
                 answer = await client.delete(http, cfg.base_url, e, cfg.timeout)
+            except anyio.get_cancelled_exc_class():
+                if self._audit is not None:  # the grace period ended: a request all the same
+                    took = anyio.current_time() - started
+                    cut = client.Answer(None, error="the run ended before the answer came")
+                    self._audit_request(e, cut, "cut_off", attempts + 1, left_at, took, waited)
+                raise
             finally:
                 self._in_flight -= 1
             attempts += 1
             verdict = client.classify(answer)
             action = verdict.action
+            if self._audit is not None:
+                took = anyio.current_time() - started
+                result = AUDIT_RESULTS.get(verdict.action, str(verdict.outcome))
+                self._audit_request(e, answer, result, attempts, left_at, took, waited)
+            waited = {}
             if answer.headers is not None:
                 self._quota.observe(answer.headers)
                 pacer.answered(sent_at)  # a slow answer may mean a late stamp: see pacing
@@ -467,8 +515,37 @@ class Job:
             hint = retry_after(answer.headers) if answer.headers is not None else None
             ceiling = min(cfg.retry.max_delay, cfg.retry.base_delay * 2 ** (retries - 1))
             delay = min(hint, cfg.retry.max_delay) if hint is not None else None
+            backoff_from = anyio.current_time()
             with anyio.move_on_after(delay if delay is not None else random.uniform(0, ceiling)):
                 await self._stopping.wait()  # a stop ends the backoff at once
+            add_wait(waited, RETRY_BACKOFF, anyio.current_time() - backoff_from)
+
+    def _audit_request(
+        self,
+        e: Enrollment,
+        answer: client.Answer,
+        result: str,
+        attempt: int,
+        left_at: datetime,
+        took: float,
+        waited: Waits,
+    ) -> None:
+        assert self._audit is not None
+        why: Waits = {}
+        for reason, seconds in waited.items():
+            add_wait(why, AUDIT_WAITS.get(reason, "other"), seconds)
+        self._audit.request(
+            e,
+            sent_at=left_at,
+            attempt=attempt,
+            seconds=took,
+            waited=why,
+            http_status=answer.status,
+            error_code=answer.code,
+            request_id=answer.request_id,
+            result=result,
+            error=answer.error,
+        )
 
     def _left_to_do(self, e: Enrollment, marked: bool, maybe_applied: bool) -> None:
         """The row ends this run without a definite outcome. If every answer it got was

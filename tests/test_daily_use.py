@@ -10,12 +10,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
-from conftest import CLI_TIMEOUT, cli_env, new_uuid, read_results, run_cli
+from conftest import API_KEY, CLI_TIMEOUT, cli_env, new_uuid, read_results, run_cli
 
-from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
+from bulk_unenroll.sandbox import Faults, Limits, Sandbox, SandboxThread
 
 Serve = Callable[[Sandbox], SandboxThread]
 FAST = ["--rate", "200/s", "--yes"]
@@ -252,3 +253,92 @@ def test_json_exports_read_back_as_input(results_file: Path, tmp_path: Path, suf
     assert planned.returncode == 0, planned.stderr
     plan = json.loads(planned.stderr.splitlines()[-1])
     assert (plan["to_send"], plan["invalid"], plan["campaigns"]) == (2, 0, 1)
+
+
+# -- the audit log -----------------------------------------------------------------------------
+
+
+def audit_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_audit_log_has_one_line_per_request_and_why_it_waited(
+    tmp_path: Path, serve: Serve
+) -> None:
+    pairs = [("cmp_a", new_uuid(i)) for i in range(1, 9)]
+    # A strict 2-per-second window against --rate 10/s: 429s with Retry-After 1. The seed's
+    # first roll makes the first request a 503: a retry after a backoff.
+    api = Sandbox(
+        pairs,
+        limits=Limits(per_window=2, window=1.0),
+        faults=Faults(error_503=0.2),
+        seed=1,
+    )
+    server = serve(api)
+    src = tmp_path / "input.csv"
+    src.write_text(
+        "campaign_id,contact_id\n" + "".join(f"{c},{u}\n" for c, u in pairs), encoding="utf-8"
+    )
+    out, audit = tmp_path / "results.csv", tmp_path / "audit.jsonl"
+    args = ["run", str(src), "--out", str(out), "--audit-log", str(audit), "--yes"]
+    result = run_cli([*args, "--rate", "10/s", "--max-retries", "20"], cli_env(server.base_url))
+    assert result.returncode == 0, result.stderr
+
+    lines = audit_lines(audit)
+    assert len(lines) == api.state.calls, "one line per request the server saw"
+    assert API_KEY not in audit.read_text(encoding="utf-8")
+    assert set(lines[0]) == {
+        "time", "row", "campaign_id", "contact_id", "attempt", "http_status", "error_code",
+        "request_id", "error", "result", "duration_ms", "waited", "waited_for",
+    }  # fmt: skip
+    assert set(lines[0]["waited"]) == {
+        "pace",
+        "rate_limit_pause",
+        "retry_backoff",
+        "quota",
+        "other",
+    }
+    assert lines[0]["time"].endswith("Z") and lines[0]["duration_ms"] >= 0
+    # Each row's attempts in order; its last line is the answer the results file records.
+    by_row: dict[int, list[dict[str, Any]]] = {}
+    for line in lines:
+        by_row.setdefault(line["row"], []).append(line)
+    for record in read_results(out):
+        attempts = by_row[int(record["row"])]
+        assert [a["attempt"] for a in attempts] == list(range(1, len(attempts) + 1))
+        assert attempts[-1]["request_id"] == record["request_id"]
+        assert attempts[-1]["result"] == record["status"] == "removed"
+
+    first = by_row[1]
+    assert (first[0]["http_status"], first[0]["result"]) == (503, "transient")
+    assert first[1]["waited"]["retry_backoff"] > 0
+    limited = [line for line in lines if line["http_status"] == 429]
+    assert limited and all(line["result"] == "rate_limited" for line in limited)
+    for line in limited:  # the row's next attempt sat out the Retry-After pause
+        after = by_row[line["row"]][line["attempt"]]
+        assert after["waited"]["rate_limit_pause"] >= 0.5
+    assert any(line["waited_for"] == "pace" for line in lines)
+
+    # Append-only: a rerun (nothing left to send here) adds, never rewrites.
+    before = audit.read_text(encoding="utf-8")
+    again = run_cli([*args, "--rate", "10/s"], cli_env(server.base_url))
+    assert again.returncode == 0, again.stderr
+    assert audit.read_text(encoding="utf-8") == before
+
+
+def test_an_audit_log_that_cannot_be_opened_stops_before_sending(
+    tmp_path: Path, serve: Serve
+) -> None:
+    api = Sandbox([("cmp_a", U1)])
+    server = serve(api)
+    src = tmp_path / "input.csv"
+    src.write_text(f"campaign_id,contact_id\ncmp_a,{U1}\n", encoding="utf-8")
+    audit = tmp_path / "no-such-folder" / "audit.jsonl"
+    result = run_cli(
+        ["run", str(src), "--out", str(tmp_path / "r.csv"), "--audit-log", str(audit), *FAST],
+        cli_env(server.base_url),
+    )
+    assert result.returncode == 74, result.stderr
+    assert f"cannot open --audit-log {audit}: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert api.state.calls == 0
