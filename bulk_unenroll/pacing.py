@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import anyio
 from aiolimiter import AsyncLimiter
@@ -273,6 +274,8 @@ def pace_text(per_second: float | None) -> str:
     """A pace for people: 39.2/s, 49/min, or unpaced."""
     if not per_second:
         return "unpaced"
+    if per_second >= 100:
+        return f"{per_second:,.0f}/s"
     if per_second >= 1:
         return f"{per_second:.3g}/s"
     return f"{per_second * 60:.3g}/min"
@@ -283,6 +286,23 @@ def _int(headers: Mapping[str, str], name: str) -> int | None:
         return int(float(headers[name]))
     except (KeyError, ValueError, OverflowError):  # absent, garbage, or "inf"
         return None
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TIME_SCALE_HEADER = "x-sandbox-time-scale"
+
+
+def time_scale(headers: Mapping[str, str], base_url: str) -> float | None:
+    """How much faster than real time a sandbox on this machine runs its plan's limits
+    (`bulk-unenroll sandbox --day-seconds`); None for any other server, which cannot
+    speed a run up by saying so."""
+    if urlsplit(base_url).hostname not in LOOPBACK:
+        return None
+    try:
+        scale = float(headers.get(TIME_SCALE_HEADER, "nan"))
+    except ValueError:
+        return None
+    return scale if math.isfinite(scale) and scale > 0 and scale != 1 else None
 
 
 LONGEST_RETRY_AFTER = 3600.0

@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from . import client
 from .audit import AuditLog
 from .claims import InputClaim
-from .config import PLANS, JobConfig, is_published_plan, plan_for_daily_limit
+from .config import PLANS, JobConfig, Rate, is_published_plan, plan_for_daily_limit
 from .errors import AuthError, BulkUnenrollError, ResultsFileError, find_in_group
 from .journal import Journal, read_history
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
@@ -32,6 +32,7 @@ from .pacing import (
     describe_reset,
     pace_text,
     retry_after,
+    time_scale,
 )
 from .reader import SEND, SendPlan, Source, build_plan, work_batches
 
@@ -614,13 +615,18 @@ class Job:
             return
         plan = plan_for_daily_limit(limit)
         pace = self.config.pace(plan)
+        scale = time_scale(answer.headers or {}, self.config.base_url)
+        shown = str(pace)
+        if pace is not None and scale is not None:
+            pace = Rate(pace.calls, pace.period / scale)
+            shown = f"{pace_text(pace.per_second)} (the sandbox runs time {scale:g}x faster)"
         if is_published_plan(limit):
-            self._on_event(f"daily limit {limit:,}: {plan.name} plan, pacing at {pace}")
+            self._on_event(f"daily limit {limit:,}: {plan.name} plan, pacing at {shown}")
             pacer.learn(pace)
         else:
             self._on_event(
                 f"daily limit {limit:,} is no published plan: starting at {plan.name}'s "
-                f"{pace} {climbing}"
+                f"{shown} {climbing}"
             )
             pacer.learn(pace, adaptive=True)
 

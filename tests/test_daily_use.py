@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import polars as pl
 import pytest
 from conftest import API_KEY, CLI_TIMEOUT, cli_env, new_uuid, read_results, run_cli
 
-from bulk_unenroll.sandbox import Faults, Limits, Sandbox, SandboxThread
+from bulk_unenroll.config import ReadOptions
+from bulk_unenroll.pacing import time_scale
+from bulk_unenroll.sandbox import Faults, Limits, Sandbox, SandboxThread, build_from_options
 
 Serve = Callable[[Sandbox], SandboxThread]
 FAST = ["--rate", "200/s", "--yes"]
@@ -342,3 +345,77 @@ def test_an_audit_log_that_cannot_be_opened_stops_before_sending(
     assert f"cannot open --audit-log {audit}: No such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
     assert api.state.calls == 0
+
+
+# -- a rehearsal in the sandbox ----------------------------------------------------------------
+
+
+def test_a_rehearsal_with_a_short_day_shows_the_quota_stop_and_the_reset(tmp_path: Path) -> None:
+    """`sandbox --limit-plan starter --day-seconds 10`: the day is 8,640 times shorter and so
+    is the plan's minute, so the run (pace learnt from the headers) spends a day's 100 calls
+    at once, waits for the reset and finishes: 150 rows take two quota days."""
+    rows = [("cmp_a", new_uuid(i)) for i in range(1, 151)]
+    src = tmp_path / "migration.csv"
+    src.write_text(
+        "campaign_id,contact_id\n" + "".join(f"{c},{u}\n" for c, u in rows), encoding="utf-8"
+    )
+    ready = tmp_path / "url"
+    command = [sys.executable, "-m", "bulk_unenroll", "sandbox", "--enroll-from", str(src)]
+    command += ["--limit-plan", "starter", "--day-seconds", "10", "--ready-file", str(ready)]
+    sandbox = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (ready.exists() and ready.read_text().endswith("\n")):
+            assert sandbox.poll() is None and time.monotonic() < deadline, "no sandbox"
+            time.sleep(0.05)
+        url = ready.read_text().strip()
+        out = tmp_path / "rehearsal.csv"
+        result = run_cli(
+            ["run", str(src), "--out", str(out), "--wait-for-quota", "--yes"],
+            cli_env(url),
+            timeout=60,
+        )
+    finally:
+        sandbox.terminate()
+        banner, _ = sandbox.communicate(timeout=10)
+    assert "time runs 8640x faster: a quota day of 100 calls lasts 10 s" in banner
+    assert result.returncode == 0, result.stderr
+    assert "starter plan, pacing at 1,411/s (the sandbox runs time 8640x faster)" in (result.stderr)
+    assert "daily quota spent: waiting until the reset" in result.stderr
+    assert sorted({r["status"] for r in read_results(out)}) == ["removed"]
+    assert len(read_results(out)) == 150
+
+
+def _sandbox_limits(**options: Any) -> Limits:
+    """The limits `bulk-unenroll sandbox` would enforce with these options."""
+    defaults = dict(
+        enroll_from=None,
+        enrolled_fraction=1.0,
+        unknown_campaign=(),
+        limit_plan=None,
+        rate_limit=None,
+        daily_quota=None,
+        day_seconds=86_400.0,
+        latency=0.0,
+        faults="",
+        require_key=None,
+        seed=None,
+    )
+    return build_from_options(ReadOptions(), **{**defaults, **options}).limits
+
+
+def test_a_short_day_shortens_the_plans_minute_but_not_a_rate_given_as_such() -> None:
+    pro = _sandbox_limits(limit_plan="pro", day_seconds=300.0)
+    assert (pro.per_window, pro.per_day, pro.time_scale) == (50, 1000, 288)
+    assert pro.window == pytest.approx(60 / 288)
+    given = _sandbox_limits(limit_plan="pro", rate_limit="5/s", day_seconds=300.0)
+    assert (given.per_window, given.window, given.per_day, given.time_scale) == (5, 1.0, 1000, 1)
+    assert _sandbox_limits(limit_plan="pro").time_scale == 1.0
+
+
+def test_only_a_sandbox_on_this_machine_can_speed_a_run_up() -> None:
+    faster = {"x-sandbox-time-scale": "288"}
+    assert time_scale(faster, "http://127.0.0.1:40123/api-gateway") == 288
+    assert time_scale(faster, "https://data.leadlex.com/functions/v1/api-gateway") is None
+    assert time_scale({"x-sandbox-time-scale": "inf"}, "http://localhost:1/") is None
+    assert time_scale({}, "http://localhost:1/") is None
