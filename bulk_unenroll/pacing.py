@@ -14,6 +14,13 @@ longer, stamp a request late and count one call too many in its window: a 1-in-3
 request's answer, so the pacer watches latency: a call answered `e` seconds slower than usual
 holds the call one window's worth of calls later until a window plus `e` after it (`answered`).
 Nothing is held while answers come at their usual speed, so the guard costs no rate.
+
+An unknown limit (a custom tier, or no daily limit reported) is found by probing: the pace
+doubles every 8 seconds (`PROBE_STEPS`) while it is what holds the run back, until the first 429.
+Limits are per minute, so at that 429 the calls the API accepted in the last minute are its
+limit (a strict sliding window counts exactly those). From then on the pace is 98% of that
+count per minute, and each of the next calls waits until one of the calls already counted
+leaves the minute, so the overshoot of the probe is not paid for with a run of 429s.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ SLOW_DOWN = 0.7
 LONGEST_BACKOFF = 60.0
 LATENCY_SAMPLES = 32
 """Usual latency: the fastest of this many recent answers."""
+PROBE_STEPS = 7.5
+"""While probing an unknown limit, the pace doubles this many times a window (every 8 s of a
+minute), if the pace is what holds the run back."""
+PROBE_GROWTH = 2.0
 PACE = "pace"
 """What an attempt waited for when it waited for its slot (not for a pause)."""
 RATE_LIMITED = "backing off after a 429"
@@ -84,6 +95,15 @@ class Pacer:
         self._seq: dict[float, int] = {}
         self._holds: list[tuple[int, float]] = []
         self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._probing = False
+        self._stepped_at = -math.inf
+        self._accepted: deque[float] = deque()
+        """While the limit is unknown: when the calls the API accepted were sent."""
+        self._limit_window = 60.0
+        """The window an unknown limit is counted in: the starting rate's period, a minute
+        (the API's limits are per minute; shorter in a sandbox that runs time faster)."""
+        self.learnt: Rate | None = None
+        """The per-minute limit found by probing (calls the API accepted in a minute)."""
         if not probe_first:
             self._learnt.set()
         self._aim(rate, adaptive=False)
@@ -100,6 +120,10 @@ class Pacer:
         self.target = rate
         per_second = None if rate is None or rate.unlimited else rate.per_second
         self._ceiling = None if adaptive else per_second
+        self._probing = adaptive and per_second is not None
+        if rate is not None and adaptive:
+            self._limit_window = rate.period
+        self._stepped_at = -math.inf
         self._streak = 0
         # The strict window the pace was derived from: N calls per period (N = pace / margin);
         # none for a fractional N (2.5/s is no count a window can hold) or a guessed pace.
@@ -224,6 +248,7 @@ class Pacer:
 
         429s for requests sent before the last slow-down were caused by the old pace: they
         extend the pause but do not slow down again (a burst of them is one signal); None.
+        The first 429 of a probe marks the limit (`_found_limit`).
         """
         if sent_at < self._slowed_at:
             if retry_after is not None:
@@ -236,6 +261,9 @@ class Pacer:
         )
         self.pause(pause, RATE_LIMITED)
         self._slowed_at = anyio.current_time()
+        if self._probing:
+            self._found_limit()
+            return pause
         if self._rate:
             if self._ceiling is None:
                 # Unknown limit: it lies below the pace that drew this 429; climb back to there.
@@ -246,11 +274,37 @@ class Pacer:
             self._set(max(floor, self._rate * SLOW_DOWN))
         return pause
 
+    def _found_limit(self) -> None:
+        """The probe drew its first 429: the calls accepted in the last minute are the limit.
+        Hold 98% of it, and let the next calls leave only as counted ones leave the minute."""
+        now, window = anyio.current_time(), self._limit_window
+        counted = sorted(t for t in self._accepted if t > now - window)
+        self._probing = False
+        self._accepted.clear()
+        calls = max(1, len(counted))
+        self.learnt = Rate(calls, window)
+        pace = calls * SAFETY_MARGIN / window
+        self._ceiling, self._window = pace, (calls, window)
+        self._set(pace)
+        for i, sent in enumerate(counted):
+            heapq.heappush(self._holds, (self._issued + i, sent + window))
+
     def succeeded(self, sent_at: float = math.inf) -> None:
-        """Climb back toward the ceiling slowly after a slow-down (or up to one, if unknown)."""
+        """Climb back toward the ceiling slowly after a slow-down; probe an unknown limit."""
         if sent_at < self._slowed_at:
             return
         self._backoffs = 0
+        if self._probing and self._rate:
+            now = anyio.current_time()
+            self._accepted.append(min(sent_at, now))
+            while self._accepted[0] <= now - self._limit_window:
+                self._accepted.popleft()
+            if self._stepped_at == -math.inf:
+                self._stepped_at = now
+            elif self._bound and now - self._stepped_at >= self._limit_window / PROBE_STEPS:
+                self._stepped_at = now
+                self._set(self._rate * PROBE_GROWTH)
+            return
         rate, ceiling = self._rate, self._ceiling
         if not rate or (ceiling is not None and rate >= ceiling):
             return

@@ -310,6 +310,10 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
         + (f"   ({per_row:.3f} per settled row)" if per_row is not None else "")
     )
     lines.append(f"  {'429 answers':<24}{_n(s.rate_limited):>10}")
+    if s.learnt_rate:
+        lines.append(
+            f"  {'limit found':<24}{s.learnt_rate:>10}   (next time pass --rate {s.learnt_rate})"
+        )
     if s.error_codes:
         codes = ", ".join(f"{code} {_n(n)}" for code, n in sorted(s.error_codes.items()))
         lines.append(f"  {'error codes':<24}{codes}")

@@ -192,6 +192,7 @@ def summary_dict(
         "calls": s.calls,
         "calls_per_settled_row": None if per_row is None else round(per_row, 4),
         "rate_limited": s.rate_limited,
+        "learnt_rate": s.learnt_rate,
         "lost_then_not_enrolled": s.lost_then_not_enrolled,
         "stop_reason": s.stop_reason.value,
         "stop_detail": s.stop_detail,

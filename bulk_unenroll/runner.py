@@ -32,6 +32,7 @@ from .pacing import (
     describe_reset,
     pace_text,
     retry_after,
+    span,
     time_scale,
 )
 from .reader import SEND, SendPlan, Source, build_plan, work_batches
@@ -468,11 +469,20 @@ class Job:
                 return self._finish(e, answer, verdict, attempts, maybe_applied, lost_reasons)
             if action is client.Action.SLOW_DOWN:
                 self.summary.rate_limited += 1
+                probing = pacer.learnt is None
                 pause = pacer.rate_limited(retry_after(answer.headers or httpx.Headers()), sent_at)
                 if pause is not None:
                     self._on_event(
                         f"429 rate limited: pausing all workers {pause:.1f}s, "
                         f"then {pace_text(pacer.per_second)}"
+                    )
+                if probing and pacer.learnt is not None:
+                    self.summary.learnt_rate = str(pacer.learnt)
+                    self._on_event(
+                        f"found the limit: the API accepted {pacer.learnt.calls:g} calls in "
+                        f"{span(pacer.learnt.period)} before its first 429; pacing at "
+                        f"{pace_text(pacer.per_second)} from now on "
+                        f"(next time pass --rate {pacer.learnt})"
                     )
                 continue
             if action is client.Action.QUOTA:

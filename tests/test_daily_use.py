@@ -419,3 +419,37 @@ def test_only_a_sandbox_on_this_machine_can_speed_a_run_up() -> None:
     assert time_scale(faster, "https://data.leadlex.com/functions/v1/api-gateway") is None
     assert time_scale({"x-sandbox-time-scale": "inf"}, "http://localhost:1/") is None
     assert time_scale({}, "http://localhost:1/") is None
+
+
+# -- finding an unknown limit ------------------------------------------------------------------
+
+
+def test_an_unknown_limit_is_found_and_shown_for_the_next_run(tmp_path: Path, serve: Serve) -> None:
+    """A custom tier (a daily limit of no published plan) in a sandbox running time 60x faster:
+    its minute is 1 s and allows 100 calls. The run starts at Pro's pace, probes up to the
+    first 429, then holds what the API accepted and says what to pass as --rate."""
+    pairs = [("cmp_a", new_uuid(i)) for i in range(1, 401)]
+    limits = Limits(per_window=100, window=1.0, per_day=5000, day_seconds=1440, time_scale=60)
+    api = Sandbox(pairs, limits=limits)
+    server = serve(api)
+    src = tmp_path / "input.csv"
+    src.write_text(
+        "campaign_id,contact_id\n" + "".join(f"{c},{u}\n" for c, u in pairs), encoding="utf-8"
+    )
+    summary = tmp_path / "summary.json"
+    result = run_cli(
+        ["run", str(src), "--out", str(tmp_path / "r.csv"), "--summary-json", str(summary)],
+        cli_env(server.base_url),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "daily limit 5,000 is no published plan: starting at pro's 49/s" in result.stderr
+    assert api.state.rate_limited >= 1, "the probe never reached the limit: the test proves nothing"
+    learnt = json.loads(summary.read_text())["learnt_rate"]
+    calls = int(learnt.removesuffix("/s"))
+    assert 0 < calls <= 100, "more than the window accepted"
+    assert f"found the limit: the API accepted {calls} calls in 1s before its first 429" in (
+        result.stderr
+    )
+    shown = [line.split() for line in result.stdout.splitlines() if "limit found" in line]
+    assert shown == [["limit", "found", learnt, "(next", "time", "pass", "--rate", f"{learnt})"]]
+    assert not api.state.enrolled
