@@ -615,7 +615,9 @@ class Job:
             return
         self._plan_learnt = True
         limit = self._quota.limit
-        climbing = "and climbing slowly until a 429 shows the limit (--plan or --rate sets it)"
+        climbing = (
+            "and doubling it every 8 s until a 429 shows the limit (--plan or --rate sets it)"
+        )
         if limit is None:
             pace = self.config.pace(PLANS["starter"])
             self._on_event(
