@@ -89,7 +89,9 @@ def measure_unknown(limit: str, rows: int) -> dict[str, Any]:
         ),
         None,
     )
-    last_minute = [t for t in times if t > times[-1] - rate.period]
+    minutes = [0] * (int((times[-1] - start) // 60) + 1)
+    for t in times:
+        minutes[int((t - start) // 60)] += 1
     return {
         "strict sliding window": f"{rate.calls:g} per {rate.period:g} s (not told to the CLI)",
         "rows": rows,
@@ -97,7 +99,7 @@ def measure_unknown(limit: str, rows: int) -> dict[str, Any]:
         "a window held 90% of the limit after, s": reached,
         "429s in total": stats.rate_limited,
         "busiest window seen by the server": stats.busiest_window(rate.period),
-        "last minute of the run, calls": len(last_minute),
+        "calls in each minute of sending": ", ".join(map(str, minutes)),
         "duration of sending, s": times[-1] - start,
     }
 
