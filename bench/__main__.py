@@ -4,7 +4,8 @@
     python -m bench --only pacing idle   # some (throughput latency pacing idle input)
     python -m bench --quick              # smaller sizes, for a smoke test of the suite
 
-Light, long benchmarks (the 3-minute per-minute pacing run) go beside the others; heavy ones
+Light, long benchmarks (the 3-minute per-minute pacing run, the 2-minute search for an
+unknown limit) go beside the others; heavy ones
 (throughput, input scale) never overlap each other. Figures are printed as each finishes and
 recorded by hand, with the command, in docs/benchmarks.md.
 """
@@ -33,11 +34,13 @@ def main() -> None:
     started = time.monotonic()
     figures: dict[str, Any] = {}
 
-    with ThreadPoolExecutor(1) as beside:
-        minute = None
+    with ThreadPoolExecutor(2) as beside:
+        minute = unknown = None
         if "pacing" in only:
             minutes = ["--minutes", "1"] if quick else []
             minute = beside.submit(pacing.main, ["--per-minute", *minutes])
+            rows = ["--rows", "330"] if quick else []
+            unknown = beside.submit(pacing.main, ["--unknown", *rows])
         if "throughput" in only:
             rows = ["--rows", "3000", "--rounds", "1"] if quick else []
             figures["throughput"] = throughput.main(rows)
@@ -50,6 +53,8 @@ def main() -> None:
             figures["idle"] = idle.main(["--wait", "15"] if quick else [])
         if minute is not None:
             figures["pacing per minute"] = minute.result()
+        if unknown is not None:
+            figures["finding an unknown limit"] = unknown.result()
     if "input" in only:
         try:
             from . import input_scale  # written beside this suite; absent in older checkouts

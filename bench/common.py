@@ -54,14 +54,19 @@ class ServerStats:
             return 0.0
         return (len(times) - 1) / (times[-1] - times[0])
 
-    def busiest_window(self, window: float) -> int:
-        """The most calls admitted in any `window` seconds (a strict sliding window's view)."""
-        times, most, first = self.admitted, 0, 0
+    def window_counts(self, window: float) -> list[int]:
+        """For each admitted call, the calls admitted in the `window` seconds ending with it
+        (a strict sliding window's view)."""
+        times, counts, first = self.admitted, [], 0
         for last, t in enumerate(times):
             while times[first] <= t - window:
                 first += 1
-            most = max(most, last - first + 1)
-        return most
+            counts.append(last - first + 1)
+        return counts
+
+    def busiest_window(self, window: float) -> int:
+        """The most calls admitted in any `window` seconds."""
+        return max(self.window_counts(window), default=0)
 
 
 class Server:

@@ -3,10 +3,14 @@ its result to an exit code. No HTTP, no polars, no business rules here."""
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import os
 import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,14 +32,19 @@ from .config import (
     RetryPolicy,
 )
 from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group
+from .formats import spool
 from .models import StopReason, Summary
 from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console
 from .report import (
+    ROW_FORMATS,
+    STDOUT,
+    Export,
     PlanFigures,
     build_report,
     export_rows,
     parse_statuses,
     plan_figures,
+    shown_rows,
     summary_dict,
     write_json,
 )
@@ -256,11 +265,50 @@ def continue_command() -> str:
     return shlex.join(["bulk-unenroll", *sys.argv[1:]])
 
 
+STDIN = Path("-")
+_spooled: set[str] = set()
+"""Private copies of stdin made by this process: messages call them `stdin`."""
+
+
+def _readable_twice(input_path: Path) -> Path:
+    """INPUT as a file the reader can go over twice: `-` is stdin, copied to a private
+    temporary folder (removed at exit) before anything else reads it."""
+    if input_path != STDIN:
+        return input_path
+    if sys.stdin.isatty():
+        raise InputError(
+            "INPUT '-' reads the rows from stdin, but stdin is a terminal: pipe them in, "
+            "e.g. `cat unenroll.csv | bulk-unenroll run - --out results.csv`"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="bulk-unenroll-stdin-"))
+    atexit.register(shutil.rmtree, folder, True)
+    try:
+        copy = spool(sys.stdin.buffer, folder)
+    except OSError as exc:
+        raise InputError(
+            f"cannot copy stdin to a temporary file in {folder.parent}: {exc.strerror or exc} "
+            "(set TMPDIR to a folder with room)"
+        ) from None
+    _spooled.add(str(copy))
+    return copy
+
+
+def _given(path: Path) -> Path:
+    """The input as the user named it (`-` for stdin)."""
+    return STDIN if str(path) in _spooled else path
+
+
+def _shown(text: str) -> str:
+    for copy in _spooled:
+        text = text.replace(copy, "stdin")
+    return text
+
+
 def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool) -> JobConfig:
     read = _read_options(kw)
     rate, plan = kw.pop("rate"), kw.pop("plan")
     config = JobConfig.from_env(
-        input_path,
+        _readable_twice(input_path),
         out,
         api_key_file=kw.pop("api_key_file", None),
         base_url=kw.pop("base_url", None),
@@ -277,6 +325,7 @@ def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool
         grace_period=kw.pop("grace_period", 10.0),
         allow_same_input=kw.pop("allow_same_input", False),
         ca_bundle=kw.pop("ca_bundle", None),
+        audit_log=kw.pop("audit_log", None),
     )
     return config
 
@@ -291,7 +340,9 @@ async def _drive(config: JobConfig, console: Console, req: _Request, session: _S
     session.job = job
     try:
         plan = await job.plan(dry_run=req.dry_run)
-        session.figures = plan_figures(plan, job.summary, config)
+        session.figures = dataclasses.replace(
+            plan_figures(plan, job.summary, config), input=_given(config.input)
+        )
         console.plan(session.figures, dry_run=req.dry_run)
         if req.dry_run:
             return 0
@@ -318,7 +369,7 @@ def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Reque
     except BaseException as exc:
         known = find_in_group(exc, BulkUnenrollError)
         if known is not None:
-            code, error = known.exit_code, redact_message(str(known))
+            code, error = known.exit_code, _shown(redact_message(str(known)))
         elif find_in_group(exc, KeyboardInterrupt) is not None:
             code, error = (
                 130,
@@ -452,6 +503,13 @@ def _console(kw: dict[str, Any]) -> Console:
     "out twice).",
 )
 @click.option(
+    "--audit-log",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE.jsonl",
+    help="Append one JSON line per request sent (time, pair, attempt, status, error code, "
+    "request id, duration, why it waited); never the key.",
+)
+@click.option(
     "--dry-run", is_flag=True, help="Plan only: read, validate, compare with --out; send nothing."
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
@@ -465,7 +523,10 @@ def _console(kw: dict[str, Any]) -> Console:
 )
 @output_options
 def run(input_path: Path, out: Path, **kw: Any) -> None:
-    """Unenroll every (campaign, contact) pair in INPUT, recording each row in --out."""
+    """Unenroll every (campaign, contact) pair in INPUT, recording each row in --out.
+
+    INPUT `-` reads the rows from stdin (a pipeline); a rerun fed the same rows resumes.
+    """
     console = _console(kw)
     dry_run = kw.pop("dry_run")
     req = _Request(
@@ -497,7 +558,10 @@ def run(input_path: Path, out: Path, **kw: Any) -> None:
 @pace_options
 @output_options
 def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
-    """Show what `run` would do with INPUT (same as `run --dry-run`); send nothing."""
+    """Show what `run` would do with INPUT (same as `run --dry-run`); send nothing.
+
+    INPUT `-` reads the rows from stdin.
+    """
     console = _console(kw)
     req = _Request(
         command="plan",
@@ -530,28 +594,77 @@ def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
     help="Rows to select, comma-separated (default: rejected,failed,invalid).",
 )
 @click.option(
+    "--format",
+    "rows_format",
+    type=click.Choice(ROW_FORMATS),
+    default="table",
+    show_default=True,
+    help="How to print the selected rows on stdout: a table (the first 100), or all of them "
+    "as csv or jsonl (the counts then go to stderr).",
+)
+@click.option(
     "--export",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the selected rows as a new input file: .csv, .parquet or .xlsx.",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Write the selected rows as a new input file: .csv, .parquet, .xlsx, .json, .jsonl, "
+    "or - for CSV on stdout.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def report(results: Path, status: str | None, export: Path | None, as_json: bool) -> None:
-    """Summarise RESULTS (any run's results file) and export rows to fix and feed back."""
+def report(
+    results: Path, status: str | None, rows_format: str, export: Path | None, as_json: bool
+) -> None:
+    """Summarise RESULTS (any run's results file), print the selected rows, and export rows
+    to fix and feed back."""
     console = Console()
     try:
-        statuses = parse_statuses(status)
-        console.report(build_report(results, statuses), as_json)
-        if export is not None:
-            count, chosen = export_rows(results, export, statuses)
-            names = ",".join(o.value for o in chosen)
-            click.echo(
-                f"exported {count:,} row(s) with status {names} to {export}; fix them, then "
-                f"run: bulk-unenroll run {shlex.quote(str(export))} --out NEW_RESULTS.csv",
-                err=True,
+        to_stdout = [
+            name
+            for name, used in (
+                ("--json", as_json),
+                (f"--format {rows_format}", rows_format != "table"),
+                ("--export -", export == STDOUT),
             )
+            if used
+        ]
+        if len(to_stdout) > 1:
+            raise InputError(f"{' and '.join(to_stdout)} both write to stdout; choose one")
+        statuses = parse_statuses(status)
+        found = build_report(results, statuses)
+        shown = "csv" if export == STDOUT else rows_format
+        console.report(found, as_json, "none" if as_json else shown)
+        if rows_format != "table":
+            click.echo(shown_rows(found.selection, rows_format), nl=False)
+        if export is not None:
+            figures, text = export_rows(found, export)
+            click.echo(text, nl=False)
+            _exported(figures, export)
     except BulkUnenrollError as exc:
         console.error(str(exc))
         sys.exit(exc.exit_code)
+
+
+def _exported(figures: Export, dest: Path) -> None:
+    names = ",".join(o.value for o in figures.statuses)
+    where = "stdout" if dest == STDOUT else str(dest)
+    click.echo(f"exported {figures.rows:,} row(s) with status {names} to {where}", err=True)
+    gone = "campaign_not_found"
+    if figures.left_out:
+        click.echo(
+            f"left out {figures.left_out:,} rejected row(s) whose campaign does not exist "
+            f"({gone}): sent again they would only be rejected again; to export them as well "
+            f"(to correct their campaign ids), name the statuses: --status {names}",
+            err=True,
+        )
+    if figures.for_good:
+        click.echo(
+            f"{figures.for_good:,} of them were rejected because their campaign does not exist "
+            f"({gone}): correct their campaign ids first, or they will be rejected again",
+            err=True,
+        )
+    if figures.rows and dest != STDOUT:
+        click.echo(
+            f"fix them, then run: bulk-unenroll run {shlex.quote(str(dest))} --out NEW_RESULTS.csv",
+            err=True,
+        )
 
 
 # -- sandbox ---------------------------------------------------------------------------------

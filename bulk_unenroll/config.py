@@ -207,6 +207,8 @@ class JobConfig:
     read: ReadOptions = ReadOptions()
     ca_bundle: Path | None = None
     """PEM file of the CA certificates to trust instead of the built-in ones."""
+    audit_log: Path | None = None
+    """Append one JSON line per request to this file (`audit.AuditLog`)."""
     grace_period: float = 10.0
     """Seconds the requests in flight get to finish after SIGINT/SIGTERM."""
     allow_same_input: bool = False

@@ -14,6 +14,7 @@ import codecs
 import gzip
 import json
 import re
+import shutil
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -272,6 +273,25 @@ def layout_of(path: Path, options: ReadOptions, scratch: Callable[[], Path]) -> 
     preferred = CSV_SUFFIXES.get(Path(path.name.removesuffix(".gz")).suffix.lower())
     separator = forced or _detect_separator(lines, preferred)
     return Layout("csv", source, gz, separator, skip, eol)
+
+
+def spool(stream: IO[bytes], folder: Path) -> Path:
+    """Copy a stream (stdin) into `folder`, named for what its first bytes say it is.
+
+    The reader goes over its input twice, and a pipe can be read only once. Text is taken as
+    CSV (the separator is detected), a line starting with `{` as JSON lines.
+    """
+    staged = folder / "stdin.part"
+    with staged.open("wb") as out:
+        head = stream.read(SNIFF_BYTES)
+        out.write(head)
+        shutil.copyfileobj(stream, out, 1 << 20)
+    content, _ = _content(head)
+    suffix = {"parquet": ".parquet", "zip": ".xlsx", "ole": ".xls"}.get(content, ".csv")
+    first = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if content == "text" and first in (b"{", b"["):
+        suffix = ".jsonl" if first == b"{" else ".json"
+    return staged.rename(folder / f"stdin{suffix}")
 
 
 # -- reading ids as text ------------------------------------------------------------------

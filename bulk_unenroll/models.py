@@ -90,6 +90,8 @@ class Summary:
     stop_reason: StopReason = StopReason.COMPLETE
     stop_detail: str = ""
     quota_reset_at: datetime | None = None
+    learnt_rate: str | None = None
+    """An unknown per-minute limit found by probing, as `--rate` takes it (`300/min`)."""
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

@@ -14,6 +14,13 @@ longer, stamp a request late and count one call too many in its window: a 1-in-3
 request's answer, so the pacer watches latency: a call answered `e` seconds slower than usual
 holds the call one window's worth of calls later until a window plus `e` after it (`answered`).
 Nothing is held while answers come at their usual speed, so the guard costs no rate.
+
+An unknown limit (a custom tier, or no daily limit reported) is found by probing: the pace
+doubles every 8 seconds (`PROBE_STEPS`) while it is what holds the run back, until the first 429.
+Limits are per minute, so at that 429 the calls the API accepted in the last minute are its
+limit (a strict sliding window counts exactly those). From then on the pace is 98% of that
+count per minute, and each of the next calls waits until one of the calls already counted
+leaves the minute, so the overshoot of the probe is not paid for with a run of 429s.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import anyio
 from aiolimiter import AsyncLimiter
@@ -42,6 +50,20 @@ OVERLOAD_PAUSE = 1.0
 """Seconds every worker waits after a gateway sheds a call of an unpaced run (nothing to slow)."""
 LATENCY_SAMPLES = 32
 """Usual latency: the fastest of this many recent answers."""
+PROBE_STEPS = 7.5
+"""While probing an unknown limit, the pace doubles this many times a window (every 8 s of a
+minute), if the pace is what holds the run back."""
+PROBE_GROWTH = 2.0
+PACE = "pace"
+"""What an attempt waited for when it waited for its slot (not for a pause)."""
+RATE_LIMITED = "backing off after a 429"
+
+Waits = dict[str, float]
+"""Seconds an attempt waited before it left, by why (`PACE`, a pause's reason, ...)."""
+
+
+def add_wait(waits: Waits, why: str, seconds: float) -> None:
+    waits[why] = waits.get(why, 0.0) + seconds
 
 
 class Pacer:
@@ -77,6 +99,15 @@ class Pacer:
         self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._gateway_floor: float | None = None
         """The slowest pace overload answers may push the run to (a tenth of the first)."""
+        self._probing = False
+        self._stepped_at = -math.inf
+        self._accepted: deque[float] = deque()
+        """While the limit is unknown: when the calls the API accepted were sent."""
+        self._limit_window = 60.0
+        """The window an unknown limit is counted in: the starting rate's period, a minute
+        (the API's limits are per minute; shorter in a sandbox that runs time faster)."""
+        self.learnt: Rate | None = None
+        """The per-minute limit found by probing (calls the API accepted in a minute)."""
         if not probe_first:
             self._learnt.set()
         self._aim(rate, adaptive=False)
@@ -93,6 +124,10 @@ class Pacer:
         self.target = rate
         per_second = None if rate is None or rate.unlimited else rate.per_second
         self._ceiling = None if adaptive else per_second
+        self._probing = adaptive and per_second is not None
+        if rate is not None and adaptive:
+            self._limit_window = rate.period
+        self._stepped_at = -math.inf
         self._streak = 0
         # The strict window the pace was derived from: N calls per period (N = pace / margin);
         # none for a fractional N (2.5/s is no count a window can hold) or a guessed pace.
@@ -135,34 +170,41 @@ class Pacer:
         for scope in self._waiters:
             scope.cancel()
 
-    async def acquire(self) -> float:
-        """Wait for this attempt's slot; returns the loop time it was given (or closed at)."""
+    async def acquire(self, waited: Waits | None = None) -> float:
+        """Wait for this attempt's slot; returns the loop time it was given (or closed at).
+
+        `waited` gets the seconds spent, by why: `PACE`, or the reason of the pause."""
         now = anyio.current_time()
         if self._limiter is None and self._learnt.is_set() and now >= self._resume_at:
             return now  # unpaced and not paused: the hot path of an unmetered run
         with anyio.CancelScope() as scope:
             self._waiters.add(scope)
             try:
-                return await self._acquire()
+                return await self._acquire({} if waited is None else waited)
             finally:
                 self._waiters.discard(scope)
         return anyio.current_time()
 
-    async def _acquire(self) -> float:
+    async def _acquire(self, waited: Waits) -> float:
         while not self._closed:
-            wait = max(self._resume_at, self._not_before) - anyio.current_time()
+            now = anyio.current_time()
+            wait = max(self._resume_at, self._not_before) - now
             if wait > 0:
+                why = self._pause_reason if self._resume_at >= self._not_before else PACE
                 await anyio.sleep(wait)
+                add_wait(waited, why, anyio.current_time() - now)
                 continue
             if not self._learnt.is_set():
                 if not self._probe_pending:
                     await self._learnt.wait()  # one probe is out; its answer sets the pace
+                    add_wait(waited, PACE, anyio.current_time() - now)
                     continue
                 self._probe_pending = False
             limiter = self._limiter
             if limiter is not None:
                 self._bound = not limiter.has_capacity()
                 await limiter.acquire()
+                add_wait(waited, PACE, anyio.current_time() - now)
             now = anyio.current_time()
             if limiter is self._limiter and now >= self._resume_at:
                 hold = self._hold_for(self._issued)
@@ -210,18 +252,22 @@ class Pacer:
 
         429s for requests sent before the last slow-down were caused by the old pace: they
         extend the pause but do not slow down again (a burst of them is one signal); None.
+        The first 429 of a probe marks the limit (`_found_limit`).
         """
         if sent_at < self._slowed_at:
             if retry_after is not None:
-                self.pause(retry_after, "backing off after a 429")
+                self.pause(retry_after, RATE_LIMITED)
             return None
         self._backoffs += 1
         self._streak = 0
         pause = (
             retry_after if retry_after is not None else min(LONGEST_BACKOFF, 2.0**self._backoffs)
         )
-        self.pause(pause, "backing off after a 429")
+        self.pause(pause, RATE_LIMITED)
         self._slowed_at = anyio.current_time()
+        if self._probing:
+            self._found_limit()
+            return pause
         if self._rate:
             if self._ceiling is None:
                 # Unknown limit: it lies below the pace that drew this 429; climb back to there.
@@ -255,11 +301,37 @@ class Pacer:
         self._set(max(self._gateway_floor, self._rate * SLOW_DOWN))
         return True
 
+    def _found_limit(self) -> None:
+        """The probe drew its first 429: the calls accepted in the last minute are the limit.
+        Hold 98% of it, and let the next calls leave only as counted ones leave the minute."""
+        now, window = anyio.current_time(), self._limit_window
+        counted = sorted(t for t in self._accepted if t > now - window)
+        self._probing = False
+        self._accepted.clear()
+        calls = max(1, len(counted))
+        self.learnt = Rate(calls, window)
+        pace = calls * SAFETY_MARGIN / window
+        self._ceiling, self._window = pace, (calls, window)
+        self._set(pace)
+        for i, sent in enumerate(counted):
+            heapq.heappush(self._holds, (self._issued + i, sent + window))
+
     def succeeded(self, sent_at: float = math.inf) -> None:
-        """Climb back toward the ceiling slowly after a slow-down (or up to one, if unknown)."""
+        """Climb back toward the ceiling slowly after a slow-down; probe an unknown limit."""
         if sent_at < self._slowed_at:
             return
         self._backoffs = 0
+        if self._probing and self._rate:
+            now = anyio.current_time()
+            self._accepted.append(min(sent_at, now))
+            while self._accepted[0] <= now - self._limit_window:
+                self._accepted.popleft()
+            if self._stepped_at == -math.inf:
+                self._stepped_at = now
+            elif self._bound and now - self._stepped_at >= self._limit_window / PROBE_STEPS:
+                self._stepped_at = now
+                self._set(self._rate * PROBE_GROWTH)
+            return
         rate, ceiling = self._rate, self._ceiling
         if not rate or (ceiling is not None and rate >= ceiling):
             return
@@ -283,6 +355,8 @@ def pace_text(per_second: float | None) -> str:
     """A pace for people: 39.2/s, 49/min, or unpaced."""
     if not per_second:
         return "unpaced"
+    if per_second >= 100:
+        return f"{per_second:,.0f}/s"
     if per_second >= 1:
         return f"{per_second:.3g}/s"
     return f"{per_second * 60:.3g}/min"
@@ -293,6 +367,23 @@ def _int(headers: Mapping[str, str], name: str) -> int | None:
         return int(float(headers[name]))
     except (KeyError, ValueError, OverflowError):  # absent, garbage, or "inf"
         return None
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TIME_SCALE_HEADER = "x-sandbox-time-scale"
+
+
+def time_scale(headers: Mapping[str, str], base_url: str) -> float | None:
+    """How much faster than real time a sandbox on this machine runs its plan's limits
+    (`bulk-unenroll sandbox --day-seconds`); None for any other server, which cannot
+    speed a run up by saying so."""
+    if urlsplit(base_url).hostname not in LOOPBACK:
+        return None
+    try:
+        scale = float(headers.get(TIME_SCALE_HEADER, "nan"))
+    except ValueError:
+        return None
+    return scale if math.isfinite(scale) and scale > 0 and scale != 1 else None
 
 
 LONGEST_RETRY_AFTER = 3600.0

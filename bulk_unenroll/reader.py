@@ -180,19 +180,11 @@ class Source:
         path = self._layout().path
         try:
             reader = fastexcel.read_excel(path)
-            names = reader.sheet_names
-            sheet = self.options.sheet
-            if sheet is not None and sheet not in names:
-                raise InputError(
-                    f"{path} has no sheet named {sheet!r}; its sheets are: {_listing(names)}"
-                )
-            if not names:
-                raise InputError(f"{path} has no sheets")
+            sheet = self._sheet(reader)
             if columns is None:
-                header = reader.load_sheet(sheet or names[0], n_rows=0, dtypes="string")
-                frame = header.to_polars()
+                frame = reader.load_sheet(sheet, n_rows=0, dtypes="string").to_polars()
             else:
-                data = reader.load_sheet(sheet or names[0], use_columns=columns, dtypes="string")
+                data = reader.load_sheet(sheet, use_columns=columns, dtypes="string")
                 frame = data.to_polars()
         except fastexcel.FastExcelError as exc:
             raise InputError(
@@ -202,10 +194,65 @@ class Source:
             ) from None
         if not frame.width:
             raise InputError(
-                f"sheet {sheet or names[0]!r} of {path} is empty; choose another with --sheet NAME"
-                f" (its sheets are: {_listing(names)})"
+                f"sheet {sheet!r} of {path} is empty; choose another with --sheet NAME"
+                f" (its sheets are: {_listing(reader.sheet_names)})"
             )
         return frame
+
+    def _sheet(self, reader: Any) -> str:
+        """The sheet to read: --sheet (ignoring case and spaces around it), else the first
+        one with the id columns. A notes sheet in front is passed over when exactly one
+        other sheet has them; with several, the user chooses."""
+        if "sheet" in self._memo:
+            chosen: str = self._memo["sheet"]
+            return chosen
+        path, names, wanted = self._layout().path, list(reader.sheet_names), self.options.sheet
+        if not names:
+            raise InputError(f"{path} has no sheets")
+        if wanted is not None:
+            loose = [n for n in names if n.strip().casefold() == wanted.strip().casefold()]
+            if wanted not in names and len(loose) != 1:
+                raise InputError(
+                    f"{path} has no sheet named {wanted!r}; its sheets are: {_listing(names)}"
+                )
+            chosen = wanted if wanted in names else loose[0]
+        else:
+
+            def has_ids(name: str) -> bool:
+                header = reader.load_sheet(name, n_rows=0, dtypes="string").to_polars()
+                try:
+                    self._pick_columns(header.columns)
+                except InputError:
+                    return False
+                return True
+
+            chosen = names[0]
+            if len(names) > 1 and not has_ids(chosen):
+                others = [n for n in names[1:] if has_ids(n)]
+                if len(others) > 1:
+                    raise InputError(
+                        f"the first sheet of {path}, {chosen!r}, has no id columns, and the "
+                        f"sheets {_listing(others)} all have them: choose one with --sheet NAME"
+                    )
+                if others:
+                    chosen = others[0]
+                    self._memo["sheet_note"] = (
+                        f"reading sheet {chosen!r}: the first sheet, {names[0]!r}, has no id "
+                        "columns (--sheet NAME picks another)"
+                    )
+                else:
+                    self._memo["sheet_hint"] = (
+                        f" (no sheet of this workbook has them; its sheets are: "
+                        f"{_listing(names)}; pick one with --sheet NAME)"
+                    )
+        self._memo["sheet"] = chosen
+        return chosen
+
+    @property
+    def sheet_note(self) -> str | None:
+        """Which sheet was read, when it is not the first: worth telling the user."""
+        note: str | None = self._memo.get("sheet_note")
+        return note
 
     def _found(self) -> tuple[list[str], dict[str, pl.DataType]]:
         if "schema" not in self._memo:
@@ -232,6 +279,15 @@ class Source:
         if self.options.campaign is not None:
             _check_campaign_option(self.options.campaign)
         found, _ = self._found()
+        try:
+            return self._pick_columns(found)
+        except InputError as exc:
+            hint = self._memo.get("sheet_hint")
+            if hint is None:
+                raise
+            raise InputError(f"{exc}{hint}") from None
+
+    def _pick_columns(self, found: list[str]) -> tuple[str, str | None]:
         contact = _pick(found, self.options.contact_column, CONTACT_NAMES, "--contact-column")
         if self.options.campaign is not None:
             return contact, None

@@ -30,6 +30,7 @@ from rich.text import Text
 from .config import SAFETY_MARGIN, Rate
 from .models import Outcome, StopReason, Summary
 from .pacing import describe_reset, pace_text
+from .records import unescape
 from .report import PlanFigures, ResultsReport
 from .runner import ENDS_WITH_AN_ERROR, WAITING_FOR_QUOTA, Progress
 from .scrub import redact, redact_data
@@ -329,6 +330,10 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
             f"  {'overload answers':<24}{_n(s.overloaded):>10}   (the gateway shed calls: "
             f"the run slowed to {pace_text(s.final_pace)})"
         )
+    if s.learnt_rate:
+        lines.append(
+            f"  {'limit found':<24}{s.learnt_rate:>10}   (next time pass --rate {s.learnt_rate})"
+        )
     if s.error_codes:
         codes = ", ".join(f"{code} {_n(n)}" for code, n in sorted(s.error_codes.items()))
         lines.append(f"  {'error codes':<24}{codes}")
@@ -347,6 +352,36 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
         lines.append(f"{_n(s.remaining)} row(s) left to do; to continue, run: {command}")
     lines.append(f"exit code {exit_code}: {EXIT_MEANINGS.get(exit_code, '')}".rstrip(": "))
     return lines
+
+
+TABLE_ROWS = 100
+"""Rows a report shows as a table; `--format csv` or `jsonl` prints them all."""
+TABLE_COLUMNS = ("row", "campaign_id", "contact_id", "status", "http_status", "error_code")
+
+
+def rows_table(r: ResultsReport) -> RenderableType:
+    """The first selected rows, with why each ended as it did."""
+    if not r.selected_rows:
+        return Text("no rows with the selected status")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in TABLE_COLUMNS:
+        short = name in ("row", "status", "http_status")
+        table.add_column("http" if name == "http_status" else name, no_wrap=short)
+    table.add_column("detail")
+    shown = r.selection.head(TABLE_ROWS).with_columns(
+        unescape(c) for c in (*TABLE_COLUMNS[1:], "detail") if c != "http_status"
+    )
+    for record in shown.iter_rows(named=True):
+        cells = [str(record[name] or "") for name in (*TABLE_COLUMNS, "detail")]
+        cells[-2:] = map(redact, cells[-2:])  # server text; never the ids
+        table.add_row(*map(Text, cells))
+    more = r.selected_rows - min(r.selected_rows, TABLE_ROWS)
+    if not more:
+        return table
+    return Group(
+        table,
+        Text(f"... and {_n(more)} more: --format csv (or jsonl) prints them all"),
+    )
 
 
 def report_lines(r: ResultsReport) -> list[str]:
@@ -492,9 +527,20 @@ class Console:
         else:
             click.echo(redact("\n".join(summary_lines(s, command, data["exit_code"]))))
 
-    def report(self, r: ResultsReport, as_json: bool) -> None:
-        # Scrubbed too: a results file written before scrubbing got stricter may hold pieces.
+    def report(self, r: ResultsReport, as_json: bool, rows: str = "table") -> None:
+        """The figures and a table of the selected rows on stdout; with `rows` csv or jsonl
+        the figures go to stderr, so stdout carries only the rows. Scrubbed too: a results
+        file written before scrubbing got stricter may hold pieces of a key."""
         if as_json:
             click.echo(json.dumps(redact_data(r.as_dict()), indent=2))
-        else:
-            click.echo(redact("\n".join(report_lines(r))))
+            return
+        click.echo(redact("\n".join(report_lines(r))), err=rows != "table")
+        if rows == "table":
+            click.echo("")
+            if sys.stdout.isatty():  # long cells fold to the terminal's width
+                RichConsole(highlight=False).print(rows_table(r))
+                return
+            wide = RichConsole(highlight=False, width=10_000)  # a file or pipe: whole lines
+            with wide.capture() as table:
+                wide.print(rows_table(r))
+            click.echo("\n".join(line.rstrip() for line in table.get().splitlines()))

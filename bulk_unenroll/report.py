@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from . import records
+from .client import CAMPAIGN_NOT_FOUND
 from .config import PLANS, JobConfig, Plan, days_needed
 from .errors import InputError, ResultsFileError
 from .models import NEEDS_A_LOOK, Outcome, StopReason, Summary
@@ -28,12 +29,14 @@ from .reader import (
     SendPlan,
 )
 from .records import unescape
-from .scrub import redact_data
+from .scrub import redact, redact_data
 
 SCHEMA_VERSION = 1
 """Bumped only when a key of the summary JSON changes meaning or goes away."""
 TOP_CAMPAIGNS = 10
-EXPORT_SUFFIXES = (".csv", ".parquet", ".xlsx")
+EXPORT_SUFFIXES = (".csv", ".parquet", ".xlsx", ".json", ".jsonl")
+ROW_FORMATS = ("table", "csv", "jsonl")
+STDOUT = Path("-")
 
 
 # -- before: the plan ------------------------------------------------------------------------
@@ -201,6 +204,7 @@ def summary_dict(
         "rate_limited": s.rate_limited,
         "overloaded": s.overloaded,
         "final_pace_per_second": None if s.final_pace is None else round(s.final_pace, 3),
+        "learnt_rate": s.learnt_rate,
         "lost_then_not_enrolled": s.lost_then_not_enrolled,
         "stop_reason": stop.value,
         "stop_detail": s.stop_detail or (error or ""),
@@ -290,6 +294,10 @@ class ResultsReport:
     last_finished: datetime | None = None
     selected: tuple[Outcome, ...] = NEEDS_A_LOOK
     selected_rows: int = 0
+    chosen: bool = False
+    """The user named the statuses (--status); else the default, the rows that need a look."""
+    selection: pl.DataFrame = field(default_factory=pl.DataFrame, repr=False)
+    """The selected rows as the results file has them (cells escaped), in row order."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -328,7 +336,46 @@ def build_report(path: Path, statuses: tuple[Outcome, ...] | None = None) -> Res
         last_finished=last if isinstance(last, datetime) else None,
         selected=selected,
         selected_rows=_selection(frame, selected).height,
+        chosen=statuses is not None,
+        selection=_selection(frame, selected).sort("row", maintain_order=True),
     )
+
+
+def shown_rows(selection: pl.DataFrame, fmt: str) -> str:
+    """The selected rows as CSV (cells as the results file has them, a spreadsheet runs
+    none) or JSON lines (values as sent and answered, numbers as numbers)."""
+    if fmt == "csv":
+        return _scrubbed(selection.select(records.COLUMNS)).write_csv()
+    numbers = [pl.col(c).cast(pl.Int64, strict=False) for c in ("http_status", "attempts")]
+    texts = [unescape(c) for c in records.COLUMNS if c not in ("row", "http_status", "attempts")]
+    rows = _scrubbed(selection.select(records.COLUMNS).with_columns(*numbers, *texts))
+    return rows.write_ndjson() if rows.height else ""
+
+
+def _scrubbed(rows: pl.DataFrame) -> pl.DataFrame:
+    """Server text (error code, request id, detail) without pieces of a key: a results file
+    written before scrubbing got stricter may hold some. Never the ids: they are the ledger's."""
+    text = [c for c in ("error_code", "request_id", "detail") if c in rows.columns]
+    return rows.with_columns(
+        pl.col(c).map_elements(redact, return_dtype=pl.String, skip_nulls=True) for c in text
+    )
+
+
+def _rejected_for_good() -> pl.Expr:
+    """Rows whose campaign the API said does not exist: sent again, they are rejected again."""
+    return (pl.col("status") == Outcome.REJECTED.value) & pl.col("error_code").is_in(
+        list(CAMPAIGN_NOT_FOUND)
+    )
+
+
+@dataclass(frozen=True)
+class Export:
+    rows: int
+    statuses: tuple[Outcome, ...]
+    left_out: int = 0
+    """Rows rejected for good that a default export leaves out."""
+    for_good: int = 0
+    """Exported rows rejected for good (the user chose --status rejected)."""
 
 
 def _exported_id(column: str, for_csv: bool) -> pl.Expr:
@@ -345,20 +392,28 @@ def _exported_id(column: str, for_csv: bool) -> pl.Expr:
     )
 
 
-def export_rows(
-    results: Path, dest: Path, statuses: tuple[Outcome, ...] | None = None
-) -> tuple[int, tuple[Outcome, ...]]:
-    """Write the chosen rows as a new input file (by suffix); returns (rows, statuses)."""
-    suffix = dest.suffix.lower()
+def export_rows(report: ResultsReport, dest: Path) -> tuple[Export, str]:
+    """Write the selected rows as a new input file (by suffix), or CSV text for `-`.
+
+    Returns the figures and the text meant for stdout (empty unless `dest` is `-`). A default
+    export (no --status) leaves out rows whose campaign does not exist: fed back, they would
+    only be rejected again.
+    """
+    suffix = ".csv" if dest == STDOUT else dest.suffix.lower()
     if suffix not in EXPORT_SUFFIXES:
         raise InputError(
             f"--export {dest}: unknown file type {suffix or '(no suffix)'!r}; "
-            f"use {', '.join(EXPORT_SUFFIXES)}"
+            f"use {', '.join(EXPORT_SUFFIXES)}, or - for CSV on stdout"
         )
-    if dest.resolve() == results.resolve():
+    if dest != STDOUT and dest.resolve() == report.path.resolve():
         raise InputError(f"--export {dest} is the results file itself; choose another path")
-    selected = statuses or NEEDS_A_LOOK
-    frame = _selection(read_results(results), selected)
+    frame = report.selection
+    gone = _rejected_for_good()
+    left_out = 0
+    if not report.chosen:
+        left_out = int(frame.select(gone.sum()).item())
+        frame = frame.filter(~gone)
+    for_good = int(frame.select(gone.sum()).item())
     for_csv = suffix == ".csv"
     rows = frame.select(
         _exported_id("campaign_id", for_csv),
@@ -371,12 +426,20 @@ def export_rows(
     if not for_csv:
         # Context columns are read back as stored in the results file (escaped): undo that.
         rows = rows.with_columns(unescape("error_code"), unescape("detail"))
+    rows = _scrubbed(rows)
+    figures = Export(rows.height, report.selected, left_out, for_good)
+    if dest == STDOUT:
+        return figures, rows.write_csv()
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp{suffix}")
     try:
         if suffix == ".csv":
             rows.write_csv(tmp)
         elif suffix == ".parquet":
             rows.write_parquet(tmp)
+        elif suffix == ".jsonl":
+            rows.write_ndjson(tmp)
+        elif suffix == ".json":
+            rows.write_json(tmp)
         else:
             rows.write_excel(tmp, worksheet="rows", autofit=True)
         tmp.replace(dest)
@@ -384,4 +447,4 @@ def export_rows(
         tmp.unlink(missing_ok=True)
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise InputError(f"cannot write --export {dest}: {message}") from None
-    return rows.height, selected
+    return figures, ""

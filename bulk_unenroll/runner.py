@@ -16,10 +16,12 @@ import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import client
+from .audit import AuditLog
 from .claims import InputClaim
 from .config import (
     PLANS,
     JobConfig,
+    Rate,
     is_published_plan,
     plan_for_daily_limit,
     reserve_leaves_no_calls,
@@ -34,7 +36,19 @@ from .errors import (
 )
 from .journal import Journal, read_history
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
-from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after
+from .pacing import (
+    PACE,
+    RATE_LIMITED,
+    Pacer,
+    Quota,
+    Waits,
+    add_wait,
+    describe_reset,
+    pace_text,
+    retry_after,
+    span,
+    time_scale,
+)
 from .reader import SEND, SETTLED, SendPlan, Source, build_plan, work_batches
 
 PROGRESS_EVERY = 0.5
@@ -44,6 +58,22 @@ OVERLOADS_PER_ROW = 10
 """Overload answers a row may get without spending its retries. Past this it is refused for
 itself, not for the pace (other rows get through), and ends like any failing row."""
 WAITING_FOR_QUOTA = "waiting for quota reset"
+RETRY_BACKOFF = "retry backoff"
+QUOTA_IN_FLIGHT = "quota"
+AUDIT_WAITS = {
+    PACE: "pace",
+    RATE_LIMITED: "rate_limit_pause",
+    RETRY_BACKOFF: "retry_backoff",
+    WAITING_FOR_QUOTA: "quota",
+    QUOTA_IN_FLIGHT: "quota",
+}
+"""Why an attempt waited, as the audit log names it; any other pause is `other`."""
+AUDIT_RESULTS = {
+    client.Action.RETRY: "transient",
+    client.Action.SLOW_DOWN: "rate_limited",
+    client.Action.QUOTA: "quota_spent",
+    client.Action.ABORT: "aborted",
+}
 
 
 @dataclass(frozen=True)
@@ -97,12 +127,15 @@ class Job:
         self._answered = False
         """Some request of this run got an HTTP answer: the setup can reach the API."""
         self._abort_error: type[BulkUnenrollError] = AuthError
+        self._audit: AuditLog | None = None
 
     # -- planning -------------------------------------------------------------------------
 
     async def plan(self, *, dry_run: bool = False) -> SendPlan:
         """Read and validate the input, compare with the results file; locks it unless dry."""
         self.source.columns()  # fail fast on a missing column, before any lock or pass
+        if self.source.sheet_note:
+            self._on_event(self.source.sheet_note)
         try:
             if dry_run:
                 history = await anyio.to_thread.run_sync(read_history, self.config.out)
@@ -165,6 +198,8 @@ class Job:
             pace = cfg.pace()
             self._pacer = Pacer(pace or cfg.pace(PLANS["starter"]), probe_first=pace is None)
             workers = cfg.workers(pace)
+            if cfg.audit_log is not None:
+                self._audit = AuditLog(cfg.audit_log)
             http = client.make_client(cfg.api_key.reveal(), cfg.timeout, workers, cfg.ca_bundle)
             async with http:
                 await self._run_pool(http, workers)
@@ -177,6 +212,8 @@ class Job:
         finally:
             self.summary.finished_at = datetime.now(UTC)
             self.summary.final_pace = self._pacer.per_second if self._pacer else None
+            if self._audit is not None:
+                self._audit.close()
             self.close()
         if self.summary.stop_reason is StopReason.ABORTED:
             raise self._abort_error(self.summary.stop_detail)
@@ -346,8 +383,9 @@ class Job:
             finished_at=datetime.now(UTC),
         )
 
-    async def _ready_to_send(self) -> float | None:
-        """Wait for a slot from the pacer and the quota: its time, or None when stopping."""
+    async def _ready_to_send(self, waited: Waits) -> float | None:
+        """Wait for a slot from the pacer and the quota: its time, or None when stopping.
+        `waited` gets the seconds spent waiting, by why."""
         cfg, pacer, quota = self.config, self._pacer, self._quota
         assert pacer is not None
         while True:
@@ -357,17 +395,19 @@ class Job:
             if cap is not None and self._removed + self._in_flight >= cap:
                 if self._removed < cap:
                     await anyio.sleep(0.05)  # answers in flight decide whether the cap is met
+                    add_wait(waited, "max_removals", 0.05)
                     continue
                 self.stop(StopReason.MAX_REMOVALS, f"stopped after --max-removals {cap}")
                 return None
             if quota.spent(self._in_flight, cfg.reserve):
                 if self._in_flight:
                     await anyio.sleep(0.05)  # answers in flight will refresh the count
+                    add_wait(waited, QUOTA_IN_FLIGHT, 0.05)
                     continue
                 if not self._wait_for_quota():
                     return None
                 continue
-            slot = await pacer.acquire()
+            slot = await pacer.acquire(waited)
             if self._stopping.is_set():
                 return None
             if cap is not None and self._removed + self._in_flight >= cap:
@@ -412,11 +452,12 @@ class Job:
         if e.attempted_before:
             lost_reasons.append("a request in an earlier run got no definite answer (see .sent)")
         marked = False
+        waited: Waits = {}
         while True:
             dead = self._dead_campaign_result(e, attempts)
             if dead is not None:
                 return dead
-            sent_at = await self._ready_to_send()
+            sent_at = await self._ready_to_send(waited)
             if sent_at is None:
                 self._left_to_do(e, marked, maybe_applied)
                 return None
@@ -429,8 +470,15 @@ class Job:
                 self._sent_rows += 1
             self._in_flight += 1
             self.summary.calls += 1  # now, not when answered: the grace period may end first
+            left_at, started = datetime.now(UTC), anyio.current_time()
             try:
                 answer = await client.delete(http, cfg.base_url, e, cfg.timeout)
+            except anyio.get_cancelled_exc_class():
+                if self._audit is not None:  # the grace period ended: a request all the same
+                    took = anyio.current_time() - started
+                    cut = client.Answer(None, error="the run ended before the answer came")
+                    self._audit_request(e, cut, "cut_off", attempts + 1, left_at, took, waited)
+                raise
             finally:
                 self._in_flight -= 1
             attempts += 1
@@ -441,6 +489,11 @@ class Job:
                 verdict = client.Verdict(client.Action.ABORT, detail=answer.setup_fault)
             self._answered = self._answered or answer.status is not None
             action = verdict.action
+            if self._audit is not None:
+                took = anyio.current_time() - started
+                result = AUDIT_RESULTS.get(verdict.action, str(verdict.outcome))
+                self._audit_request(e, answer, result, attempts, left_at, took, waited)
+            waited = {}
             if answer.headers is not None:
                 self._quota.observe(answer.headers)
                 pacer.answered(sent_at)  # a slow answer may mean a late stamp: see pacing
@@ -453,11 +506,20 @@ class Job:
                 return self._finish(e, answer, verdict, attempts, maybe_applied, lost_reasons)
             if action is client.Action.SLOW_DOWN:
                 self.summary.rate_limited += 1
+                probing = pacer.learnt is None
                 pause = pacer.rate_limited(retry_after(answer.headers or httpx.Headers()), sent_at)
                 if pause is not None:
                     self._on_event(
                         f"429 rate limited: pausing all workers {pause:.1f}s, "
                         f"then {pace_text(pacer.per_second)}"
+                    )
+                if probing and pacer.learnt is not None:
+                    self.summary.learnt_rate = str(pacer.learnt)
+                    self._on_event(
+                        f"found the limit: the API accepted {pacer.learnt.calls:g} calls in "
+                        f"{span(pacer.learnt.period)} before its first 429; pacing at "
+                        f"{pace_text(pacer.per_second)} from now on "
+                        f"(next time pass --rate {pacer.learnt})"
                     )
                 continue
             if action is client.Action.QUOTA:
@@ -499,8 +561,37 @@ class Job:
             hint = retry_after(answer.headers) if answer.headers is not None else None
             ceiling = min(cfg.retry.max_delay, cfg.retry.base_delay * 2 ** (retries - 1))
             delay = min(hint, cfg.retry.max_delay) if hint is not None else None
+            backoff_from = anyio.current_time()
             with anyio.move_on_after(delay if delay is not None else random.uniform(0, ceiling)):
                 await self._stopping.wait()  # a stop ends the backoff at once
+            add_wait(waited, RETRY_BACKOFF, anyio.current_time() - backoff_from)
+
+    def _audit_request(
+        self,
+        e: Enrollment,
+        answer: client.Answer,
+        result: str,
+        attempt: int,
+        left_at: datetime,
+        took: float,
+        waited: Waits,
+    ) -> None:
+        assert self._audit is not None
+        why: Waits = {}
+        for reason, seconds in waited.items():
+            add_wait(why, AUDIT_WAITS.get(reason, "other"), seconds)
+        self._audit.request(
+            e,
+            sent_at=left_at,
+            attempt=attempt,
+            seconds=took,
+            waited=why,
+            http_status=answer.status,
+            error_code=answer.code,
+            request_id=answer.request_id,
+            result=result,
+            error=answer.error,
+        )
 
     def _still_up(
         self, verdict: client.Verdict, e: Enrollment, marked: bool, maybe_applied: bool
@@ -602,7 +693,9 @@ class Job:
             return
         self._plan_learnt = True
         limit = self._quota.limit
-        climbing = "and climbing slowly until a 429 shows the limit (--plan or --rate sets it)"
+        climbing = (
+            "and doubling it every 8 s until a 429 shows the limit (--plan or --rate sets it)"
+        )
         if limit is None:
             pace = self.config.pace(PLANS["starter"])
             self._on_event(
@@ -612,13 +705,18 @@ class Job:
             return
         plan = plan_for_daily_limit(limit)
         pace = self.config.pace(plan)
+        scale = time_scale(answer.headers or {}, self.config.base_url)
+        shown = str(pace)
+        if pace is not None and scale is not None:
+            pace = Rate(pace.calls, pace.period / scale)
+            shown = f"{pace_text(pace.per_second)} (the sandbox runs time {scale:g}x faster)"
         if is_published_plan(limit):
-            self._on_event(f"daily limit {limit:,}: {plan.name} plan, pacing at {pace}")
+            self._on_event(f"daily limit {limit:,}: {plan.name} plan, pacing at {shown}")
             pacer.learn(pace)
         else:
             self._on_event(
                 f"daily limit {limit:,} is no published plan: starting at {plan.name}'s "
-                f"{pace} {climbing}"
+                f"{shown} {climbing}"
             )
             pacer.learn(pace, adaptive=True)
 

@@ -28,6 +28,9 @@ import polars as pl
 from .config import Rate, ReadOptions
 from .errors import InputError
 
+DAY = 86_400.0
+TIME_SCALE_HEADER = "X-Sandbox-Time-Scale"
+"""How many times faster than real time the sandbox's limits run (a rehearsal's short day)."""
 ROUTE = re.compile(r"^(?:/[^?]*)?/v1/campaigns/([^/?]+)/contacts/([^/?]+)/?(?:\?.*)?$")
 Pair = tuple[str, str]
 
@@ -64,15 +67,20 @@ class Limits:
     per_window: int | None = None
     window: float = 60.0
     per_day: int | None = None
-    day_seconds: float = 86_400.0
+    day_seconds: float = DAY
     """The quota resets at multiples of this many seconds since `day_start` (00:00 UTC daily)."""
     day_start: float = 0.0
     """Unix time a quota day begins at (the epoch by default); lets a bench time a reset."""
+    time_scale: float = 1.0
+    """A plan's day and minute both run this many times faster (announced in a header)."""
 
     @classmethod
-    def plan(cls, name: str, day_seconds: float = 86_400.0) -> Limits:
+    def plan(cls, name: str, day_seconds: float = DAY) -> Limits:
+        """A plan's limits; a shorter day shortens its minute by the same factor, so a
+        rehearsal spends a day's quota in a compressed day, as the real plan would in one."""
         per_day, per_minute = {"starter": (100, 10), "pro": (1000, 50), "org": (10_000, 200)}[name]
-        return cls(per_minute, 60.0, per_day, day_seconds)
+        scale = DAY / day_seconds
+        return cls(per_minute, 60.0 / scale, per_day, day_seconds, time_scale=scale)
 
 
 @dataclass
@@ -160,6 +168,8 @@ class Sandbox:
         st = self.state
         st.calls += 1
         extra = {"X-Request-ID": f"req_{next(self._ids):08x}"}
+        if self.limits.time_scale != 1.0:
+            extra[TIME_SCALE_HEADER] = f"{self.limits.time_scale:g}"
         match = ROUTE.match(path)
         if method != "DELETE" or not match:
             return "answer", *_error(404, "route_not_found", "no such route", extra)
@@ -417,6 +427,8 @@ def build_from_options(read: ReadOptions, **kw: Any) -> Sandbox:
     unknown = set(kw["unknown_campaign"])
     campaigns = {c for c, _ in pairs} - unknown
     enrolled = [p for p in pairs if p[0] in campaigns and rnd.random() < kw["enrolled_fraction"]]
+    if not kw["day_seconds"] > 0:
+        raise InputError(f"--day-seconds {kw['day_seconds']:g} must be more than 0")
     limits = (
         Limits.plan(kw["limit_plan"], kw["day_seconds"])
         if kw["limit_plan"]
@@ -425,6 +437,7 @@ def build_from_options(read: ReadOptions, **kw: Any) -> Sandbox:
     if kw["rate_limit"]:
         rate = Rate.parse(kw["rate_limit"])
         limits.per_window, limits.window = int(rate.calls), rate.period
+        limits.time_scale = 1.0  # a rate given as such runs in real time
     if kw["daily_quota"] is not None:
         limits.per_day = kw["daily_quota"]
     faults = _parse_faults(kw["faults"])
@@ -449,6 +462,15 @@ async def serve_forever(api: Sandbox, port: int, ready_file: Path | None) -> Non
         f"LeadLex sandbox: {len(st.enrolled):,} enrollments in {len(st.campaigns):,} campaigns",
         flush=True,
     )
+    lim = api.limits
+    if lim.time_scale != 1.0 and lim.per_window is not None:
+        print(
+            f"time runs {lim.time_scale:g}x faster: a quota day of {lim.per_day or 0:,} calls "
+            f"lasts {lim.day_seconds:g} s and the plan's minute {lim.window:.3g} s "
+            f"({lim.per_window / lim.window:,.0f} calls/s); a run learns this pace from the "
+            f"{TIME_SCALE_HEADER} header",
+            flush=True,
+        )
     print(f"listening on {url}  (point a run at it: --base-url {url})", flush=True)
     if ready_file is not None:
         await anyio.Path(ready_file).write_text(url + "\n", encoding="utf-8")

@@ -153,24 +153,30 @@ async def test_successes_from_before_a_429_do_not_climb() -> None:
 
 
 @pytest.mark.asyncio
-async def test_an_unknown_limit_climbs_until_a_429_then_stays_below_it() -> None:
-    pacer = Pacer(Rate(10, 1), probe_first=True)
-    pacer.learn(Rate(10, 1), adaptive=True)
-    await pacer.acquire()
-    for _ in range(CLIMB_EVERY * 3):
-        pacer.succeeded()
-    assert pacer.per_second == 10, "the pace was not what held the run back: no reason to climb"
+async def test_an_unknown_limit_is_probed_fast_then_held_at_what_a_window_accepted() -> None:
+    window = 10.0  # a sandbox's minute running 6x faster: the probe doubles every 1.33 s
+    pacer = Pacer(Rate(50, window), probe_first=True)
+    pacer.learn(Rate(50, window), adaptive=True)  # 5/s to start
+    sent: list[float] = []
+    with anyio.fail_after(8):
+        while len(sent) < 40:
+            sent.append(await pacer.acquire())
+            pacer.succeeded(sent[-1])
+    probed = pacer.per_second
+    # 40 calls at 5/s would take 8 s: the pace held the run back, so it doubled on the way.
+    assert probed is not None and probed >= 10
+    assert pacer.learnt is None
 
-    await pacer.acquire()  # this one waited for the pace
-    for _ in range(CLIMB_EVERY * 3):
-        pacer.succeeded()
-    climbed = pacer.per_second
-    assert climbed is not None and climbed > 10 * 1.3, "no ceiling known: it climbs"
+    pacer.rate_limited(0.0, sent[-1])
 
-    pacer.rate_limited(0.0)
-    for _ in range(CLIMB_EVERY * 20):
+    assert pacer.learnt == Rate(40, window), "the calls the window accepted are the limit"
+    assert pacer.per_second == pytest.approx(40 * SAFETY_MARGIN / window)
+    with anyio.move_on_after(0.5) as waited:
+        await pacer.acquire()
+    assert waited.cancelled_caught, "a call left before any counted call left the window"
+    for _ in range(CLIMB_EVERY * 5):
         pacer.succeeded()
-    assert pacer.per_second == pytest.approx(climbed * SAFETY_MARGIN)
+    assert pacer.per_second == pytest.approx(40 * SAFETY_MARGIN / window), "it holds there"
 
 
 @pytest.mark.asyncio
@@ -365,7 +371,7 @@ def test_unknown_limits_fall_back_to_adaptation(
     job, summary = run_job(config(tmp_path, base_url=server.base_url), events)
 
     assert summary.outcomes[Outcome.REMOVED] == 1
-    assert any(expected_event in e and "climbing" in e for e in events), events
+    assert any(expected_event in e and "doubling it every 8 s" in e for e in events), events
     assert job._pacer is not None and job._pacer._ceiling is None, "no ceiling: adaptive"
     assert isinstance(start, type(PLANS["pro"]))
     assert job._pacer.per_second == pytest.approx(start.per_minute * SAFETY_MARGIN / 60)

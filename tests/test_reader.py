@@ -136,8 +136,9 @@ def test_excel_numbers_read_as_typed_and_sheets_by_name(tmp_path: Path) -> None:
         sheet.write_formula(2, 0, '=HYPERLINK("https://example.com","cmp_b")', None, "cmp_b")
         sheet.write(2, 1, U2)
     assert pairs(path, sheet="Contacts") == [("12345", U1), ("cmp_b", U2)]
-    with pytest.raises(InputError, match="no contact_id column"):
-        pairs(path)  # the first sheet is the default
+    assert pairs(path, sheet="  contacts ") == [("12345", U1), ("cmp_b", U2)]
+    # The first sheet has no id columns: the one sheet that has them is read.
+    assert pairs(path) == [("12345", U1), ("cmp_b", U2)]
 
 
 def test_json_lines_and_json_arrays(tmp_path: Path) -> None:

@@ -145,7 +145,7 @@ def test_report_reads_a_killed_runs_file(tmp_path: Path) -> None:
     ("args", "code", "message"),
     [
         (["--status", "removed,gone"], 2, "'gone' is not a status"),
-        (["--export", "fix.json"], 2, "use .csv, .parquet, .xlsx"),
+        (["--export", "fix.txt"], 2, "use .csv, .parquet, .xlsx, .json, .jsonl"),
         (["--export", "{out}"], 2, "is the results file itself"),
     ],
 )
