@@ -198,7 +198,7 @@ def read_history(out: Path) -> History:
         return History()
     form = records.dialect(out)
     try:
-        with records.whole(out) as readable:
+        with records.whole(out, form) as readable:
             return _read_history(readable, form, _marks_of(out))[0]
     except pl.exceptions.PolarsError as exc:
         raise ResultsFileError(f"cannot read back {out}: {exc}") from None
@@ -273,8 +273,9 @@ class Journal:
                 )
             elif bound is None:  # written before bindings: bind it where it stands
                 records.mend_tail(sent)
-                body = sent.read_bytes()
-                sent.write_bytes(BINDING.format(here, "-").encode() + body)
+                bound_copy = companion(self.out, ".sent.binding")
+                bound_copy.write_bytes(BINDING.format(here, "-").encode() + sent.read_bytes())
+                bound_copy.replace(sent)
             elif here not in bound:
                 aside = companion(self.out, f".sent.orphaned-{_utc(None).replace(':', '')}")
                 sent.replace(aside)

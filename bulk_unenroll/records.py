@@ -106,9 +106,12 @@ def dialect(path: Path) -> Dialect:
     )
 
 
-def tail_state(path: Path) -> tuple[int, bool]:
+def tail_state(path: Path, form: Dialect | None = None) -> tuple[int, bool]:
     """(size, whether it ends mid-record). A record is torn only if its last line lacks the
-    newline *and* is incomplete: a file saved without a final newline keeps its last record."""
+    newline *and* is incomplete: a file saved without a final newline keeps its last record.
+    A re-saved file (`form` not canonical) was written whole by the program that saved it."""
+    if form is not None and not form.canonical:
+        return path.stat().st_size, False
     with path.open("rb") as f:
         size = f.seek(0, os.SEEK_END)
         if size == 0:
@@ -143,9 +146,9 @@ def mend_tail(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def whole(path: Path) -> Iterator[Path]:
+def whole(path: Path, form: Dialect) -> Iterator[Path]:
     """The file to read without changing it: itself, or a copy without a torn last record."""
-    if not tail_state(path)[1]:
+    if not tail_state(path, form)[1]:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="bulk-unenroll-") as tmp:

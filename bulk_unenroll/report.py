@@ -256,8 +256,9 @@ def read_results(path: Path) -> pl.DataFrame:
     try:
         if not path.is_file():
             raise FileNotFoundError(errno.ENOENT, "no such file")
-        with records.whole(path) as readable:
-            frame = records.scan(readable).collect()
+        form = records.dialect(path)
+        with records.whole(path, form) as readable:
+            frame = records.scan(readable, form).collect()
     except OSError as exc:
         raise ResultsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     except pl.exceptions.PolarsError as exc:

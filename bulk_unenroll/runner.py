@@ -71,6 +71,7 @@ AUDIT_WAITS = {
 AUDIT_RESULTS = {
     client.Action.RETRY: "transient",
     client.Action.SLOW_DOWN: "rate_limited",
+    client.Action.OVERLOADED: "overloaded",
     client.Action.QUOTA: "quota_spent",
     client.Action.ABORT: "aborted",
 }

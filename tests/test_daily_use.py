@@ -270,11 +270,11 @@ def test_the_audit_log_has_one_line_per_request_and_why_it_waited(
 ) -> None:
     pairs = [("cmp_a", new_uuid(i)) for i in range(1, 9)]
     # A strict 2-per-second window against --rate 10/s: 429s with Retry-After 1. The seed's
-    # first roll makes the first request a 503: a retry after a backoff.
+    # first roll makes the first request a 500: a retry after a backoff.
     api = Sandbox(
         pairs,
         limits=Limits(per_window=2, window=1.0),
-        faults=Faults(error_503=0.2),
+        faults=Faults(html_500=0.2),
         seed=1,
     )
     server = serve(api)
@@ -313,7 +313,7 @@ def test_the_audit_log_has_one_line_per_request_and_why_it_waited(
         assert attempts[-1]["result"] == record["status"] == "removed"
 
     first = by_row[1]
-    assert (first[0]["http_status"], first[0]["result"]) == (503, "transient")
+    assert (first[0]["http_status"], first[0]["result"]) == (500, "transient")
     assert first[1]["waited"]["retry_backoff"] > 0
     limited = [line for line in lines if line["http_status"] == 429]
     assert limited and all(line["result"] == "rate_limited" for line in limited)
