@@ -15,8 +15,10 @@ from .pools import PooledTransport
 from .scrub import redact
 
 USER_AGENT = "bulk-unenroll/0.1"
-CAMPAIGN_NOT_FOUND = ("campaign_not_found", "not_found")
-"""The docs spell the 404 for an unknown campaign both ways."""
+CAMPAIGN_NOT_FOUND = ("campaign_not_found",)
+"""The only 404 that settles every row of a campaign. The campaign-start page spells an unknown
+campaign `not_found`, but gateways answer an unknown route (a wrong --base-url) the same way:
+that spelling, like any other undocumented 404, is `Action.UNCLEAR_404`."""
 
 
 class Action(Enum):
@@ -30,6 +32,10 @@ class Action(Enum):
     """Daily quota spent: stop or wait for the reset."""
     ABORT = "abort"
     """The key or the setup is wrong: stop the whole run."""
+    UNCLEAR_404 = "unclear_404"
+    """A 404 naming neither the campaign nor the enrollment: no such campaign, or no such route
+    (a wrong --base-url). It may settle its own row (`outcome`), and only once another answer
+    showed the route exists; never a campaign's rows (the runner decides)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,8 @@ class Verdict:
     action: Action
     outcome: Outcome | None = None
     detail: str = ""
+    route_exists: bool = False
+    """Only LeadLex's DELETE route gives this answer, so --base-url is right."""
 
 
 def classify(answer: Answer) -> Verdict:
@@ -61,9 +69,8 @@ def classify(answer: Answer) -> Verdict:
     if status is None:
         return Verdict(Action.RETRY, detail=answer.error)
     if 200 <= status < 300:
-        if answer.removed_confirmed:
-            return Verdict(Action.DONE, Outcome.REMOVED)
-        return Verdict(Action.RETRY, detail=f"HTTP {status} without the documented success body")
+        # Any 2xx means the enrollment is gone; the detail says what the body lacked.
+        return Verdict(Action.DONE, Outcome.REMOVED, answer.message, route_exists=True)
     if 300 <= status < 400:
         return Verdict(
             Action.ABORT,
@@ -84,15 +91,16 @@ def classify(answer: Answer) -> Verdict:
         )
     if status == 404:
         if code == "enrollment_not_found":
-            return Verdict(Action.DONE, Outcome.NOT_ENROLLED)
+            return Verdict(Action.DONE, Outcome.NOT_ENROLLED, route_exists=True)
         if code in CAMPAIGN_NOT_FOUND:
-            return Verdict(Action.DONE, Outcome.REJECTED, "no campaign with this id")
-        if code:
-            return Verdict(Action.DONE, Outcome.REJECTED, answer.message or f"404 {code}")
+            return Verdict(
+                Action.DONE, Outcome.REJECTED, "no campaign with this id", route_exists=True
+            )
         return Verdict(
-            Action.ABORT,
-            detail="the API answered 404 without a LeadLex error body: "
-            "is --base-url right? (it should end in /api-gateway)",
+            Action.UNCLEAR_404,
+            Outcome.REJECTED,
+            f"{said_404(answer)}: no campaign with this id, or no such route; "
+            "recorded for this row only",
         )
     if status == 429:
         if answer.headers is not None and answer.headers.get("x-ratelimit-remaining") == "0":
@@ -101,6 +109,14 @@ def classify(answer: Answer) -> Verdict:
     if status in (408, 425) or status >= 500:
         return Verdict(Action.RETRY, detail=f"HTTP {status}" + (f" {code}" if code else ""))
     return Verdict(Action.DONE, Outcome.REJECTED, answer.message or f"HTTP {status}")
+
+
+def said_404(answer: Answer) -> str:
+    """An undocumented 404 in a few words, for details and messages."""
+    said = f"404 {answer.code}" if answer.code else "404 without a LeadLex error code"
+    if answer.message:
+        said += f" ({answer.message})" if answer.code else f", {answer.message}"
+    return said
 
 
 def url_for(base_url: str, enrollment: Enrollment) -> str:
@@ -112,6 +128,7 @@ def url_for(base_url: str, enrollment: Enrollment) -> str:
 
 def _parse(response: httpx.Response) -> Answer:
     request_id = response.headers.get("x-request-id", "")
+    status = response.status_code
     code = message = ""
     confirmed = False
     try:
@@ -125,23 +142,36 @@ def _parse(response: httpx.Response) -> Answer:
             message = str(error.get("message") or "")
         if isinstance(data, dict):
             confirmed = data.get("removed") is True
-    elif response.status_code >= 500 or response.status_code == 404:
-        kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
-        message = f"non-JSON body ({kind}, {len(response.content)} bytes)"
+    if 200 <= status < 300 and not confirmed:
+        message = f"HTTP {status} with {_lacking(body, response)}: taken as removed (any 2xx is)"
+    elif not isinstance(body, dict) and (status >= 500 or status == 404):
+        message = _lacking(body, response)
     # Server text goes into results and logs: a gateway that echoes our key must not leak it,
     # whole or cut off. Scrubbed before it is cut, so no cut can leave a piece behind.
     key = response.request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     code, message, request_id = (redact(t, key)[:300] for t in (code, message, request_id))
     return Answer(
-        status=response.status_code,
+        status=status,
         code=code,
         message=message,
         request_id=request_id,
         headers=response.headers,
         removed_confirmed=confirmed,
-        maybe_applied=response.status_code >= 500
-        or (200 <= response.status_code < 300 and not confirmed),
+        maybe_applied=status >= 500,
     )
+
+
+def _lacking(body: object, response: httpx.Response) -> str:
+    """The body, as far as it differs from the documented JSON."""
+    if not response.content:
+        return "no body"
+    if body is None:
+        kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
+        return f"a non-JSON body ({kind}, {len(response.content)} bytes)"
+    data = body.get("data") if isinstance(body, dict) else None
+    if isinstance(data, dict) and "removed" in data:
+        return f"data.removed = {json.dumps(data['removed'])[:20]}"
+    return "JSON lacking data.removed"
 
 
 def make_client(api_key: str, timeout: float, max_connections: int) -> httpx.AsyncClient:

@@ -21,11 +21,14 @@ from .config import PLANS, JobConfig, is_published_plan, plan_for_daily_limit
 from .errors import AuthError, BulkUnenrollError, ResultsFileError, find_in_group
 from .journal import Journal, read_history
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
-from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after
+from .pacing import Pacer, Quota, describe_reset, pace_text, retry_after, span
 from .reader import SEND, SendPlan, Source, build_plan, work_batches
 
 PROGRESS_EVERY = 0.5
 WAITING_FOR_QUOTA = "waiting for quota reset"
+UNCLEAR_CAMPAIGNS = 3
+"""Campaigns answering an unclear 404 before any answer showed the route exists, taken to mean
+a wrong --base-url rather than that many deleted campaigns (see `_route_shown`)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,14 @@ class Job:
         self._finished_rows = 0
         self._removed = 0
         self._dead_campaigns: dict[str, int] = {}
+        self._route_known = False
+        """An answer only LeadLex's DELETE route gives has come: --base-url is right."""
+        self._unclear: dict[str, str] = {}
+        """Campaign -> the unclear 404 it answered while the route was unknown."""
+        self._workers_alive = 0
+        self._waiting_for_route = 0
+        self._limited_since: float | None = None
+        """When the current run of nothing but 429s began."""
         self._consecutive_transient = 0
         self._stopping = anyio.Event()
         self._signalled = False
@@ -171,6 +182,7 @@ class Job:
                     self._pool_scope = pool.cancel_scope
                     async with work_recv, done_send:
                         pool.start_soon(self._produce, work_send, done_send.clone())
+                        self._workers_alive = workers
                         for _ in range(workers):
                             pool.start_soon(self._work, http, work_recv.clone(), done_send.clone())
             # The writer has recorded every result by now; stop the watcher and the ticker.
@@ -205,19 +217,22 @@ class Job:
         work: MemoryObjectReceiveStream[Enrollment],
         done: MemoryObjectSendStream[list[RowResult]],
     ) -> None:
-        async with work, done:
-            async for enrollment in work:
-                if self._stopping.is_set():
-                    return
-                result = await self._unenroll(http, enrollment)
-                if result is not None:
-                    self._finished_rows += 1
-                    if enrollment.failed_before:  # its new record supersedes the `failed` one
-                        self.summary.outcomes[Outcome.FAILED] -= 1
-                    # Shielded: a row the API answered is recorded even if the grace
-                    # period ends now (the writer is outside the cancelled pool).
-                    with anyio.CancelScope(shield=True):
-                        await done.send([result])
+        try:
+            async with work, done:
+                async for enrollment in work:
+                    if self._stopping.is_set():
+                        return
+                    result = await self._unenroll(http, enrollment)
+                    if result is not None:
+                        self._finished_rows += 1
+                        if enrollment.failed_before:  # its new record supersedes the `failed`
+                            self.summary.outcomes[Outcome.FAILED] -= 1
+                        # Shielded: a row the API answered is recorded even if the grace
+                        # period ends now (the writer is outside the cancelled pool).
+                        with anyio.CancelScope(shield=True):
+                            await done.send([result])
+        finally:
+            self._workers_alive -= 1  # workers waiting on the route count the others
 
     async def _writer(self, done: MemoryObjectReceiveStream[list[RowResult]]) -> None:
         """One writer owns the results file; it writes whatever has piled up in one go."""
@@ -386,6 +401,9 @@ class Job:
             dead = self._dead_campaign_result(e, attempts)
             if dead is not None:
                 return dead
+            if e.campaign_id in self._unclear and not await self._route_shown():
+                self._left_to_do(e, marked, maybe_applied)  # its campaign may not exist
+                return None
             sent_at = await self._ready_to_send()
             if sent_at is None:
                 self._left_to_do(e, marked, maybe_applied)
@@ -410,6 +428,17 @@ class Job:
                 self._quota.observe(answer.headers)
                 pacer.answered(sent_at)  # a slow answer may mean a late stamp: see pacing
             self._learn_plan(answer, verdict)
+            self._route_known = self._route_known or verdict.route_exists
+            if action is not client.Action.SLOW_DOWN:
+                self._limited_since = None
+            if action is client.Action.UNCLEAR_404:
+                if not self._route_known:
+                    self._unclear.setdefault(e.campaign_id, client.said_404(answer))
+                    if not await self._route_shown():
+                        self._left_to_do(e, marked, maybe_applied)
+                        return None
+                # The route exists, so this 404 is about this row: it settles this row alone.
+                action = client.Action.DONE
             if action is client.Action.DONE:
                 assert verdict.outcome is not None
                 self._consecutive_transient = 0
@@ -423,6 +452,9 @@ class Job:
                         f"429 rate limited: pausing all workers {pause:.1f}s, "
                         f"then {pace_text(pacer.per_second)}"
                     )
+                if self._limited_too_long(pause or 0.0):
+                    self._left_to_do(e, marked, maybe_applied)
+                    return None
                 continue
             if action is client.Action.QUOTA:
                 self._quota.remaining = 0
@@ -467,6 +499,52 @@ class Job:
             delay = min(hint, cfg.retry.max_delay) if hint is not None else None
             with anyio.move_on_after(delay if delay is not None else random.uniform(0, ceiling)):
                 await self._stopping.wait()  # a stop ends the backoff at once
+
+    async def _route_shown(self) -> bool:
+        """An unclear 404 came before any answer showed that --base-url serves the DELETE
+        route: wait while other rows find out. False, and the run stopped (exit 3), when
+        every worker is waiting or UNCLEAR_CAMPAIGNS campaigns answered so: a wrong URL."""
+        self._waiting_for_route += 1
+        try:
+            while not self._route_known:
+                if self._stopping.is_set():
+                    return False
+                if (
+                    len(self._unclear) >= UNCLEAR_CAMPAIGNS
+                    or self._waiting_for_route >= self._workers_alive
+                ):
+                    campaigns = list(self._unclear)[:UNCLEAR_CAMPAIGNS]
+                    self.stop(
+                        StopReason.ABORTED,
+                        f"the API answered {self._unclear[campaigns[0]]} for "
+                        f"campaign{'s' if len(campaigns) > 1 else ''} {', '.join(campaigns)}, "
+                        "and no answer has shown that --base-url serves the DELETE route: check "
+                        "--base-url (it should end in /api-gateway). Nothing was recorded for "
+                        "these rows. If the URL is right, these campaigns do not exist: take "
+                        "their rows out.",
+                    )
+                    return False
+                await anyio.sleep(0.05)
+            return True
+        finally:
+            self._waiting_for_route -= 1
+
+    def _limited_too_long(self, pause: float) -> bool:
+        """Nothing but 429s for longer than --max-429-wait (counting the pause now due):
+        stop, exit 75, rather than retry forever."""
+        now, longest = anyio.current_time(), self.config.retry.max_429_wait
+        if self._limited_since is None:
+            self._limited_since = now
+        if now + pause - self._limited_since <= longest:
+            return False
+        self.stop(
+            StopReason.API_DOWN,
+            f"the API answered nothing but 429 (too many requests) for "
+            f"{span(now - self._limited_since)}"
+            + (f", with a pause of {span(pause)} due" if pause else "")
+            + f", beyond --max-429-wait {longest:g}s: stopped sending, rerun later",
+        )
+        return True
 
     def _left_to_do(self, e: Enrollment, marked: bool, maybe_applied: bool) -> None:
         """The row ends this run without a definite outcome. If every answer it got was
