@@ -411,6 +411,8 @@ class Job:
             dead = self._dead_campaign_result(e, attempts)  # it may have died while we waited
             if dead is not None:
                 return dead
+            if e.campaign_id in self._unclear and not self._route_known:
+                continue  # its campaign answered an unclear 404 while we waited: wait above
             if not marked:
                 self._journal.mark_sent(e)
                 marked = True
@@ -447,14 +449,14 @@ class Job:
             if action is client.Action.SLOW_DOWN:
                 self.summary.rate_limited += 1
                 pause = pacer.rate_limited(retry_after(answer.headers or httpx.Headers()), sent_at)
+                if self._limited_too_long(pause or 0.0):
+                    self._left_to_do(e, marked, maybe_applied)
+                    return None
                 if pause is not None:
                     self._on_event(
                         f"429 rate limited: pausing all workers {pause:.1f}s, "
                         f"then {pace_text(pacer.per_second)}"
                     )
-                if self._limited_too_long(pause or 0.0):
-                    self._left_to_do(e, marked, maybe_applied)
-                    return None
                 continue
             if action is client.Action.QUOTA:
                 self._quota.remaining = 0
@@ -537,12 +539,13 @@ class Job:
             self._limited_since = now
         if now + pause - self._limited_since <= longest:
             return False
+        past = f"past --max-429-wait {longest:g}s"
         self.stop(
             StopReason.API_DOWN,
-            f"the API answered nothing but 429 (too many requests) for "
-            f"{span(now - self._limited_since)}"
-            + (f", with a pause of {span(pause)} due" if pause else "")
-            + f", beyond --max-429-wait {longest:g}s: stopped sending, rerun later",
+            "the API answered nothing but 429 (too many requests) for "
+            + span(now - self._limited_since)
+            + (f", and the next pause ({span(pause)}) would go {past}" if pause else f", {past}")
+            + ": stopped sending, rerun later",
         )
         return True
 
