@@ -47,7 +47,6 @@ class Answer:
     message: str = ""
     request_id: str = ""
     headers: httpx.Headers | None = None
-    removed_confirmed: bool = False
     error: str = ""
     """Transport failure (timeout, reset); empty when a response arrived."""
     maybe_applied: bool = False
@@ -156,7 +155,6 @@ def _parse(response: httpx.Response) -> Answer:
         message=message,
         request_id=request_id,
         headers=response.headers,
-        removed_confirmed=confirmed,
         maybe_applied=status >= 500,
     )
 
