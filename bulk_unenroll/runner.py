@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import signal
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -78,7 +79,8 @@ class Job:
         self._unclear: dict[str, str] = {}
         """Campaign -> the unclear 404 it answered while the route was unknown."""
         self._workers_alive = 0
-        self._waiting_for_route = 0
+        self._held: Counter[str] = Counter()
+        """Rows the workers hold (waiting for a slot or an answer), per campaign."""
         self._limited_since: float | None = None
         """When the current run of nothing but 429s began."""
         self._consecutive_transient = 0
@@ -222,7 +224,11 @@ class Job:
                 async for enrollment in work:
                     if self._stopping.is_set():
                         return
-                    result = await self._unenroll(http, enrollment)
+                    self._held[enrollment.campaign_id] += 1
+                    try:
+                        result = await self._unenroll(http, enrollment)
+                    finally:
+                        self._held[enrollment.campaign_id] -= 1
                     if result is not None:
                         self._finished_rows += 1
                         if enrollment.failed_before:  # its new record supersedes the `failed`
@@ -504,32 +510,32 @@ class Job:
 
     async def _route_shown(self) -> bool:
         """An unclear 404 came before any answer showed that --base-url serves the DELETE
-        route: wait while other rows find out. False, and the run stopped (exit 3), when
-        every worker is waiting or UNCLEAR_CAMPAIGNS campaigns answered so: a wrong URL."""
-        self._waiting_for_route += 1
-        try:
-            while not self._route_known:
-                if self._stopping.is_set():
-                    return False
-                if (
-                    len(self._unclear) >= UNCLEAR_CAMPAIGNS
-                    or self._waiting_for_route >= self._workers_alive
-                ):
-                    campaigns = list(self._unclear)[:UNCLEAR_CAMPAIGNS]
-                    self.stop(
-                        StopReason.ABORTED,
-                        f"the API answered {self._unclear[campaigns[0]]} for "
-                        f"campaign{'s' if len(campaigns) > 1 else ''} {', '.join(campaigns)}, "
-                        "and no answer has shown that --base-url serves the DELETE route: check "
-                        "--base-url (it should end in /api-gateway). Nothing was recorded for "
-                        "these rows. If the URL is right, these campaigns do not exist: take "
-                        "their rows out.",
-                    )
-                    return False
-                await anyio.sleep(0.05)
-            return True
-        finally:
-            self._waiting_for_route -= 1
+        route: wait while other rows find out. False, and the run stopped (exit 3), when no
+        worker can find out or UNCLEAR_CAMPAIGNS campaigns answered so: a wrong URL."""
+        while not self._route_known:
+            if self._stopping.is_set():
+                return False
+            if len(self._unclear) >= UNCLEAR_CAMPAIGNS or self._only_unclear_rows_held():
+                campaigns = list(self._unclear)[:UNCLEAR_CAMPAIGNS]
+                self.stop(
+                    StopReason.ABORTED,
+                    f"the API answered {self._unclear[campaigns[0]]} for "
+                    f"campaign{'s' if len(campaigns) > 1 else ''} {', '.join(campaigns)}, "
+                    "and no answer has shown that --base-url serves the DELETE route: check "
+                    "--base-url (it should end in /api-gateway). Nothing was recorded for "
+                    "these rows. If the URL is right, these campaigns do not exist: take "
+                    "their rows out.",
+                )
+                return False
+            await anyio.sleep(0.05)
+        return True
+
+    def _only_unclear_rows_held(self) -> bool:
+        """Every worker holds a row of a campaign that answered an unclear 404: none of them
+        can show the route, and none is free to take a row that could."""
+        held = [campaign for campaign, rows in self._held.items() if rows > 0]
+        busy = sum(self._held.values())
+        return busy >= self._workers_alive and all(c in self._unclear for c in held)
 
     def _limited_too_long(self, pause: float) -> bool:
         """Nothing but 429s for longer than --max-429-wait (counting the pause now due):
