@@ -49,6 +49,7 @@ from .report import (
     write_json,
 )
 from .runner import Job
+from .sandbox import RESET_FORMATS, RETRY_AFTER_FORMATS, WRONG_ROUTE_ANSWERS
 from .scrub import redact_message, remember
 
 DEBUG_ENV = "BULK_UNENROLL_DEBUG"
@@ -317,7 +318,9 @@ def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool
         plan=PLANS[plan] if plan else None,
         concurrency=kw.pop("concurrency", None),
         timeout=kw.pop("timeout", 30.0),
-        retry=RetryPolicy(max_retries=kw.pop("max_retries", 5)),
+        retry=RetryPolicy(
+            max_retries=kw.pop("max_retries", 5), max_429_wait=kw.pop("max_429_wait", 900.0)
+        ),
         reserve=kw.pop("reserve"),
         wait_for_quota=kw.pop("wait_for_quota", False),
         max_removals=kw.pop("max_removals"),
@@ -482,6 +485,14 @@ def _console(kw: dict[str, Any]) -> Console:
     show_default=True,
     help="Retries per row for 5xx, timeouts and resets (429s and gateway overload answers, "
     "such as a 503, use none).",
+)
+@click.option(
+    "--max-429-wait",
+    type=float,
+    default=900.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stop (exit 75) once the API has answered nothing but 429 for this long.",
 )
 @click.option(
     "--wait-for-quota",
@@ -721,7 +732,37 @@ def _exported(figures: Export, dest: Path) -> None:
     metavar="KIND=P,...",
     default="",
     help="Fault probabilities per request: error_503, html_500, empty_5xx, reset_before, "
-    "reset_after, hang, hang_after, empty_2xx, malformed_2xx (e.g. error_503=0.05).",
+    "reset_after, hang, hang_after, empty_2xx, malformed_2xx, no_content_2xx (204), "
+    "text_2xx (200 text/plain), bare_429 (429 without headers) (e.g. error_503=0.05).",
+)
+@click.option(
+    "--reset-format",
+    type=click.Choice(RESET_FORMATS),
+    default="epoch",
+    show_default=True,
+    help="How X-RateLimit-Reset is written (the docs say epoch seconds).",
+)
+@click.option(
+    "--retry-after",
+    type=click.Choice(RETRY_AFTER_FORMATS),
+    default="seconds",
+    show_default=True,
+    help="Retry-After on per-window 429s: delta seconds, an HTTP-date, or none.",
+)
+@click.option(
+    "--wrong-route",
+    type=click.Choice(WRONG_ROUTE_ANSWERS),
+    default="not_found",
+    show_default=True,
+    help="The 404 for a path outside /api-gateway (a wrong --base-url): "
+    'a JSON "not_found", or no body.',
+)
+@click.option(
+    "--unknown-campaign-code",
+    type=click.Choice(["campaign_not_found", "not_found"]),
+    default="campaign_not_found",
+    show_default=True,
+    help="The 404 error code for an --unknown-campaign.",
 )
 @click.option(
     "--require-key",

@@ -19,8 +19,10 @@ from .pools import PooledTransport, proxy_mounts
 from .scrub import redact
 
 USER_AGENT = "bulk-unenroll/0.1"
-CAMPAIGN_NOT_FOUND = ("campaign_not_found", "not_found")
-"""The docs spell the 404 for an unknown campaign both ways."""
+CAMPAIGN_NOT_FOUND = ("campaign_not_found",)
+"""The only 404 that settles every row of a campaign. The campaign-start page spells an unknown
+campaign `not_found`, but gateways answer an unknown route (a wrong --base-url) the same way:
+that spelling, like any other undocumented 404, is `Action.UNCLEAR_404`."""
 MAY_FOLLOW_A_REMOVAL = frozenset({500, 502, 504, 546})
 """Answers that can come after LeadLex applied the DELETE: its own answer was lost behind a
 crash (500), a bad upstream (502), a gateway timeout (504) or a platform resource limit (546).
@@ -44,6 +46,10 @@ class Action(Enum):
     """Daily quota spent: stop or wait for the reset."""
     ABORT = "abort"
     """The key or the setup is wrong: stop the whole run."""
+    UNCLEAR_404 = "unclear_404"
+    """A 404 naming neither the campaign nor the enrollment: no such campaign, or no such route
+    (a wrong --base-url). It may settle its own row (`outcome`), and only once another answer
+    showed the route exists; never a campaign's rows (the runner decides)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +61,6 @@ class Answer:
     message: str = ""
     request_id: str = ""
     headers: httpx.Headers | None = None
-    removed_confirmed: bool = False
     error: str = ""
     """Transport failure (timeout, reset); empty when a response arrived."""
     maybe_applied: bool = False
@@ -72,6 +77,8 @@ class Verdict:
     action: Action
     outcome: Outcome | None = None
     detail: str = ""
+    route_exists: bool = False
+    """Only LeadLex's DELETE route gives this answer, so --base-url is right."""
 
 
 def classify(answer: Answer) -> Verdict:
@@ -80,9 +87,8 @@ def classify(answer: Answer) -> Verdict:
     if status is None:
         return Verdict(Action.RETRY, detail=answer.error)
     if 200 <= status < 300:
-        if answer.removed_confirmed:
-            return Verdict(Action.DONE, Outcome.REMOVED)
-        return Verdict(Action.RETRY, detail=f"HTTP {status} without the documented success body")
+        # Any 2xx means the enrollment is gone; the detail says what the body lacked.
+        return Verdict(Action.DONE, Outcome.REMOVED, answer.message, route_exists=True)
     if 300 <= status < 400:
         return Verdict(
             Action.ABORT,
@@ -103,15 +109,16 @@ def classify(answer: Answer) -> Verdict:
         )
     if status == 404:
         if code == "enrollment_not_found":
-            return Verdict(Action.DONE, Outcome.NOT_ENROLLED)
+            return Verdict(Action.DONE, Outcome.NOT_ENROLLED, route_exists=True)
         if code in CAMPAIGN_NOT_FOUND:
-            return Verdict(Action.DONE, Outcome.REJECTED, "no campaign with this id")
-        if code:
-            return Verdict(Action.DONE, Outcome.REJECTED, answer.message or f"404 {code}")
+            return Verdict(
+                Action.DONE, Outcome.REJECTED, "no campaign with this id", route_exists=True
+            )
         return Verdict(
-            Action.ABORT,
-            detail="the API answered 404 without a LeadLex error body: "
-            "is --base-url right? (it should end in /api-gateway)",
+            Action.UNCLEAR_404,
+            Outcome.REJECTED,
+            f"{said_404(answer)}: no campaign with this id, or no such route; "
+            "recorded for this row only",
         )
     if status == 429:
         if answer.headers is not None and answer.headers.get("x-ratelimit-remaining") == "0":
@@ -136,6 +143,14 @@ def overloaded(answer: Answer) -> bool:
     return status in (502, 504) and answer.seconds < QUICK_ANSWER
 
 
+def said_404(answer: Answer) -> str:
+    """An undocumented 404 in a few words, for details and messages."""
+    said = f"404 {answer.code}" if answer.code else "404 without a LeadLex error code"
+    if answer.message:
+        said += f" ({answer.message})" if answer.code else f", {answer.message}"
+    return said
+
+
 def url_for(base_url: str, enrollment: Enrollment) -> str:
     """Percent-encode both ids, so nothing in a cell can change the path or the query."""
     campaign = quote(enrollment.campaign_id, safe="")
@@ -145,6 +160,7 @@ def url_for(base_url: str, enrollment: Enrollment) -> str:
 
 def _parse(response: httpx.Response, seconds: float = 0.0) -> Answer:
     request_id = response.headers.get("x-request-id", "")
+    status = response.status_code
     code = message = ""
     confirmed = False
     try:
@@ -158,24 +174,36 @@ def _parse(response: httpx.Response, seconds: float = 0.0) -> Answer:
             message = str(error.get("message") or "")
         if isinstance(data, dict):
             confirmed = data.get("removed") is True
-    elif response.status_code >= 500 or response.status_code == 404:
-        kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
-        message = f"non-JSON body ({kind}, {len(response.content)} bytes)"
+    if 200 <= status < 300 and not confirmed:
+        message = f"HTTP {status} with {_lacking(body, response)}: taken as removed (any 2xx is)"
+    elif not isinstance(body, dict) and (status >= 500 or status == 404):
+        message = _lacking(body, response)
     # Server text goes into results and logs: a gateway that echoes our key must not leak it,
     # whole or cut off. Scrubbed before it is cut, so no cut can leave a piece behind.
     key = response.request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     code, message, request_id = (redact(t, key)[:300] for t in (code, message, request_id))
     return Answer(
-        status=response.status_code,
+        status=status,
         code=code,
         message=message,
         request_id=request_id,
         headers=response.headers,
-        removed_confirmed=confirmed,
-        maybe_applied=response.status_code in MAY_FOLLOW_A_REMOVAL
-        or (200 <= response.status_code < 300 and not confirmed),
+        maybe_applied=status in MAY_FOLLOW_A_REMOVAL or (200 <= status < 300 and not confirmed),
         seconds=seconds,
     )
+
+
+def _lacking(body: object, response: httpx.Response) -> str:
+    """The body, as far as it differs from the documented JSON."""
+    if not response.content:
+        return "no body"
+    if body is None:
+        kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
+        return f"a non-JSON body ({kind}, {len(response.content)} bytes)"
+    data = body.get("data") if isinstance(body, dict) else None
+    if isinstance(data, dict) and "removed" in data:
+        return f"data.removed = {json.dumps(data['removed'])[:20]}"
+    return "JSON lacking data.removed"
 
 
 PROXY_SETTINGS = "the proxy settings (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)"

@@ -174,6 +174,8 @@ class RetryPolicy:
     max_retries: int = 5
     base_delay: float = 0.5
     max_delay: float = 30.0
+    max_429_wait: float = 900.0
+    """Seconds of nothing but 429s (too many requests) after which the run stops, exit 75."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +226,7 @@ class JobConfig:
         checks = [
             (self.timeout > 0, "--timeout must be more than 0 seconds"),
             (self.retry.max_retries >= 0, "--max-retries cannot be negative"),
+            (self.retry.max_429_wait > 0, "--max-429-wait must be more than 0 seconds"),
             (self.reserve >= 0, "--reserve cannot be negative"),
             (self.concurrency is None or self.concurrency >= 1, "--concurrency must be at least 1"),
             (self.max_removals is None or self.max_removals >= 1, "--max-removals must be >= 1"),

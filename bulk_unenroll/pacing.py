@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import anyio
@@ -364,7 +365,7 @@ def pace_text(per_second: float | None) -> str:
 
 def _int(headers: Mapping[str, str], name: str) -> int | None:
     try:
-        return int(float(headers[name]))
+        return max(0, int(float(headers[name])))
     except (KeyError, ValueError, OverflowError):  # absent, garbage, or "inf"
         return None
 
@@ -387,17 +388,80 @@ def time_scale(headers: Mapping[str, str], base_url: str) -> float | None:
 
 
 LONGEST_RETRY_AFTER = 3600.0
+RESET_HORIZON = 2 * 86_400.0
+"""A daily quota resets within a day: a reset further away (or as far back) is misread."""
+EPOCH_SECONDS_FROM = 1e9
+"""Below this (2001 as Unix seconds), a reset figure counts seconds until the reset."""
+EPOCH_MILLISECONDS_FROM = 1e11
+"""From here (5138 as Unix seconds, 1973 as milliseconds), a reset figure is in milliseconds."""
+
+
+def _date(text: str) -> float | None:
+    """An HTTP-date or an ISO-8601 time as Unix seconds (UTC unless it says otherwise)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (ValueError, TypeError, IndexError):
+            return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        return when.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def server_now(headers: Mapping[str, str]) -> float:
+    """The server's clock (its Date header) when it sent one, else ours: a date the server
+    gives is best measured against its own clock."""
+    said = _date(headers.get("date", ""))
+    return said if said is not None else time.time()
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in seconds (delta form; HTTP dates are rare here and read as absent)."""
-    value = headers.get("retry-after")
-    try:
-        seconds = float(value) if value is not None else math.nan
-    except ValueError:
+    """Retry-After in seconds: delta seconds or an HTTP-date, bounded."""
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        at = _date(value)
+        if at is None:
+            return None
+        seconds = at - server_now(headers)
     # A hostile or broken header ("inf", "1e9") must not park the run for years.
     return min(max(0.0, seconds), LONGEST_RETRY_AFTER) if math.isfinite(seconds) else None
+
+
+def reset_time(value: str, now: float) -> float | None:
+    """X-RateLimit-Reset as Unix seconds. The docs say Unix seconds; gateways also send epoch
+    milliseconds, seconds until the reset, ISO-8601 or an HTTP-date. None when unreadable or
+    implausible for a daily quota (more than RESET_HORIZON from `now`)."""
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        at = _date(text)
+    else:
+        if not math.isfinite(number) or number < 0:
+            return None
+        if number < EPOCH_SECONDS_FROM:
+            at = now + number
+        elif number < EPOCH_MILLISECONDS_FROM:
+            at = number
+        else:
+            at = number / 1000
+    if at is None or abs(at - now) > RESET_HORIZON:
+        return None
+    return at
+
+
+RESET_JITTER = 2.0
+"""Seconds by which two answers' resets may differ and still name one quota day: a reset given
+as seconds-until is rounded, and each answer is read at its own time."""
 
 
 @dataclass
@@ -409,22 +473,26 @@ class Quota:
     reset_at: float | None = None
     """Unix seconds."""
 
-    def observe(self, headers: Mapping[str, str]) -> None:
+    def observe(self, headers: Mapping[str, str], now: float | None = None) -> None:
         limit = _int(headers, "x-ratelimit-limit")
         remaining = _int(headers, "x-ratelimit-remaining")
-        reset = _int(headers, "x-ratelimit-reset")
+        said = headers.get("x-ratelimit-reset")
+        reset = reset_time(said, time.time() if now is None else now) if said else None
         if limit is not None:
             self.limit = limit
         if remaining is None:
             return
-        if reset is not None and self.reset_at is not None and reset < self.reset_at:
-            return  # a late answer from the previous quota day
-        new_window = reset is not None and (self.reset_at is None or reset > self.reset_at)
+        if reset is not None and self.reset_at is not None:
+            if reset < self.reset_at - RESET_JITTER:
+                return  # a late answer from the previous quota day
+            if reset <= self.reset_at + RESET_JITTER:
+                reset = None  # the same quota day
+        new_window = reset is not None
         # Answers arrive out of order: within one window the smallest figure is the freshest.
         if new_window or self.remaining is None or remaining < self.remaining:
             self.remaining = remaining
         if new_window:
-            self.reset_at = float(reset) if reset is not None else None
+            self.reset_at = reset
 
     def spent(self, in_flight: int, reserve: int) -> bool:
         """True when sending one more call would eat into the reserve."""

@@ -6,6 +6,7 @@ import contextlib
 import os
 import random
 import signal
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -75,6 +76,9 @@ AUDIT_RESULTS = {
     client.Action.QUOTA: "quota_spent",
     client.Action.ABORT: "aborted",
 }
+UNCLEAR_CAMPAIGNS = 3
+"""Campaigns answering an unclear 404 before any answer showed the route exists, taken to mean
+a wrong --base-url rather than that many deleted campaigns (see `_route_shown`)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,15 @@ class Job:
         self._finished_rows = 0
         self._removed = 0
         self._dead_campaigns: dict[str, int] = {}
+        self._route_known = False
+        """An answer only LeadLex's DELETE route gives has come: --base-url is right."""
+        self._unclear: dict[str, str] = {}
+        """Campaign -> the unclear 404 it answered while the route was unknown."""
+        self._workers_alive = 0
+        self._held: Counter[str] = Counter()
+        """Rows the workers hold (waiting for a slot or an answer), per campaign."""
+        self._limited_since: float | None = None
+        """When the current run of nothing but 429s began."""
         self._consecutive_transient = 0
         self._stopping = anyio.Event()
         self._signalled = False
@@ -235,6 +248,7 @@ class Job:
                     self._pool_scope = pool.cancel_scope
                     async with work_recv, done_send:
                         pool.start_soon(self._produce, work_send, done_send.clone())
+                        self._workers_alive = workers
                         for _ in range(workers):
                             pool.start_soon(self._work, http, work_recv.clone(), done_send.clone())
             # The writer has recorded every result by now; stop the watcher and the ticker.
@@ -269,19 +283,26 @@ class Job:
         work: MemoryObjectReceiveStream[Enrollment],
         done: MemoryObjectSendStream[list[RowResult]],
     ) -> None:
-        async with work, done:
-            async for enrollment in work:
-                if self._stopping.is_set():
-                    return
-                result = await self._unenroll(http, enrollment)
-                if result is not None:
-                    self._finished_rows += 1
-                    if enrollment.failed_before:  # its new record supersedes the `failed` one
-                        self.summary.outcomes[Outcome.FAILED] -= 1
-                    # Shielded: a row the API answered is recorded even if the grace
-                    # period ends now (the writer is outside the cancelled pool).
-                    with anyio.CancelScope(shield=True):
-                        await done.send([result])
+        try:
+            async with work, done:
+                async for enrollment in work:
+                    if self._stopping.is_set():
+                        return
+                    self._held[enrollment.campaign_id] += 1
+                    try:
+                        result = await self._unenroll(http, enrollment)
+                    finally:
+                        self._held[enrollment.campaign_id] -= 1
+                    if result is not None:
+                        self._finished_rows += 1
+                        if enrollment.failed_before:  # its new record supersedes the `failed`
+                            self.summary.outcomes[Outcome.FAILED] -= 1
+                        # Shielded: a row the API answered is recorded even if the grace
+                        # period ends now (the writer is outside the cancelled pool).
+                        with anyio.CancelScope(shield=True):
+                            await done.send([result])
+        finally:
+            self._workers_alive -= 1  # workers waiting on the route count the others
 
     async def _writer(self, done: MemoryObjectReceiveStream[list[RowResult]]) -> None:
         """One writer owns the results file; it writes whatever has piled up in one go."""
@@ -458,6 +479,9 @@ class Job:
             dead = self._dead_campaign_result(e, attempts)
             if dead is not None:
                 return dead
+            if e.campaign_id in self._unclear and not await self._route_shown():
+                self._left_to_do(e, marked, maybe_applied)  # its campaign may not exist
+                return None
             sent_at = await self._ready_to_send(waited)
             if sent_at is None:
                 self._left_to_do(e, marked, maybe_applied)
@@ -465,6 +489,8 @@ class Job:
             dead = self._dead_campaign_result(e, attempts)  # it may have died while we waited
             if dead is not None:
                 return dead
+            if e.campaign_id in self._unclear and not self._route_known:
+                continue  # its campaign answered an unclear 404 while we waited: wait above
             if not marked:
                 self._journal.mark_sent(e)
                 marked = True
@@ -500,6 +526,17 @@ class Job:
                 pacer.answered(sent_at)  # a slow answer may mean a late stamp: see pacing
                 self._check_reserve()
             self._learn_plan(answer, verdict)
+            self._route_known = self._route_known or verdict.route_exists
+            if action is not client.Action.SLOW_DOWN:
+                self._limited_since = None
+            if action is client.Action.UNCLEAR_404:
+                if not self._route_known:
+                    self._unclear.setdefault(e.campaign_id, client.said_404(answer))
+                    if not await self._route_shown():
+                        self._left_to_do(e, marked, maybe_applied)
+                        return None
+                # The route exists, so this 404 is about this row: it settles this row alone.
+                action = client.Action.DONE
             if action is client.Action.DONE:
                 assert verdict.outcome is not None
                 self._consecutive_transient = 0
@@ -509,6 +546,9 @@ class Job:
                 self.summary.rate_limited += 1
                 probing = pacer.learnt is None
                 pause = pacer.rate_limited(retry_after(answer.headers or httpx.Headers()), sent_at)
+                if self._limited_too_long(pause or 0.0):
+                    self._left_to_do(e, marked, maybe_applied)
+                    return None
                 if pause is not None:
                     self._on_event(
                         f"429 rate limited: pausing all workers {pause:.1f}s, "
@@ -628,6 +668,53 @@ class Job:
                 f"{pace_text(pacer.per_second)}"
             )
         return self._still_up(verdict, e, marked, maybe_applied)
+
+    async def _route_shown(self) -> bool:
+        """An unclear 404 came before any answer showed that --base-url serves the DELETE
+        route: wait while other rows find out. False, and the run stopped (exit 3), when no
+        worker can find out or UNCLEAR_CAMPAIGNS campaigns answered so: a wrong URL."""
+        while not self._route_known:
+            if self._stopping.is_set():
+                return False
+            if len(self._unclear) >= UNCLEAR_CAMPAIGNS or self._only_unclear_rows_held():
+                campaigns = list(self._unclear)[:UNCLEAR_CAMPAIGNS]
+                self.stop(
+                    StopReason.ABORTED,
+                    f"the API answered {self._unclear[campaigns[0]]} for "
+                    f"campaign{'s' if len(campaigns) > 1 else ''} {', '.join(campaigns)}, "
+                    "and no answer has shown that --base-url serves the DELETE route: check "
+                    "--base-url (it should end in /api-gateway). Nothing was recorded for "
+                    "these rows. If the URL is right, these campaigns do not exist: take "
+                    "their rows out.",
+                )
+                return False
+            await anyio.sleep(0.05)
+        return True
+
+    def _only_unclear_rows_held(self) -> bool:
+        """Every worker holds a row of a campaign that answered an unclear 404: none of them
+        can show the route, and none is free to take a row that could."""
+        held = [campaign for campaign, rows in self._held.items() if rows > 0]
+        busy = sum(self._held.values())
+        return busy >= self._workers_alive and all(c in self._unclear for c in held)
+
+    def _limited_too_long(self, pause: float) -> bool:
+        """Nothing but 429s for longer than --max-429-wait (counting the pause now due):
+        stop, exit 75, rather than retry forever."""
+        now, longest = anyio.current_time(), self.config.retry.max_429_wait
+        if self._limited_since is None:
+            self._limited_since = now
+        if now + pause - self._limited_since <= longest:
+            return False
+        past = f"past --max-429-wait {longest:g}s"
+        self.stop(
+            StopReason.API_DOWN,
+            "the API answered nothing but 429 (too many requests) for "
+            + span(now - self._limited_since)
+            + (f", and the next pause ({span(pause)}) would go {past}" if pause else f", {past}")
+            + ": stopped sending, rerun later",
+        )
+        return True
 
     def _left_to_do(self, e: Enrollment, marked: bool, maybe_applied: bool) -> None:
         """The row ends this run without a definite outcome. If every answer it got was a

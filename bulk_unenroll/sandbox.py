@@ -18,6 +18,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -31,8 +33,15 @@ from .errors import InputError
 DAY = 86_400.0
 TIME_SCALE_HEADER = "X-Sandbox-Time-Scale"
 """How many times faster than real time the sandbox's limits run (a rehearsal's short day)."""
-ROUTE = re.compile(r"^(?:/[^?]*)?/v1/campaigns/([^/?]+)/contacts/([^/?]+)/?(?:\?.*)?$")
+ROUTE = re.compile(r"^(?:/[^?]*)?/api-gateway/v1/campaigns/([^/?]+)/contacts/([^/?]+)/?(?:\?.*)?$")
+"""The API lives under any path ending in /api-gateway, like the real default base URL; other
+paths get the gateway's own 404 (`Sandbox.wrong_route`), as a mistyped --base-url does."""
 Pair = tuple[str, str]
+RESET_FORMATS = ("epoch", "epoch-ms", "seconds-until", "iso", "http-date")
+"""How X-RateLimit-Reset can be written: the documented Unix seconds, and what gateways send."""
+RETRY_AFTER_FORMATS = ("seconds", "http-date", "none")
+WRONG_ROUTE_ANSWERS = ("not_found", "bare")
+"""`404 {"error": {"code": "not_found", "message": "Route not found"}}`, or 404 with no body."""
 
 
 @dataclass
@@ -56,8 +65,14 @@ class Faults:
     """Process, then answer 200 with a JSON body cut short."""
     empty_5xx: float = 0.0
     """Answer 502 with an empty body, without processing."""
-    retry_after: bool = True
-    """Send Retry-After on per-window 429s."""
+    no_content_2xx: float = 0.0
+    """Process, then answer 204 No Content."""
+    text_2xx: float = 0.0
+    """Process, then answer 200 with a plain-text body."""
+    bare_429: float = 0.0
+    """Answer 429 with no headers at all, without processing (1.0: a server that only 429s)."""
+    retry_after: str = "seconds"
+    """Retry-After on per-window 429s: one of RETRY_AFTER_FORMATS."""
 
 
 @dataclass
@@ -73,6 +88,8 @@ class Limits:
     """Unix time a quota day begins at (the epoch by default); lets a bench time a reset."""
     time_scale: float = 1.0
     """A plan's day and minute both run this many times faster (announced in a header)."""
+    reset_format: str = "epoch"
+    """How X-RateLimit-Reset is written: one of RESET_FORMATS."""
 
     @classmethod
     def plan(cls, name: str, day_seconds: float = DAY) -> Limits:
@@ -112,6 +129,8 @@ class Sandbox:
         api_key: str | None = None,
         forbidden: bool = False,
         seed: int | None = None,
+        wrong_route: str = "not_found",
+        unknown_campaign_code: str = "campaign_not_found",
     ) -> None:
         self.state = State(enrolled=set(enrolled))
         self.state.campaigns = {c for c, _ in self.state.enrolled} | set(campaigns)
@@ -119,6 +138,10 @@ class Sandbox:
         self.faults = faults or Faults()
         self.api_key = api_key
         self.forbidden = forbidden
+        self.wrong_route = wrong_route
+        """What a path outside /api-gateway gets: one of WRONG_ROUTE_ANSWERS."""
+        self.unknown_campaign_code = unknown_campaign_code
+        """The documented `campaign_not_found`, or `not_found` as the campaign-start page says."""
         self._random = random.Random(seed)
         self._window: deque[float] = deque()
         self._day: tuple[int, int] = (-1, 0)
@@ -132,7 +155,9 @@ class Sandbox:
         return {
             "X-RateLimit-Limit": str(lim.per_day),
             "X-RateLimit-Remaining": str(max(0, lim.per_day - used)),
-            "X-RateLimit-Reset": str(math.ceil(lim.day_start + (index + 1) * lim.day_seconds)),
+            "X-RateLimit-Reset": _reset_header(
+                math.ceil(lim.day_start + (index + 1) * lim.day_seconds), lim.reset_format
+            ),
         }
 
     def _admit(self) -> tuple[int, dict[str, str]] | None:
@@ -152,9 +177,11 @@ class Sandbox:
             if len(self._window) >= lim.per_window:
                 self.state.rate_limited += 1
                 headers = self._quota_headers()
-                if self.faults.retry_after:
-                    wait = self._window[0] + lim.window - tick
-                    headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                wait = max(1, math.ceil(self._window[0] + lim.window - tick))
+                if self.faults.retry_after == "seconds":
+                    headers["Retry-After"] = str(wait)
+                elif self.faults.retry_after == "http-date":
+                    headers["Retry-After"] = formatdate(math.ceil(now) + wait, usegmt=True)
                 return 429, headers
             self._window.append(tick)
         if lim.per_day is not None:
@@ -172,7 +199,9 @@ class Sandbox:
             extra[TIME_SCALE_HEADER] = f"{self.limits.time_scale:g}"
         match = ROUTE.match(path)
         if method != "DELETE" or not match:
-            return "answer", *_error(404, "route_not_found", "no such route", extra)
+            if self.wrong_route == "bare":
+                return "answer", 404, {}, b""
+            return "answer", *_error(404, "not_found", "Route not found", {})
         auth = headers.get("authorization", "")
         key = auth.removeprefix("Bearer ").strip()
         if not key.startswith("wbk_") or (self.api_key is not None and key != self.api_key):
@@ -205,6 +234,9 @@ class Sandbox:
         if roll < f.empty_5xx:
             return "answer", 502, {**extra}, b""
         roll -= f.empty_5xx
+        if roll < f.bare_429:
+            return "answer", 429, {}, b""
+        roll -= f.bare_429
         refused = self._admit()
         if refused is not None:
             _, limit_headers = refused
@@ -216,7 +248,8 @@ class Sandbox:
         pair = (campaign, contact)
         st.deletes[pair] += 1
         if campaign not in st.campaigns:
-            return "answer", *_error(404, "campaign_not_found", "No campaign with this ID", extra)
+            code = self.unknown_campaign_code
+            return "answer", *_error(404, code, "No campaign with this ID", extra)
         if pair not in st.enrolled:
             return "answer", *_error(
                 404, "enrollment_not_found", "Contact is not enrolled in this campaign", extra
@@ -234,6 +267,12 @@ class Sandbox:
         roll -= f.empty_2xx
         if roll < f.malformed_2xx:
             return "answer", 200, {**extra, "Content-Type": "application/json"}, b'{"data": {"re'
+        roll -= f.malformed_2xx
+        if roll < f.no_content_2xx:
+            return "answer", 204, extra, b""
+        roll -= f.no_content_2xx
+        if roll < f.text_2xx:
+            return "answer", 200, {**extra, "Content-Type": "text/plain"}, b"OK"
         body = {"data": {"removed": True, "campaign_id": campaign, "contact_id": contact}}
         return (
             "answer",
@@ -241,6 +280,18 @@ class Sandbox:
             {**extra, "Content-Type": "application/json"},
             json.dumps(body).encode(),
         )
+
+
+def _reset_header(reset_at: int, form: str) -> str:
+    if form == "epoch-ms":
+        return str(reset_at * 1000)
+    if form == "seconds-until":
+        return str(max(0, math.ceil(reset_at - time.time())))
+    if form == "iso":
+        return datetime.fromtimestamp(reset_at, UTC).isoformat().replace("+00:00", "Z")
+    if form == "http-date":
+        return formatdate(reset_at, usegmt=True)
+    return str(reset_at)
 
 
 def _error(
@@ -252,6 +303,7 @@ def _error(
 
 REASONS = {
     200: "OK",
+    204: "No Content",
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
@@ -398,15 +450,17 @@ def running(api: Sandbox) -> Iterator[SandboxThread]:
         yield server
 
 
+FAULT_KINDS = tuple(
+    name for name, p in vars(Faults()).items() if isinstance(p, float) and name != "latency"
+)
+
+
 def _parse_faults(text: str) -> Faults:
     faults = Faults()
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, value = item.partition("=")
-        if name not in Faults.__dataclass_fields__ or name in ("latency", "retry_after"):
-            raise InputError(
-                f"--faults: unknown fault {name!r}; known: error_503, html_500, "
-                "reset_before, reset_after, hang, hang_after, empty_2xx, malformed_2xx, empty_5xx"
-            )
+        if name not in FAULT_KINDS:
+            raise InputError(f"--faults: unknown fault {name!r}; known: {', '.join(FAULT_KINDS)}")
         try:
             setattr(faults, name, float(value))
         except ValueError:
@@ -434,6 +488,7 @@ def build_from_options(read: ReadOptions, **kw: Any) -> Sandbox:
         if kw["limit_plan"]
         else Limits(day_seconds=kw["day_seconds"])
     )
+    limits.reset_format = kw.get("reset_format") or "epoch"
     if kw["rate_limit"]:
         rate = Rate.parse(kw["rate_limit"])
         limits.per_window, limits.window = int(rate.calls), rate.period
@@ -442,6 +497,7 @@ def build_from_options(read: ReadOptions, **kw: Any) -> Sandbox:
         limits.per_day = kw["daily_quota"]
     faults = _parse_faults(kw["faults"])
     faults.latency = kw["latency"]
+    faults.retry_after = kw.get("retry_after") or "seconds"
     api = Sandbox(
         enrolled,
         campaigns=campaigns,
@@ -449,6 +505,8 @@ def build_from_options(read: ReadOptions, **kw: Any) -> Sandbox:
         faults=faults,
         api_key=kw["require_key"],
         seed=kw["seed"],
+        wrong_route=kw.get("wrong_route") or "not_found",
+        unknown_campaign_code=kw.get("unknown_campaign_code") or "campaign_not_found",
     )
     return api
 

@@ -114,8 +114,8 @@ def test_api_that_always_hangs_trips_the_breaker(tmp_path: Path, serve: Serve) -
 @pytest.mark.parametrize(
     ("faults", "status", "detail"),
     [
-        (Faults(malformed_2xx=1.0), Outcome.NOT_ENROLLED, "HTTP 200 without the documented"),
-        (Faults(empty_2xx=1.0), Outcome.NOT_ENROLLED, "HTTP 200 without the documented"),
+        (Faults(malformed_2xx=1.0), Outcome.REMOVED, "HTTP 200 with a non-JSON body"),
+        (Faults(empty_2xx=1.0), Outcome.REMOVED, "HTTP 200 with no body"),
         (Faults(reset_after=1.0), Outcome.NOT_ENROLLED, "connection lost"),
         (Faults(html_500=1.0), Outcome.FAILED, "HTTP 500"),
         (Faults(reset_before=1.0), Outcome.FAILED, "connection lost"),
@@ -143,7 +143,11 @@ def test_each_fault_ends_definite_with_its_reason(
     [record] = read_results(out)
     assert record["status"] == status.value
     assert detail in record["detail"]
-    if status is Outcome.NOT_ENROLLED:
+    if status is Outcome.REMOVED:
+        # Any 2xx means removed: one call, and the detail says what the body lacked.
+        assert (record["attempts"], summary.calls) == ("1", 1)
+        assert pair in api.state.removed
+    elif status is Outcome.NOT_ENROLLED:
         # The first attempt removed it; its answer was lost; the retry found nothing.
         assert LOST in record["detail"]
         assert summary.lost_then_not_enrolled == 1

@@ -158,13 +158,14 @@ def headers(limit: int, remaining: int, reset: int) -> dict[str, str]:
 
 
 def test_quota_keeps_the_freshest_count_and_ignores_yesterdays_late_answers() -> None:
+    today, tomorrow, now = 1_767_225_600, 1_767_312_000, 1_767_225_000.0
     q = Quota()
-    q.observe(headers(1000, 10, 100))
-    q.observe(headers(1000, 12, 100))  # answered out of order: older
+    q.observe(headers(1000, 10, today), now)
+    q.observe(headers(1000, 12, today), now)  # answered out of order: older
     assert q.remaining == 10
-    q.observe(headers(1000, 999, 200))  # a new day
-    assert (q.remaining, q.reset_at) == (999, 200.0)
-    q.observe(headers(1000, 3, 100))  # a late answer from the day before
+    q.observe(headers(1000, 999, tomorrow), now + 700)  # a new day
+    assert (q.remaining, q.reset_at) == (999, float(tomorrow))
+    q.observe(headers(1000, 3, today), now + 700)  # a late answer from the day before
     assert q.remaining == 999
     assert q.limit == 1000
 
