@@ -188,7 +188,7 @@ def _parse(response: httpx.Response, seconds: float = 0.0) -> Answer:
         message=message,
         request_id=request_id,
         headers=response.headers,
-        maybe_applied=status in MAY_FOLLOW_A_REMOVAL or (200 <= status < 300 and not confirmed),
+        maybe_applied=status in MAY_FOLLOW_A_REMOVAL,  # a 2xx is a definite answer
         seconds=seconds,
     )
 
