@@ -21,6 +21,7 @@ import polars as pl
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 from truth import spawn_cli, wait_until
 
+from bulk_unenroll.journal import Journal
 from bulk_unenroll.records import HEADER
 from bulk_unenroll.sandbox import Faults, Sandbox, SandboxThread
 
@@ -353,3 +354,42 @@ def test_an_interrupt_while_planning_sends_nothing_even_when_sigint_was_ignored(
     assert "nothing was sent" in stderr
     assert api.state.calls == 0
     assert not out.exists() or read_results(out) == []
+
+
+KILLED_WHILE_TIDYING = """
+import os, signal, sys
+from pathlib import Path
+from bulk_unenroll import records
+from bulk_unenroll.journal import Journal
+
+def half_then_die(path, form, dst, skip=(), expected=None):
+    dst.write(records.HEADER + "1,cmp_a,half")
+    dst.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+records.rewrite = half_then_die
+Journal(Path(sys.argv[1])).close()  # failed records before: closing tidies the file
+"""
+
+
+def test_a_kill_while_tidying_leaves_the_file_whole_and_no_copy_behind(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    lines = [
+        "1,cmp_a,00000000-0000-4000-8000-000000000001,failed,503,,1,,HTTP 503,2026-01-01T00:00:00Z",
+        "1,cmp_a,00000000-0000-4000-8000-000000000001,removed,200,,1,req_1,,2026-01-01T00:00:01Z",
+    ]
+    out.write_text(HEADER + "\n".join(lines) + "\n")
+    before = out.read_bytes()
+
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_TIDYING, str(out)], capture_output=True, timeout=60
+    )
+
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert out.read_bytes() == before
+    # The half-written copy had no name (or is removed by the next run where it had one).
+    leftovers = {p.name for p in tmp_path.iterdir()} - {"results.csv", "results.csv.sent"}
+    assert leftovers <= {"results.csv.lock"}, leftovers
+    Journal(out).close()  # the next run tidies the file for real
+    assert [r["status"] for r in read_results(out)] == ["removed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.csv.sent"]
