@@ -749,8 +749,7 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
         blank = df["reason"].is_in(blank_reasons).fill_null(False).alias("blank")
         recorded = pl.Series("recorded", [], pl.Boolean).extend_constant(False, df.height)
         if len(history.recorded):
-            keys = df.select(row_key(pl.col(CAMPAIGN), pl.col(CONTACT), offset + 1)).to_series()
-            recorded = history.was_recorded(keys)
+            recorded = history.was_recorded(_row_keys(df, offset + 1))
         flags.append(
             pl.DataFrame(
                 [valid.alias("valid"), campaigns.codes(df[CAMPAIGN], valid), blank, recorded]
@@ -829,12 +828,24 @@ def shown(cell: pl.Expr) -> pl.Expr:
     return pl.when(long).then(cell.str.slice(0, MAX_SHOWN) + "...").otherwise(cell)
 
 
-def row_key(campaign: pl.Expr, contact: pl.Expr, first_row: int) -> pl.Expr:
-    """Row number and cells as a record without a call stores them (see `History.recorded`);
-    rows are numbered from `first_row`."""
+def row_key(campaign: pl.Expr, contact: pl.Expr, row: pl.Expr) -> pl.Expr:
+    """Row number and cells as a record without a call stores them (see `History.recorded`)."""
     cells = pair_key(stored(shown(campaign)), stored(shown(contact)))
-    rows = pl.int_range(first_row, first_row + pl.len(), dtype=pl.UInt64).cast(pl.UInt128)
-    return (cells + rows).alias("row_key")
+    return (cells + row.cast(pl.UInt128)).alias("row_key")
+
+
+def _row_keys(df: pl.DataFrame, first_row: int) -> pl.Series:
+    """`row_key` of each row of a normalised batch numbered from `first_row`. A valid pair is
+    stored as it is (unless its campaign id starts with '-', which a record escapes), so its
+    pair key serves; only the other rows go the slow way, cells tidied as a record shows them."""
+    rows = pl.int_range(first_row, first_row + pl.len(), dtype=pl.UInt64).alias("n")
+    frame = df.select(CAMPAIGN, CONTACT, "key", rows)
+    keys = frame.select((pl.col("key") + pl.col("n").cast(pl.UInt128)).alias("row_key"))
+    slow = (df["reason"].is_not_null() | df[CAMPAIGN].str.starts_with("-")).fill_null(True)
+    if not slow.any():
+        return keys["row_key"]
+    fixed = frame.filter(slow).select(row_key(pl.col(CAMPAIGN), pl.col(CONTACT), pl.col("n")))
+    return keys["row_key"].scatter(slow.arg_true(), fixed["row_key"])
 
 
 DUPLICATE_DETAIL = "same campaign and contact as an earlier row; not sent again"

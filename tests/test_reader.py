@@ -552,3 +552,22 @@ def test_a_cut_short_gzip_file_says_so(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="is cut short"):
         build_plan(Source(path), History())
+
+
+def test_row_keys_take_the_quick_way_only_where_it_agrees_with_the_record() -> None:
+    """Rows recorded without a call are matched by row number and cells as stored; valid
+    pairs reuse their pair key, which must give the same key as the stored cells."""
+    from bulk_unenroll.reader import CAMPAIGN, CONTACT, _row_keys, row_key
+
+    raw = pl.DataFrame(
+        {
+            CAMPAIGN: ["cmp_a", "-starts-with-dash", " cmp_b ", "=formula", "", "x" * 300],
+            CONTACT: [U1, U2, U1.upper(), U1, U2, "not\na uuid"],
+        }
+    )
+    df = normalise(raw)
+    quick = _row_keys(df, 7)
+    full = df.select(
+        row_key(pl.col(CAMPAIGN), pl.col(CONTACT), pl.int_range(7, 7 + pl.len()))
+    ).to_series()
+    assert quick.to_list() == full.to_list()
