@@ -45,7 +45,8 @@ class AuthError(BulkUnenrollError):
 
 
 class SetupError(BulkUnenrollError):
-    """Nothing answered and the connection failed for a reason a retry will not cure (TLS
-    trust, host name, port, proxy); every row is left to do."""
+    """The API cannot be reached as configured: a wrong --base-url (a redirect, 404s from no
+    such route), or, before anything answered, a connection that failed for a reason a retry
+    will not cure (TLS trust, host name, port, proxy); every row is left to do."""
 
     exit_code = 3

@@ -570,8 +570,8 @@ class Job:
                 maybe_applied = True
                 lost_reasons.append(_uncertain(answer, verdict.detail))
             if action is client.Action.ABORT:
-                if not self._stopping.is_set():
-                    self._abort_error = SetupError if answer.setup_fault else AuthError
+                if not self._stopping.is_set():  # only the key's own refusals are AuthError
+                    self._abort_error = AuthError if answer.status in (401, 403) else SetupError
                 self.stop(StopReason.ABORTED, verdict.detail)
                 self._left_to_do(e, marked, maybe_applied)
                 return None
@@ -678,6 +678,8 @@ class Job:
                 return False
             if len(self._unclear) >= UNCLEAR_CAMPAIGNS or self._only_unclear_rows_held():
                 campaigns = list(self._unclear)[:UNCLEAR_CAMPAIGNS]
+                if not self._stopping.is_set():
+                    self._abort_error = SetupError  # a wrong --base-url, not a refused key
                 self.stop(
                     StopReason.ABORTED,
                     f"the API answered {self._unclear[campaigns[0]]} for "

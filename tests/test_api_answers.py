@@ -21,10 +21,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bulk_unenroll import AuthError, JobConfig, Secret, SetupError, unenroll_file
 from bulk_unenroll.pacing import RESET_HORIZON, Quota, reset_time, retry_after
 from bulk_unenroll.sandbox import RESET_FORMATS, Faults, Limits, Pair, Sandbox, SandboxThread
 
@@ -122,6 +123,25 @@ def test_a_wrong_base_url_exits_3_and_leaves_every_row_to_do(
     assert right.returncode == 0, said(right)
     assert [r["status"] for r in read_results(out)] == ["removed"] * 90
     assert set(api.state.deletes.values()) == {1} and len(api.state.deletes) == 90
+
+
+def test_the_library_raises_setup_error_for_a_wrong_base_url_or_a_redirect(
+    tmp_path: Path, serve: Serve, tiny: Callable
+) -> None:
+    """A wrong --base-url is the setup, not the key: `Job.run` raises `SetupError` (exit 3
+    too), never `AuthError`, which says the API refused the key."""
+    rows = pairs("cmp_a", 12)
+    server = serve(Sandbox(rows))
+    src = write_csv(tmp_path / "in.csv", rows)
+    moved = tiny(lambda n: (301, {"Location": "https://elsewhere.example/"}, b""))
+    urls = [server.base_url.removesuffix("/api-gateway") + "/api-gatewy", moved.base_url]
+    for n, url in enumerate(urls):
+        config = JobConfig(
+            src, tmp_path / f"results-{n}.csv", api_key=Secret(API_KEY), base_url=url
+        )
+        with pytest.raises(SetupError, match="--base-url") as raised:
+            unenroll_file(config)
+        assert not isinstance(raised.value, AuthError) and raised.value.exit_code == 3
 
 
 def test_once_the_route_is_known_an_unclear_404_settles_only_its_own_row(
