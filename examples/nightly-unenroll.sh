@@ -49,10 +49,11 @@ notify() {
 
 archive() {
     # The job and everything that belongs to it: input, results, every RESULTS.* companion
-    # (.sent, .lock, ...) and the summary. Prints where they went.
+    # (.sent, .lock, ...), the copy kept when a spreadsheet re-saved the results, and the
+    # summary. Prints where they went.
     dest=done/$(date -u +%Y%m%dT%H%M%SZ)-$$
     mkdir -p "$dest" || return 1
-    for f in "queue/$JOB.csv" "$RESULTS" "$RESULTS".* "$SUMMARY"; do
+    for f in "queue/$JOB.csv" "$RESULTS" "$RESULTS".* "queue/$JOB-results.resaved-"*.csv "$SUMMARY"; do
         if [ -e "$f" ]; then
             mv "$f" "$dest/" || return 1
         fi

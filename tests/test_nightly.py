@@ -196,3 +196,41 @@ def test_the_readme_shows_the_script_as_it_is() -> None:
     shown = readme[start : readme.index("```", start)]
     assert shown in SCRIPT.read_text(encoding="utf-8")
     assert "examples/nightly-unenroll.sh" in readme
+
+
+def test_a_results_file_re_saved_in_a_spreadsheet_is_archived_with_its_backup(
+    tmp_path: Path, sandbox_url: str
+) -> None:
+    """Someone opened tonight's results in Excel and saved them: the run rewrites the file and
+    keeps the re-saved one as `unenroll-results.resaved-<time>.csv`. Archiving moves that too,
+    so nothing of a finished job is left in queue/."""
+    home = tmp_path / "srv"
+    (home / "queue").mkdir(parents=True)
+    key = tmp_path / "key"
+    key.write_text("wbk_cron_key_0123456789\n")
+    rows = [("cmp_a", new_uuid(i)) for i in range(1, 4)]
+    write_csv(home / "queue/unenroll.csv", rows)
+    header = "row;campaign_id;contact_id;status;http_status;error_code;attempts;request_id;detail"
+    records = [
+        f"{n};{c};{k};removed;200;;1;req_{n};;2026-01-31T23:59:59Z"
+        for n, (c, k) in enumerate(rows, 1)
+    ]
+    resaved = "\ufeff" + "\r\n".join([header + ";finished_at", *records]) + "\r\n"
+    (home / "queue/unenroll-results.csv").write_text(resaved, encoding="utf-8")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LEADLEX_BASE_URL": sandbox_url,
+        "BULK_UNENROLL": str(INSTALLED),
+        "UNENROLL_DIR": str(home),
+        "KEY_FILE": str(key),
+    }
+
+    result = subprocess.run(
+        [str(SCRIPT)], env=env, cwd="/", capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+    assert not list((home / "queue").iterdir())
+    (archived,) = (home / "done").iterdir()
+    names = {p.name for p in archived.iterdir()}
+    assert any(n.startswith("unenroll-results.resaved-") for n in names), names
