@@ -616,9 +616,6 @@ class History:
         """Per key, the earlier outcome code if the pair was settled, else null."""
         return _settled_code(self.settled, keys)
 
-    def was_attempted(self, keys: pl.Series) -> pl.Series:
-        return _is_in(self.attempted, keys).alias("attempted")
-
 
 def _settled_code(entries: pl.Series, keys: pl.Series, *, in_order: bool = False) -> pl.Series:
     entry = pl.DataFrame({"entry": _found_at(entries, keys, in_order=in_order), "key": keys})
