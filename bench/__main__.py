@@ -4,8 +4,8 @@
     python -m bench --only pacing idle   # some (throughput latency pacing idle input)
     python -m bench --quick              # smaller sizes, for a smoke test of the suite
 
-Light, long benchmarks (the 3-minute per-minute pacing run, the 2-minute search for an
-unknown limit) go beside the others; heavy ones
+Light, long benchmarks (the 3-minute per-minute pacing run, the searches for an unknown limit
+counted per minute and per second, about 3 minutes each) go beside the others; heavy ones
 (throughput, input scale) never overlap each other. Figures are printed as each finishes and
 recorded by hand, with the command, in docs/benchmarks.md.
 """
@@ -34,13 +34,16 @@ def main() -> None:
     started = time.monotonic()
     figures: dict[str, Any] = {}
 
-    with ThreadPoolExecutor(2) as beside:
-        minute = unknown = None
+    with ThreadPoolExecutor(3) as beside:
+        minute, unknown = None, []
         if "pacing" in only:
             minutes = ["--minutes", "1"] if quick else []
             minute = beside.submit(pacing.main, ["--per-minute", *minutes])
             rows = ["--rows", "330"] if quick else []
-            unknown = beside.submit(pacing.main, ["--unknown", *rows])
+            unknown = [
+                beside.submit(pacing.main, ["--unknown", "--limit", limit, *rows])
+                for limit in pacing.UNKNOWN_LIMITS
+            ]
         if "throughput" in only:
             rows = ["--rows", "3000", "--rounds", "1"] if quick else []
             figures["throughput"] = throughput.main(rows)
@@ -53,8 +56,8 @@ def main() -> None:
             figures["idle"] = idle.main(["--wait", "15"] if quick else [])
         if minute is not None:
             figures["pacing per minute"] = minute.result()
-        if unknown is not None:
-            figures["finding an unknown limit"] = unknown.result()
+        for search in unknown:
+            figures.setdefault("finding an unknown limit", {}).update(search.result())
     if "input" in only:
         try:
             from . import input_scale  # written beside this suite; absent in older checkouts

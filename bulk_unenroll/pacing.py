@@ -17,10 +17,14 @@ Nothing is held while answers come at their usual speed, so the guard costs no r
 
 An unknown limit (a custom tier, or no daily limit reported) is found by probing: the pace
 doubles every 8 seconds (`PROBE_STEPS`) while it is what holds the run back, until the first 429.
-Limits are per minute, so at that 429 the calls the API accepted in the last minute are its
-limit (a strict sliding window counts exactly those). From then on the pace is 98% of that
-count per minute, and each of the next calls waits until one of the calls already counted
-leaves the minute, so the overshoot of the probe is not paid for with a run of 429s.
+The API counts per minute, but a gateway in front of it may count per second, and one 429 cannot
+say which: with a rising pace, the calls accepted in the second before it and those in the minute
+before it both fit a limit of exactly that many. So lone trial calls follow, at the per-second
+count's pace, one at a time: a trial the minute's count would have refused that is accepted
+shows the window is a second (`_trial`); a refused one shows it is the minute. Either way the
+pace becomes 98% of that window's count, and each of the next calls waits until one of the calls
+already counted leaves the window, so the overshoot of the probe is not paid for with a run of
+429s. The trials cost at most one 429 more.
 """
 
 from __future__ import annotations
@@ -55,6 +59,12 @@ PROBE_STEPS = 7.5
 """While probing an unknown limit, the pace doubles this many times a window (every 8 s of a
 minute), if the pace is what holds the run back."""
 PROBE_GROWTH = 2.0
+SHORT_WINDOW = 1.0
+"""The shorter window an unknown limit may be counted in (a gateway's per second), told from the
+API's minute by lone trial calls after the probe's first 429."""
+TRIAL_PATIENCE = 5.0
+"""Seconds the others wait for a trial call's answer before another call tries instead (that
+call may never have left, or got no answer)."""
 PACE = "pace"
 """What an attempt waited for when it waited for its slot (not for a pause)."""
 RATE_LIMITED = "backing off after a 429"
@@ -104,6 +114,13 @@ class Pacer:
         self._stepped_at = -math.inf
         self._accepted: deque[float] = deque()
         """While the limit is unknown: when the calls the API accepted were sent."""
+        self._refused_at: float | None = None
+        """When the call the probe's first 429 refused was sent, while trials tell its window."""
+        self._counts = (0, 0)
+        """The calls accepted in the second and in the minute before that refused call."""
+        self._trial: tuple[float, bool] | None = None
+        """The last trial call: when it left, and whether the minute's count would refuse it."""
+        self._trial_answered = anyio.Event()
         self._limit_window = 60.0
         """The window an unknown limit is counted in: the starting rate's period, a minute
         (the API's limits are per minute; shorter in a sandbox that runs time faster)."""
@@ -201,6 +218,9 @@ class Pacer:
                     add_wait(waited, PACE, anyio.current_time() - now)
                     continue
                 self._probe_pending = False
+            if self._trial_out():
+                await self._await_trial(waited)
+                continue
             limiter = self._limiter
             if limiter is not None:
                 self._bound = not limiter.has_capacity()
@@ -208,9 +228,13 @@ class Pacer:
                 add_wait(waited, PACE, anyio.current_time() - now)
             now = anyio.current_time()
             if limiter is self._limiter and now >= self._resume_at:
+                if self._trial_out():
+                    continue
                 hold = self._hold_for(self._issued)
                 if hold > now:
                     self._not_before = max(self._not_before, hold)
+                    continue
+                if self._refused_at is not None and not self._try(now):
                     continue
                 self._last = now
                 if self._window is not None:
@@ -218,6 +242,29 @@ class Pacer:
                 self._issued += 1
                 return now
         return anyio.current_time()
+
+    def _trial_out(self) -> bool:
+        return self._trial is not None and not self._trial_answered.is_set()
+
+    async def _await_trial(self, waited: Waits) -> None:
+        """Wait for the trial call's answer (or for `TRIAL_PATIENCE`, then try again)."""
+        assert self._trial is not None
+        started = anyio.current_time()
+        with anyio.move_on_after(self._trial[0] + TRIAL_PATIENCE - started):
+            await self._trial_answered.wait()
+        self._trial_answered.set()
+        add_wait(waited, PACE, anyio.current_time() - started)
+
+    def _try(self, now: float) -> bool:
+        """This slot is a trial: note whether the minute's count would refuse it. False when
+        trials told nothing for a whole minute: the minute's count, the safer, is the limit."""
+        window, per_window = self._limit_window, self._counts[1]
+        if self._refused_at is not None and now > self._refused_at + window:
+            self._hold(per_window, window)
+            return False
+        self._trial = (now, self._accepted_in(now, window) >= per_window)
+        self._trial_answered = anyio.Event()
+        return True
 
     def _hold_for(self, seq: int) -> float:
         """The latest time a slow answer says call number `seq` must not leave before."""
@@ -232,6 +279,8 @@ class Pacer:
         The server stamped that call at most this much later than usual, so the call N slots
         on (the one that would make N+1 in a window) waits until a window after that stamp.
         """
+        if self._trial is not None and self._trial[0] == sent_at:
+            self._trial_answered.set()
         seq = self._seq.pop(sent_at, None)
         if seq is None or self._window is None:
             return
@@ -253,7 +302,7 @@ class Pacer:
 
         429s for requests sent before the last slow-down were caused by the old pace: they
         extend the pause but do not slow down again (a burst of them is one signal); None.
-        The first 429 of a probe marks the limit (`_found_limit`).
+        While the limit is unknown, a 429 tells where it is (`_refused`).
         """
         if sent_at < self._slowed_at:
             if retry_after is not None:
@@ -266,8 +315,8 @@ class Pacer:
         )
         self.pause(pause, RATE_LIMITED)
         self._slowed_at = anyio.current_time()
-        if self._probing:
-            self._found_limit()
+        if self._probing or self._refused_at is not None:
+            self._refused(sent_at)
             return pause
         if self._rate:
             if self._ceiling is None:
@@ -302,31 +351,65 @@ class Pacer:
         self._set(max(self._gateway_floor, self._rate * SLOW_DOWN))
         return True
 
-    def _found_limit(self) -> None:
-        """The probe drew its first 429: the calls accepted in the last minute are the limit.
-        Hold 98% of it, and let the next calls leave only as counted ones leave the minute."""
-        now, window = anyio.current_time(), self._limit_window
-        counted = sorted(t for t in self._accepted if t > now - window)
+    def _refused(self, sent_at: float) -> None:
+        """A 429 while the limit is unknown. The probe's first: the calls accepted in the
+        second and in the minute before it are the two candidate limits; trials at the
+        per-second one's pace follow. A trial's: the minute's count is the limit."""
+        window = self._limit_window
+        if self._refused_at is not None:
+            self._hold(self._counts[1], window)
+            return
         self._probing = False
+        per_second = self._accepted_in(sent_at, SHORT_WINDOW)
+        per_window = self._accepted_in(sent_at, window)
+        if window <= SHORT_WINDOW or per_second * window <= per_window * SHORT_WINDOW:
+            self._hold(per_window, window)  # only the minute can have said no
+            return
+        self._refused_at, self._counts = sent_at, (per_second, per_window)
+        pace = per_second * SAFETY_MARGIN / SHORT_WINDOW
+        self._ceiling = pace
+        self._set(pace)
+        # The second that refused must have passed before a trial can tell anything.
+        self._not_before = max(self._not_before, sent_at + SHORT_WINDOW)
+
+    def _accepted_in(self, before: float, window: float) -> int:
+        """Calls the API accepted that were sent in the `window` seconds before `before`."""
+        return sum(1 for sent in self._accepted if before - window < sent < before)
+
+    def _hold(self, calls: int, window: float) -> None:
+        """The limit is `calls` per `window`: hold 98% of it, and let the next calls leave
+        only as counted ones leave the window (at most `calls` in it)."""
+        now, calls = anyio.current_time(), max(1, calls)
+        counted = sorted(t for t in self._accepted if t > now - window)[-calls:]
+        self._probing, self._refused_at = False, None
+        self._trial_answered.set()
         self._accepted.clear()
-        calls = max(1, len(counted))
         self.learnt = Rate(calls, window)
         pace = calls * SAFETY_MARGIN / window
         self._ceiling, self._window = pace, (calls, window)
         self._set(pace)
+        free = calls - len(counted)
         for i, sent in enumerate(counted):
-            heapq.heappush(self._holds, (self._issued + i, sent + window))
+            heapq.heappush(self._holds, (self._issued + free + i, sent + window))
 
     def succeeded(self, sent_at: float = math.inf) -> None:
         """Climb back toward the ceiling slowly after a slow-down; probe an unknown limit."""
+        now = anyio.current_time()
+        if self._probing or self._refused_at is not None:
+            # Every accepted call counts in the API's window, however late its answer came.
+            self._accepted.append(min(sent_at, now))
+            while self._accepted[0] <= now - 2 * self._limit_window:
+                self._accepted.popleft()
+            if self._trial is not None and self._trial[0] == sent_at:
+                self._trial_answered.set()
+                if self._trial[1]:
+                    self._hold(self._counts[0], SHORT_WINDOW)  # the minute was no limit
         if sent_at < self._slowed_at:
             return
         self._backoffs = 0
+        if self._refused_at is not None:
+            return  # trials set the pace until they tell the window
         if self._probing and self._rate:
-            now = anyio.current_time()
-            self._accepted.append(min(sent_at, now))
-            while self._accepted[0] <= now - self._limit_window:
-                self._accepted.popleft()
             if self._stepped_at == -math.inf:
                 self._stepped_at = now
             elif self._bound and now - self._stepped_at >= self._limit_window / PROBE_STEPS:
@@ -349,6 +432,8 @@ class Pacer:
         left = self._resume_at - anyio.current_time()
         if left > 0:
             return self._pause_reason, left
+        if self._refused_at is not None:
+            return "telling a per-second limit from a per-minute one", None
         return ("waiting for the first answer" if self.learning else "sending"), None
 
 

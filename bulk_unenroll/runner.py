@@ -541,10 +541,10 @@ class Job:
                 assert verdict.outcome is not None
                 self._consecutive_transient = 0
                 pacer.succeeded(sent_at)
+                self._say_limit_found()
                 return self._finish(e, answer, verdict, attempts, maybe_applied, lost_reasons)
             if action is client.Action.SLOW_DOWN:
                 self.summary.rate_limited += 1
-                probing = pacer.learnt is None
                 pause = pacer.rate_limited(retry_after(answer.headers or httpx.Headers()), sent_at)
                 if self._limited_too_long(pause or 0.0):
                     self._left_to_do(e, marked, maybe_applied)
@@ -554,14 +554,7 @@ class Job:
                         f"429 rate limited: pausing all workers {pause:.1f}s, "
                         f"then {pace_text(pacer.per_second)}"
                     )
-                if probing and pacer.learnt is not None:
-                    self.summary.learnt_rate = str(pacer.learnt)
-                    self._on_event(
-                        f"found the limit: the API accepted {pacer.learnt.calls:g} calls in "
-                        f"{span(pacer.learnt.period)} before its first 429; pacing at "
-                        f"{pace_text(pacer.per_second)} from now on "
-                        f"(next time pass --rate {pacer.learnt})"
-                    )
+                self._say_limit_found()
                 continue
             if action is client.Action.QUOTA:
                 self._quota.remaining = 0
@@ -770,6 +763,19 @@ class Job:
             if is_published_plan(limit):
                 source += f" (the {plan_for_daily_limit(limit).name} plan)"
             self.stop(StopReason.ERROR, reserve_leaves_no_calls(reserve, limit, source))
+
+    def _say_limit_found(self) -> None:
+        """Once probing found an unknown limit: say it, and the --rate that skips the probe."""
+        pacer = self._pacer
+        if pacer is None or pacer.learnt is None or self.summary.learnt_rate is not None:
+            return
+        learnt = pacer.learnt
+        self.summary.learnt_rate = str(learnt)
+        self._on_event(
+            f"found the limit: the API accepted {learnt.calls:g} calls in {span(learnt.period)} "
+            f"before its first 429; pacing at {pace_text(pacer.per_second)} from now on "
+            f"(next time pass --rate {learnt})"
+        )
 
     def _learn_plan(self, answer: client.Answer, verdict: client.Verdict) -> None:
         """Pace at the plan the first X-RateLimit-Limit reveals, unless told a rate."""

@@ -424,12 +424,25 @@ def test_only_a_sandbox_on_this_machine_can_speed_a_run_up() -> None:
 # -- finding an unknown limit ------------------------------------------------------------------
 
 
-def test_an_unknown_limit_is_found_and_shown_for_the_next_run(tmp_path: Path, serve: Serve) -> None:
-    """A custom tier (a daily limit of no published plan) in a sandbox running time 60x faster:
-    its minute is 1 s and allows 100 calls. The run starts at Pro's pace, probes up to the
-    first 429, then holds what the API accepted and says what to pass as --rate."""
+@pytest.mark.parametrize(
+    ("per_second", "time_scale", "starting_at"),
+    [
+        pytest.param(100, 60, "49/s", id="the-api-minute"),
+        pytest.param(50, 12, "9.8/s", id="a-gateway-second"),
+    ],
+)
+def test_an_unknown_limit_is_found_and_shown_for_the_next_run(
+    tmp_path: Path, serve: Serve, per_second: int, time_scale: float, starting_at: str
+) -> None:
+    """A custom tier (a daily limit of no published plan) in a sandbox running time faster,
+    whose window of one second allows `per_second` calls. Running 60x faster, that second is
+    the API's minute; running 12x faster, the minute is 5 s and the one-second window is a
+    gateway's. The run starts at Pro's pace, probes up to the first 429, tells which window
+    refused, holds what that window accepted and says what to pass as --rate."""
     pairs = [("cmp_a", new_uuid(i)) for i in range(1, 401)]
-    limits = Limits(per_window=100, window=1.0, per_day=5000, day_seconds=1440, time_scale=60)
+    limits = Limits(
+        per_window=per_second, window=1.0, per_day=5000, day_seconds=1440, time_scale=time_scale
+    )
     api = Sandbox(pairs, limits=limits)
     server = serve(api)
     src = tmp_path / "input.csv"
@@ -442,11 +455,14 @@ def test_an_unknown_limit_is_found_and_shown_for_the_next_run(tmp_path: Path, se
         cli_env(server.base_url),
     )
     assert result.returncode == 0, result.stderr
-    assert "daily limit 5,000 is no published plan: starting at pro's 49/s" in result.stderr
+    assert f"daily limit 5,000 is no published plan: starting at pro's {starting_at}" in (
+        result.stderr
+    )
     assert api.state.rate_limited >= 1, "the probe never reached the limit: the test proves nothing"
     learnt = json.loads(summary.read_text())["learnt_rate"]
+    assert learnt.endswith("/s"), "the window that refused is a second, not the API's minute"
     calls = int(learnt.removesuffix("/s"))
-    assert 0 < calls <= 100, "more than the window accepted"
+    assert 0 < calls <= per_second, "more than the window accepted"
     assert f"found the limit: the API accepted {calls} calls in 1s before its first 429" in (
         result.stderr
     )

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
 
-from bulk_unenroll import JobConfig, Outcome, RetryPolicy, Secret, Summary
+from bulk_unenroll import JobConfig, Outcome, RetryPolicy, Secret, Summary, pacing
 from bulk_unenroll.config import (
     PLANS,
     SAFETY_MARGIN,
@@ -162,12 +162,20 @@ async def test_an_unknown_limit_is_probed_fast_then_held_at_what_a_window_accept
         while len(sent) < 40:
             sent.append(await pacer.acquire())
             pacer.succeeded(sent[-1])
+        refused = await pacer.acquire()
     probed = pacer.per_second
     # 40 calls at 5/s would take 8 s: the pace held the run back, so it doubled on the way.
     assert probed is not None and probed >= 10
     assert pacer.learnt is None
 
-    pacer.rate_limited(0.0, sent[-1])
+    pacer.rate_limited(0.0, refused)
+
+    assert pacer.learnt is None, "one 429 cannot tell a per-second limit from the minute's"
+    in_the_second = sum(1 for t in sent if t > refused - 1)
+    assert pacer.per_second == pytest.approx(in_the_second * SAFETY_MARGIN), "trials' pace"
+    trial = await lone_trial(pacer)
+    assert trial >= refused + 1, "a trial before the refusing second passed tells nothing"
+    pacer.rate_limited(0.0, trial)  # the minute's count refused it: the minute is the limit
 
     assert pacer.learnt == Rate(40, window), "the calls the window accepted are the limit"
     assert pacer.per_second == pytest.approx(40 * SAFETY_MARGIN / window)
@@ -177,6 +185,91 @@ async def test_an_unknown_limit_is_probed_fast_then_held_at_what_a_window_accept
     for _ in range(CLIMB_EVERY * 5):
         pacer.succeeded()
     assert pacer.per_second == pytest.approx(40 * SAFETY_MARGIN / window), "it holds there"
+
+
+async def lone_trial(pacer: Pacer) -> float:
+    """The next slot, checked to go alone: no other call leaves before its answer."""
+    with anyio.fail_after(5):
+        trial = await pacer.acquire()
+    with anyio.move_on_after(0.3) as alone:
+        await pacer.acquire()
+    assert alone.cancelled_caught, "a second call left while a trial was out"
+    return trial
+
+
+def accepted(pacer: Pacer, *sent: float) -> None:
+    for at in sent:
+        pacer.succeeded(at)
+
+
+def unknown_limit(window: float) -> Pacer:
+    pacer = Pacer(Rate(50, window), probe_first=True)
+    pacer.learn(Rate(50, window), adaptive=True)
+    return pacer
+
+
+@pytest.mark.asyncio
+async def test_a_per_second_limit_is_told_from_the_minute_by_a_trial_it_accepts() -> None:
+    pacer = unknown_limit(60.0)
+    now = anyio.current_time()
+    # The probe's slow start (40 calls over 40 s), then 5 in the last second: the first 429.
+    accepted(pacer, *(now - 50 + i for i in range(40)), *(now - 0.9 + i * 0.2 for i in range(5)))
+    pacer.rate_limited(0.0, now)
+    assert pacer.learnt is None
+
+    trial = await lone_trial(pacer)  # the minute's 45 calls are all in its window
+    pacer.succeeded(trial)
+
+    assert pacer.learnt == Rate(5, 1.0), "a per-second limit, not 45 calls a minute"
+    assert pacer.per_second == pytest.approx(5 * SAFETY_MARGIN)
+    assert pacer.state() == ("sending", None)
+    with anyio.fail_after(2):  # no trial any more: calls follow at the pace, not one by one
+        await gather_slots(pacer, 3)
+
+
+@pytest.mark.asyncio
+async def test_a_trial_the_minute_would_also_accept_tells_nothing_so_another_follows() -> None:
+    pacer = unknown_limit(4.0)  # a sandbox's minute of 4 s
+    now = anyio.current_time()
+    accepted(
+        pacer, *(now - 3.6 + i * 0.05 for i in range(5)), *(now - 0.9 + i * 0.08 for i in range(10))
+    )
+    pacer.rate_limited(0.0, now)  # 10 in the second, 15 in the "minute"
+
+    first = await lone_trial(pacer)  # the 5 oldest have left the window: the minute allows it
+    pacer.succeeded(first)
+    assert pacer.learnt is None, "a trial both windows allow says nothing"
+    assert pacer.state() == ("telling a per-second limit from a per-minute one", None)
+    second = await lone_trial(pacer)
+    pacer.rate_limited(0.0, second)
+
+    assert pacer.learnt == Rate(15, 4.0)
+
+
+@pytest.mark.asyncio
+async def test_a_trial_without_an_answer_lets_another_call_try(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pacing, "TRIAL_PATIENCE", 0.2)
+    pacer = unknown_limit(60.0)
+    now = anyio.current_time()
+    accepted(pacer, *(now - 50 + i for i in range(40)), *(now - 0.9 + i * 0.2 for i in range(5)))
+    pacer.rate_limited(0.0, now)
+    first = await pacer.acquire()  # its answer never comes
+    with anyio.fail_after(2):
+        second = await pacer.acquire()
+    assert second >= first + 0.2
+    pacer.succeeded(second)
+    assert pacer.learnt == Rate(5, 1.0)
+
+
+@pytest.mark.asyncio
+async def test_a_429_only_the_minute_can_explain_needs_no_trial() -> None:
+    pacer = unknown_limit(60.0)
+    now = anyio.current_time()
+    accepted(pacer, *(now - 59.5 + i for i in range(60)))  # an even 1/s: 1 in the last second
+    pacer.rate_limited(0.0, now)
+    assert pacer.learnt == Rate(60, 60.0)
 
 
 @pytest.mark.asyncio
