@@ -79,6 +79,7 @@ def measure_unknown(limit: str, rows: int) -> dict[str, Any]:
                     "-q",
                     "--summary-json",
                     str(summary),
+                    "--allow-same-input",  # make bench runs each limit at once, on one input
                 ),
                 cli_env(server.base_url),
                 timeout=rows / rate.per_second * 3 + 300,

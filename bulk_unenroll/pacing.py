@@ -62,6 +62,9 @@ PROBE_GROWTH = 2.0
 SHORT_WINDOW = 1.0
 """The shorter window an unknown limit may be counted in (a gateway's per second), told from the
 API's minute by lone trial calls after the probe's first 429."""
+LONGEST_SECOND_WAIT = 2.0
+"""A 429 asking to wait longer than this (Retry-After) came from a window longer than a second:
+a per-second limit frees a slot within one. Then the minute's count is the limit, no trial."""
 TRIAL_PATIENCE = 5.0
 """Seconds the others wait for a trial call's answer before another call tries instead (that
 call may never have left, or got no answer)."""
@@ -316,7 +319,7 @@ class Pacer:
         self.pause(pause, RATE_LIMITED)
         self._slowed_at = anyio.current_time()
         if self._probing or self._refused_at is not None:
-            self._refused(sent_at)
+            self._refused(sent_at, retry_after)
             return pause
         if self._rate:
             if self._ceiling is None:
@@ -351,7 +354,7 @@ class Pacer:
         self._set(max(self._gateway_floor, self._rate * SLOW_DOWN))
         return True
 
-    def _refused(self, sent_at: float) -> None:
+    def _refused(self, sent_at: float, retry_after: float | None) -> None:
         """A 429 while the limit is unknown. The probe's first: the calls accepted in the
         second and in the minute before it are the two candidate limits; trials at the
         per-second one's pace follow. A trial's: the minute's count is the limit."""
@@ -362,7 +365,11 @@ class Pacer:
         self._probing = False
         per_second = self._accepted_in(sent_at, SHORT_WINDOW)
         per_window = self._accepted_in(sent_at, window)
-        if window <= SHORT_WINDOW or per_second * window <= per_window * SHORT_WINDOW:
+        if (
+            window <= SHORT_WINDOW
+            or (retry_after is not None and retry_after > LONGEST_SECOND_WAIT)
+            or per_second * window <= per_window * SHORT_WINDOW
+        ):
             self._hold(per_window, window)  # only the minute can have said no
             return
         self._refused_at, self._counts = sent_at, (per_second, per_window)

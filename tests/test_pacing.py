@@ -29,7 +29,7 @@ from bulk_unenroll.config import (
     is_published_plan,
 )
 from bulk_unenroll.errors import InputError
-from bulk_unenroll.pacing import CATCH_UP, CLIMB_EVERY, SLOW_DOWN, Pacer
+from bulk_unenroll.pacing import CATCH_UP, CLIMB_EVERY, LONGEST_SECOND_WAIT, SLOW_DOWN, Pacer
 from bulk_unenroll.pools import PooledTransport
 from bulk_unenroll.runner import Job
 from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
@@ -270,6 +270,18 @@ async def test_a_429_only_the_minute_can_explain_needs_no_trial() -> None:
     accepted(pacer, *(now - 59.5 + i for i in range(60)))  # an even 1/s: 1 in the last second
     pacer.rate_limited(0.0, now)
     assert pacer.learnt == Rate(60, 60.0)
+
+
+@pytest.mark.asyncio
+async def test_a_429_asking_to_wait_longer_than_a_second_needs_no_trial() -> None:
+    """A per-second window frees a slot within a second: a longer Retry-After (a fixed minute
+    waiting for its next start, say) comes from the minute, and a trial after it could land in
+    a fresh fixed minute and pass for a per-second limit."""
+    pacer = unknown_limit(60.0)
+    now = anyio.current_time()
+    accepted(pacer, *(now - 50 + i for i in range(40)), *(now - 0.9 + i * 0.2 for i in range(5)))
+    pacer.rate_limited(LONGEST_SECOND_WAIT + 1, now)
+    assert pacer.learnt == Rate(45, 60.0)
 
 
 @pytest.mark.asyncio
