@@ -264,6 +264,8 @@ def plan_lines(f: PlanFigures) -> list[str]:
         f"  invalid (never sent)       {_n(f.invalid):>10}",
     ]
     lines += [f"      row {row}: {reason}" for row, reason in f.invalid_examples]
+    if f.invalid > len(f.invalid_examples) > 0:
+        lines.append(f"      ... and {_n(f.invalid - len(f.invalid_examples))} more")
     lines += [
         f"  duplicates (sent once)     {_n(f.duplicates):>10}",
         f"  settled by an earlier run  {_n(f.settled_before):>10}",

@@ -122,6 +122,20 @@ def test_plan_estimates_time_and_quota_days(tmp_path: Path) -> None:
     assert "5 (500/day)" in pro.stderr
 
 
+def test_plan_says_how_many_invalid_rows_it_did_not_list(tmp_path: Path) -> None:
+    rows = [*_pairs(3, "cmp_a", 1), *[("cmp_a", f"bad-{i}") for i in range(7)]]
+    src = write_csv(tmp_path / "in.csv", rows)
+    planned = run_cli(["plan", str(src)], cli_env("http://127.0.0.1:9"))
+    assert planned.returncode == 0, planned.stderr
+    listed = re.findall(r"^ +row \d+: contact_id is not a UUID", planned.stderr, re.M)
+    assert len(listed) == 5
+    assert re.search(r"invalid \(never sent\)\s+7\n", planned.stderr)
+    assert "      ... and 2 more\n" in planned.stderr
+
+    few = write_csv(tmp_path / "few.csv", rows[:5])  # every invalid row listed: no "more"
+    assert "more" not in run_cli(["plan", str(few)], cli_env("http://127.0.0.1:9")).stderr
+
+
 # -- confirm on a terminal -------------------------------------------------------------------
 
 

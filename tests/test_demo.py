@@ -1,0 +1,35 @@
+"""`make demo` is what a new user runs first: it must work and show true figures."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_the_demo_unenrolls_the_sample_then_sends_nothing_again(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
+    demo = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in the order a user reads it
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = demo.stdout
+    assert demo.returncode == 0, out
+    commands = re.findall(r"^\$ bulk-unenroll (\w+)", out, re.M)
+    assert commands == ["run", "run", "report", "run"]
+    real, report, rerun = out.split("\n$ ")[2:]
+    assert re.search(r"removed\s+100\n", real) and re.search(r"calls spent\s+122 ", real)
+    assert re.search(r"selected rows\s+17 ", report)
+    assert "not sent: the campaign answered campaign_not_found for row 2" in report
+    assert re.search(r"settled by an earlier run\s+131\n", rerun)
+    assert re.search(r"calls spent\s+0\n", rerun)
+    assert "wbk_demo_key" not in out
