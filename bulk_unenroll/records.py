@@ -57,7 +57,8 @@ def escape_cell(value: str) -> str:
     keep line breaks out of cells: one record is one line, so a torn tail is always a
     partial last line. Valid ids never hold either; only echoed invalid cells and server
     messages change. `stored` is the same rule in polars."""
-    value = re.sub(LINE_BREAK, " ", value)
+    if "\r" in value or "\n" in value:  # rare: skip the regex for the other cells
+        value = re.sub(LINE_BREAK, " ", value)
     return "'" + value if value.startswith(FORMULA_START) else value
 
 

@@ -65,6 +65,13 @@ def redact(text: str, *keys: str) -> str:
     if not text:
         return text
     every = _known.union(k for k in keys if k) if keys else _known
+    return _redact(text, every)
+
+
+@functools.lru_cache(maxsize=4096)
+def _redact(text: str, every: frozenset[str]) -> str:
+    """Cached: answers repeat the same codes and messages row after row, and each row's text
+    is scrubbed twice (as parsed, as recorded); scanning for fragments costs a few us each."""
     for key in every:
         if len(key) < FRAGMENT:  # longer keys are made of fragments
             text = text.replace(key, MASK)
