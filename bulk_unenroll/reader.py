@@ -337,11 +337,17 @@ class Source:
         return self._read(lambda lazy: lazy.slice(start) if start else lazy)
 
     def row_count(self) -> int | None:
-        """The file's data rows, counted apart from the batched read (a quick pass that
-        only finds line ends); None for workbooks and JSON, which are read whole."""
-        if self._layout().kind not in ("csv", "parquet", "ndjson"):
+        """The file's data rows, counted apart from the batched read; None for workbooks and
+        JSON, which are read whole. A CSV is counted by streaming one column in batches:
+        polars' own count (`pl.len()`) maps the whole file, +570 MiB of peak memory for 10M
+        rows (740 MB), where this pass stays within what the batched read takes anyway."""
+        kind = self._layout().kind
+        if kind not in ("csv", "parquet", "ndjson"):
             return None
         try:
+            if kind == "csv":
+                one_column = self._read(lambda lazy: lazy.select(CONTACT))
+                return sum(batch.height for batch in one_column)
             return int(self._lazy().select(pl.len()).collect().item())
         except (OSError, pl.exceptions.PolarsError) as exc:
             raise self._fail(exc) from None

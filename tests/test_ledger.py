@@ -7,6 +7,7 @@ sandbox's own record of the DELETEs it received.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -316,6 +317,18 @@ def test_a_replaced_results_file_sets_old_marks_aside(tmp_path: Path, serve: Ser
     assert not any("may have removed" in r["detail"] for r in read_results(out))
 
 
+def _reading(pid: int, path: Path) -> bool:
+    """Whether the process has `path` open or mapped."""
+    with contextlib.suppress(OSError):
+        if str(path) in Path(f"/proc/{pid}/maps").read_text(errors="replace"):
+            return True
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == str(path):
+                    return True
+    return False
+
+
 def test_an_interrupt_while_planning_sends_nothing_even_when_sigint_was_ignored(
     tmp_path: Path, serve: Serve
 ) -> None:
@@ -340,9 +353,8 @@ def test_an_interrupt_while_planning_sends_nothing_even_when_sigint_was_ignored(
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
-    maps = Path(f"/proc/{proc.pid}/maps")
     deadline = time.monotonic() + 60
-    while str(inp) not in maps.read_text(errors="replace"):  # polars maps the file to read it
+    while not _reading(proc.pid, inp):  # planning has begun: interrupt it
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.005)
     while proc.poll() is None and time.monotonic() < deadline:
