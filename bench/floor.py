@@ -18,7 +18,7 @@ import time
 
 import httpx
 
-from bulk_unenroll.pools import PooledTransport
+from bulk_unenroll.api.pools import PooledTransport
 
 from .common import API_KEY, pairs
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import polars as pl
 
-from bulk_unenroll.records import HEADER
+from bulk_unenroll.results.records import HEADER
 from bulk_unenroll.sandbox import Sandbox, SandboxThread
 
 OUT = Path(__file__).resolve().parent / "out"

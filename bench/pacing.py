@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bulk_unenroll.config import Rate
+from bulk_unenroll.limits import Rate
 
 from .common import Server, cli, cli_env, pairs, report, timed_child, write_input
 

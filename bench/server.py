@@ -17,7 +17,7 @@ import signal
 import time
 from pathlib import Path
 
-from bulk_unenroll.config import Rate
+from bulk_unenroll.limits import Rate
 from bulk_unenroll.sandbox import Faults, Limits, Sandbox, serve
 
 from .common import pairs

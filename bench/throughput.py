@@ -31,8 +31,8 @@ LIBRARY_RUN = """
 import json, sys, time, anyio
 from pathlib import Path
 from bulk_unenroll import JobConfig, Secret
-from bulk_unenroll.config import UNLIMITED
-from bulk_unenroll.runner import Job
+from bulk_unenroll.limits import UNLIMITED
+from bulk_unenroll.send.runner import Job
 from bench.common import API_KEY
 
 inp, out, url, concurrency = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

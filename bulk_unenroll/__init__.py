@@ -2,11 +2,12 @@
 
 from importlib.metadata import version
 
-from .config import JobConfig, Plan, Rate, ReadOptions, RetryPolicy, Secret
+from .config import JobConfig, ReadOptions, RetryPolicy, Secret
 from .errors import AuthError, BulkUnenrollError, InputError, ResultsFileError, SetupError
+from .limits import Plan, Rate
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
-from .reader import SendPlan
-from .runner import Job, Progress, run_job, unenroll_file
+from .plan import SendPlan
+from .send.runner import Job, Progress, run_job, unenroll_file
 
 __version__ = version("bulk-unenroll")
 

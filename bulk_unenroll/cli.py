@@ -21,18 +21,10 @@ import anyio
 import click
 
 from . import __version__
-from .config import (
-    BASE_URL_ENV,
-    DEFAULT_BASE_URL,
-    KEY_ENV,
-    PLANS,
-    JobConfig,
-    Rate,
-    ReadOptions,
-    RetryPolicy,
-)
+from .config import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, JobConfig, ReadOptions, RetryPolicy
 from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group
-from .formats import spool
+from .input.formats import spool
+from .limits import PLANS, Rate
 from .models import StopReason, Summary
 from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console
 from .report import (
@@ -48,9 +40,9 @@ from .report import (
     summary_dict,
     write_json,
 )
-from .runner import Job
 from .sandbox import RESET_FORMATS, RETRY_AFTER_FORMATS, WRONG_ROUTE_ANSWERS
 from .scrub import redact_message, remember
+from .send.runner import Job
 
 DEBUG_ENV = "BULK_UNENROLL_DEBUG"
 INTERNAL_ERROR = 70

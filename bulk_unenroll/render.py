@@ -27,13 +27,13 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .config import SAFETY_MARGIN, Rate
+from .limits import SAFETY_MARGIN
 from .models import Outcome, StopReason, Summary
-from .pacing import describe_reset, pace_text
-from .records import unescape
 from .report import PlanFigures, ResultsReport
-from .runner import ENDS_WITH_AN_ERROR, WAITING_FOR_QUOTA, Progress
+from .results.records import unescape
 from .scrub import redact, redact_data
+from .send.runner import ENDS_WITH_AN_ERROR, WAITING_FOR_QUOTA, Progress
+from .text import describe_reset, duration, pace_text, per_unit, rate_text
 
 LOG_FORMATS = ("text", "json")
 PLAIN_EVERY = 30.0
@@ -57,39 +57,6 @@ EXIT_MEANINGS = {
 
 def _n(value: int) -> str:
     return f"{value:,}"
-
-
-def duration(seconds: float) -> str:
-    """`42s`, `3m07s`, `5h12m`, `3d04h`: short enough for a progress line."""
-    total = max(0, round(seconds))
-    if total < 60:
-        return f"{total}s"
-    minutes, secs = divmod(total, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
-def per_unit(per_second: float | None) -> str:
-    """`s` or `min`, whichever reads better for this rate."""
-    return "s" if per_second is not None and per_second >= 1 else "min"
-
-
-def rate_text(rate: Rate | float | None, noun: str = "", per: str | None = None) -> str:
-    """Per second or per minute (`per`, else whichever reads better): `4.9/s`, `9.8 rows/min`."""
-    if rate is None:
-        return "unknown"
-    per_second = rate.per_second if isinstance(rate, Rate) else rate
-    if math.isinf(per_second):
-        return "unlimited"
-    unit = f" {noun}/" if noun else "/"
-    if (per or per_unit(per_second)) == "s":
-        return f"{per_second:,.1f}{unit}s"
-    return f"{per_second * 60:,.1f}{unit}min"
 
 
 def _iso_now() -> str:

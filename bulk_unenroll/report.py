@@ -14,21 +14,15 @@ from typing import Any
 
 import polars as pl
 
-from . import records
-from .client import CAMPAIGN_NOT_FOUND
-from .config import PLANS, JobConfig, Plan, days_needed
+from .api.client import CAMPAIGN_NOT_FOUND
+from .config import JobConfig
 from .errors import InputError, ResultsFileError
+from .input.ids import TOKEN_RE
+from .limits import PLANS, Plan, days_needed
 from .models import NEEDS_A_LOOK, Outcome, StopReason, Summary
-from .reader import (
-    DUPLICATE,
-    INVALID,
-    NAMED_CAMPAIGNS_MAX,
-    SEND,
-    SETTLED,
-    TOKEN_RE,
-    SendPlan,
-)
-from .records import unescape
+from .plan import NAMED_CAMPAIGNS_MAX, RowAction, SendPlan
+from .results import records
+from .results.records import unescape
 from .scrub import redact, redact_data
 
 SCHEMA_VERSION = 1
@@ -134,15 +128,16 @@ def plan_figures(plan: SendPlan, summary: Summary, config: JobConfig) -> PlanFig
     earlier = summary.outcomes
     actions = plan.actions
     resend = int(
-        actions.select(((pl.col("action") == SEND) & pl.col("attempted")).sum()).item() or 0
+        actions.select(((pl.col("action") == RowAction.SEND) & pl.col("attempted")).sum()).item()
+        or 0
     )
-    to_send = plan.count(SEND)
+    to_send = plan.count(RowAction.SEND)
     return PlanFigures(
         input=config.input,
         rows=plan.total_rows,
-        invalid=plan.count(INVALID) + earlier[Outcome.INVALID],
-        duplicates=plan.count(DUPLICATE) + earlier[Outcome.DUPLICATE],
-        settled_before=plan.count(SETTLED),
+        invalid=plan.count(RowAction.INVALID) + earlier[Outcome.INVALID],
+        duplicates=plan.count(RowAction.DUPLICATE) + earlier[Outcome.DUPLICATE],
+        settled_before=plan.count(RowAction.SETTLED),
         to_send=to_send,
         resend=resend,
         campaigns=max(plan.campaigns, len(plan.campaign_counts)),

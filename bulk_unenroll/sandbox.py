@@ -27,8 +27,9 @@ from urllib.parse import unquote
 import anyio
 import polars as pl
 
-from .config import Rate, ReadOptions
+from .config import ReadOptions
 from .errors import InputError
+from .limits import Rate
 
 DAY = 86_400.0
 TIME_SCALE_HEADER = "X-Sandbox-Time-Scale"
@@ -188,7 +189,7 @@ class Sandbox:
             self._day = (self._day[0], self._day[1] + 1)
         return None
 
-    def handle(
+    def handle(  # noqa: C901, PLR0912
         self, method: str, path: str, headers: dict[str, str]
     ) -> tuple[str, int, dict[str, str], bytes]:
         """Decide the answer: (what to do, status, headers, body)."""
@@ -314,7 +315,7 @@ REASONS = {
 }
 
 
-async def _serve_connection(
+async def _serve_connection(  # noqa: C901
     api: Sandbox, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     try:
@@ -473,7 +474,8 @@ def build_from_options(read: ReadOptions, **kw: Any) -> Sandbox:
     rnd = random.Random(kw["seed"])
     pairs: list[Pair] = []
     if kw["enroll_from"] is not None:
-        from .reader import Source, normalise
+        from .input.ids import normalise
+        from .input.source import Source
 
         for raw in Source(kw["enroll_from"], read).batches():
             valid = normalise(raw).filter(pl.col("reason").is_null())

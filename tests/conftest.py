@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bulk_unenroll.claims import DIR_ENV
 from bulk_unenroll.sandbox import Sandbox, SandboxThread
+from bulk_unenroll.send.claims import DIR_ENV
 
 API_KEY = "wbk_test_key_8d7f6e5a4b3c"
 CLI_TIMEOUT = 120

@@ -22,15 +22,14 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import BURST, Serve
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bulk_unenroll import AuthError, JobConfig, Secret, SetupError, unenroll_file
-from bulk_unenroll.pacing import RESET_HORIZON, Quota, reset_time, retry_after
-from bulk_unenroll.sandbox import RESET_FORMATS, Faults, Limits, Pair, Sandbox, SandboxThread
+from bulk_unenroll.api.pacing import RESET_HORIZON, Quota, reset_time, retry_after
+from bulk_unenroll.sandbox import RESET_FORMATS, Faults, Limits, Pair, Sandbox
 
-Serve = Callable[[Sandbox], SandboxThread]
-FAST = ["--rate", "1000/s", "--concurrency", "8", "--yes"]
 REMOVED_BODY = b'{"data": {"removed": true, "campaign_id": "c", "contact_id": "k"}}'
 
 
@@ -108,7 +107,7 @@ def test_a_wrong_base_url_exits_3_and_leaves_every_row_to_do(
     api = Sandbox(rows, wrong_route=wrong_route)
     server = serve(api)
     src, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "results.csv"
-    args = ["run", str(src), "--out", str(out), *FAST]
+    args = ["run", str(src), "--out", str(out), *BURST]
     wrong = server.base_url.removesuffix("/api-gateway") + "/api-gatewy"
 
     done = run_cli(args, cli_env(wrong), timeout=60)
@@ -198,7 +197,7 @@ def test_only_unclear_404s_and_nothing_else_is_a_setup_error(tmp_path: Path, ser
     server = serve(api)
     src, out = write_csv(tmp_path / "in.csv", gone), tmp_path / "results.csv"
 
-    done = run_cli(["run", str(src), "--out", str(out), *FAST], cli_env(server.base_url))
+    done = run_cli(["run", str(src), "--out", str(out), *BURST], cli_env(server.base_url))
 
     assert done.returncode == 3, said(done)
     assert "--base-url" in done.stderr and "cmp_gone" in done.stderr
@@ -227,7 +226,7 @@ def test_a_2xx_without_the_documented_body_is_removed_once(
     server = serve(api)
     src, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "results.csv"
 
-    done = run_cli(["run", str(src), "--out", str(out), *FAST], cli_env(server.base_url))
+    done = run_cli(["run", str(src), "--out", str(out), *BURST], cli_env(server.base_url))
 
     assert done.returncode == 0, said(done)
     records = read_results(out)
@@ -241,7 +240,7 @@ def test_a_server_answering_204_gets_each_pair_once(tmp_path: Path, tiny: Callab
     rows = pairs("cmp_a", 3)
     src, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "results.csv"
 
-    done = run_cli(["run", str(src), "--out", str(out), *FAST], cli_env(server.base_url))
+    done = run_cli(["run", str(src), "--out", str(out), *BURST], cli_env(server.base_url))
 
     assert done.returncode == 0, said(done)
     assert len(server.arrivals) == 3
@@ -331,7 +330,7 @@ def test_wait_for_quota_sleeps_through_resets_in_any_format(
     src, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "results.csv"
 
     done = run_cli(
-        ["run", str(src), "--out", str(out), *FAST, "--wait-for-quota"], cli_env(server.base_url)
+        ["run", str(src), "--out", str(out), *BURST, "--wait-for-quota"], cli_env(server.base_url)
     )
 
     assert done.returncode == 0, said(done)
@@ -411,7 +410,7 @@ def test_a_server_that_only_answers_429_stops_the_run_with_75(
     src, out = write_csv(tmp_path / "in.csv", pairs("cmp_a", 5)), tmp_path / "results.csv"
     summary = tmp_path / "summary.json"
 
-    args = ["run", str(src), "--out", str(out), *FAST, "--max-429-wait", "3"]
+    args = ["run", str(src), "--out", str(out), *BURST, "--max-429-wait", "3"]
 
     done = run_cli([*args, "--summary-json", str(summary)], cli_env(server.base_url), timeout=60)
 

@@ -8,24 +8,21 @@ with a message that says what to do and sends nothing; a row-level problem makes
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import QUICK_YES, Serve
 
-from bulk_unenroll.sandbox import Sandbox, SandboxThread
+from bulk_unenroll.sandbox import Sandbox
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 ANSWERS: dict[str, dict[str, Any]] = tomllib.loads((CORPUS / "answers.toml").read_text())
 REFUSED = sorted(name for name, answer in ANSWERS.items() if "refused" in answer)
 READ = sorted(name for name, answer in ANSWERS.items() if "sent" in answer)
-FAST = ["--rate", "500/s", "--yes"]
 DRY_ENV = cli_env("http://127.0.0.1:9/api-gateway")
-
-Serve = Callable[[Sandbox], SandboxThread]
 
 
 def test_every_corpus_file_has_an_answer() -> None:
@@ -54,7 +51,7 @@ def test_a_broken_file_is_refused_before_anything_is_sent(
             run_cli, ["run", src, "--out", str(tmp_path / "dry.csv"), "--dry-run"], DRY_ENV
         )
         real = pool.submit(
-            run_cli, ["run", src, "--out", str(out), *FAST], cli_env(server.base_url)
+            run_cli, ["run", src, "--out", str(out), *QUICK_YES], cli_env(server.base_url)
         )
     assert_refused(dry.result(), says)
     assert_refused(real.result(), says)
@@ -74,7 +71,7 @@ def test_an_odd_file_is_read_and_its_bad_rows_explained(
     out = tmp_path / "results.csv"
 
     result = run_cli(
-        ["run", str(CORPUS / name), "--out", str(out), *FAST], cli_env(server.base_url)
+        ["run", str(CORPUS / name), "--out", str(out), *QUICK_YES], cli_env(server.base_url)
     )
 
     assert "Traceback" not in result.stderr
@@ -102,7 +99,7 @@ def test_a_bad_campaign_option_is_a_usage_error_not_a_row_per_contact(
     server = serve(api)
     out = tmp_path / "results.csv"
     result = run_cli(
-        ["run", str(src), "--out", str(out), "--campaign", "cmp spring", *FAST],
+        ["run", str(src), "--out", str(out), "--campaign", "cmp spring", *QUICK_YES],
         cli_env(server.base_url),
     )
     assert_refused(result, "--campaign 'cmp spring' is not a campaign id")
@@ -138,7 +135,7 @@ def test_a_10_mb_cell_is_one_invalid_row_and_does_not_bloat_the_results(
     server = serve(api)
     out = tmp_path / "results.csv"
 
-    result = run_cli(["run", str(src), "--out", str(out), *FAST], cli_env(server.base_url))
+    result = run_cli(["run", str(src), "--out", str(out), *QUICK_YES], cli_env(server.base_url))
 
     assert result.returncode == 1, result.stderr
     first, second = read_results(out)

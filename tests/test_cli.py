@@ -18,17 +18,15 @@ import sys
 import termios
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import QUICK, Serve
 
-from bulk_unenroll.render import duration
-from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
-
-Serve = Callable[[Sandbox], SandboxThread]
-FAST = ["--rate", "200/s"]
+from bulk_unenroll.sandbox import Limits, Sandbox
+from bulk_unenroll.text import duration
 
 
 def _pairs(n: int, campaign: str, start: int) -> list[tuple[str, str]]:
@@ -69,7 +67,9 @@ def test_plan_and_summary_json_agree_with_the_run(tmp_path: Path, serve: Serve) 
     assert dry.returncode == 0 and not out.exists()
     assert dry.stderr == planned.stderr  # `plan` is `run --dry-run`
 
-    ran = run_cli(["run", str(src), "--out", str(out), *FAST, "--summary-json", str(run_json)], env)
+    ran = run_cli(
+        ["run", str(src), "--out", str(out), *QUICK, "--summary-json", str(run_json)], env
+    )
     assert ran.returncode == 1, ran.stderr
     assert "[y/N]" not in ran.stderr  # no terminal, no prompt
 
@@ -197,7 +197,7 @@ def test_a_terminal_run_asks_first_and_no_sends_nothing(tmp_path: Path, serve: S
     src, api = mixed_input(tmp_path)
     server = serve(api)
     out = tmp_path / "results.csv"
-    with terminal(["run", str(src), "--out", str(out), *FAST], cli_env(server.base_url)) as term:
+    with terminal(["run", str(src), "--out", str(out), *QUICK], cli_env(server.base_url)) as term:
         term.read_until(b"remove up to 39 enrollments from 3 campaigns? [y/N]")
         assert api.state.calls == 0
         term.type("n\n")
@@ -268,7 +268,7 @@ def test_quiet_prints_only_the_summary(tmp_path: Path, serve: Serve) -> None:
     rows = _pairs(10, "cmp_a", 1)
     server = serve(Sandbox(rows))
     src = write_csv(tmp_path / "in.csv", rows)
-    args = ["run", str(src), "--out", str(tmp_path / "r.csv"), *FAST, "--quiet"]
+    args = ["run", str(src), "--out", str(tmp_path / "r.csv"), *QUICK, "--quiet"]
     result = run_cli([*args, "--progress-interval", "0.5"], cli_env(server.base_url))
     assert result.returncode == 0
     assert result.stderr == ""
@@ -284,7 +284,7 @@ def test_max_removals_stops_cleanly_and_a_rerun_continues(tmp_path: Path, serve:
     server = serve(api)
     src = write_csv(tmp_path / "in.csv", rows)
     out, summary_file = tmp_path / "r.csv", tmp_path / "s.json"
-    args = ["run", str(src), "--out", str(out), *FAST, "--summary-json", str(summary_file)]
+    args = ["run", str(src), "--out", str(out), *QUICK, "--summary-json", str(summary_file)]
     first = run_cli([*args, "--max-removals", "7"], cli_env(server.base_url))
     assert first.returncode == 75, first.stderr
     summary = json.loads(summary_file.read_text())
@@ -302,7 +302,7 @@ def test_quota_stop_says_when_it_resets(tmp_path: Path, serve: Serve) -> None:
     server = serve(Sandbox(rows, limits=Limits(per_day=5)))
     src = write_csv(tmp_path / "in.csv", rows)
     summary_file = tmp_path / "s.json"
-    args = ["run", str(src), "--out", str(tmp_path / "r.csv"), *FAST]
+    args = ["run", str(src), "--out", str(tmp_path / "r.csv"), *QUICK]
     result = run_cli([*args, "--summary-json", str(summary_file)], cli_env(server.base_url))
     assert result.returncode == 75, result.stderr
     summary = json.loads(summary_file.read_text())
@@ -332,7 +332,7 @@ def test_usage_errors_exit_2_in_one_line(
 def test_a_foreign_results_file_exits_74(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "in.csv", _pairs(3, "cmp_a", 1))
     out = write_csv(tmp_path / "r.csv", [("1", "2")], header=("a", "b"))
-    result = run_cli(["run", str(src), "--out", str(out), *FAST], cli_env("http://127.0.0.1:9"))
+    result = run_cli(["run", str(src), "--out", str(out), *QUICK], cli_env("http://127.0.0.1:9"))
     assert result.returncode == 74
     assert "not a bulk_unenroll results file" in result.stderr
 
@@ -342,7 +342,7 @@ def test_a_rejected_key_exits_3_and_never_shows_the_key(tmp_path: Path, serve: S
     server = serve(Sandbox(rows, api_key="wbk_the_right_one"))
     src = write_csv(tmp_path / "in.csv", rows)
     summary_file = tmp_path / "s.json"
-    args = ["run", str(src), "--out", str(tmp_path / "r.csv"), *FAST]
+    args = ["run", str(src), "--out", str(tmp_path / "r.csv"), *QUICK]
     result = run_cli([*args, "--summary-json", str(summary_file)], cli_env(server.base_url))
     assert result.returncode == 3
     assert "key was rejected" in result.stderr
@@ -354,7 +354,7 @@ def test_a_rejected_key_exits_3_and_never_shows_the_key(tmp_path: Path, serve: S
 
 BOOM = f"""
 import sys
-from bulk_unenroll import runner
+from bulk_unenroll.send import runner
 from bulk_unenroll.cli import main
 
 async def boom(self, *, dry_run=False):
@@ -411,7 +411,7 @@ def test_a_rehearsal_against_the_sandbox_command(tmp_path: Path) -> None:
             time.sleep(0.05)
         url = ready.read_text().strip()
         out = tmp_path / "r.csv"
-        result = run_cli(["run", str(src), "--out", str(out), *FAST], cli_env(url))
+        result = run_cli(["run", str(src), "--out", str(out), *QUICK], cli_env(url))
     finally:
         sandbox.terminate()
         banner, _ = sandbox.communicate(timeout=10)

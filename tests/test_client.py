@@ -6,7 +6,7 @@ import anyio
 import httpx
 import pytest
 
-from bulk_unenroll.client import (
+from bulk_unenroll.api.client import (
     CAMPAIGN_NOT_FOUND,
     QUICK_ANSWER,
     Action,

@@ -11,10 +11,10 @@ import random
 import signal
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import Serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from truth import (
@@ -29,10 +29,9 @@ from truth import (
     wait_until,
 )
 
-from bulk_unenroll.journal import read_history
+from bulk_unenroll.results.journal import read_history
 from bulk_unenroll.sandbox import Faults, Pair, Sandbox, SandboxThread
 
-Serve = Callable[[Sandbox], SandboxThread]
 CONCURRENCY = 8
 
 

@@ -9,20 +9,18 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 from conftest import API_KEY, CLI_TIMEOUT, cli_env, new_uuid, read_results, run_cli
+from helpers import QUICK_YES, Serve
 
+from bulk_unenroll.api.pacing import time_scale
 from bulk_unenroll.config import ReadOptions
-from bulk_unenroll.pacing import time_scale
 from bulk_unenroll.sandbox import Faults, Limits, Sandbox, SandboxThread, build_from_options
 
-Serve = Callable[[Sandbox], SandboxThread]
-FAST = ["--rate", "200/s", "--yes"]
 NO_API = cli_env("http://127.0.0.1:9/api-gateway")
 U1, U2, U3 = new_uuid(1), new_uuid(2), new_uuid(3)
 
@@ -53,7 +51,7 @@ def test_a_notes_sheet_in_front_is_passed_over_for_the_one_with_ids(
     api = Sandbox([("cmp_a", U1), ("cmp_a", U2)])
     server = serve(api)
     out = tmp_path / "results.csv"
-    result = run_cli(["run", str(book), "--out", str(out), *FAST], cli_env(server.base_url))
+    result = run_cli(["run", str(book), "--out", str(out), *QUICK_YES], cli_env(server.base_url))
     assert result.returncode == 0, result.stderr
     assert "reading sheet 'To remove': the first sheet, 'Read me', has no id columns" in (
         result.stderr
@@ -112,7 +110,7 @@ def test_rows_piped_on_stdin_are_sent_and_a_rerun_resumes_by_pair(
     out = tmp_path / "results.csv"
     summary = tmp_path / "summary.json"
     text = "campaign_id,contact_id\n" + "".join(f"{c},{u}\n" for c, u in pairs)
-    args = ["run", "-", "--out", str(out), "--summary-json", str(summary), *FAST]
+    args = ["run", "-", "--out", str(out), "--summary-json", str(summary), *QUICK_YES]
 
     first = pipe_cli(args, text, env)
     assert first.returncode == 75, first.stderr  # the quota stop: 4 of 6 sent
@@ -175,7 +173,7 @@ def results_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     out = tmp_path / "results.csv"
     with SandboxThread(Sandbox(enrolled)) as server:
-        result = run_cli(["run", str(src), "--out", str(out), *FAST], cli_env(server.base_url))
+        result = run_cli(["run", str(src), "--out", str(out), *QUICK_YES], cli_env(server.base_url))
     assert result.returncode == 1, result.stderr
     return out
 
@@ -239,7 +237,7 @@ def test_export_to_stdout_leaves_out_dead_campaigns_and_says_so(
     server = serve(api)
     out = tmp_path / "fix-results.csv"
     rerun = pipe_cli(
-        ["run", "-", "--out", str(out), *FAST], chosen.stdout, cli_env(server.base_url)
+        ["run", "-", "--out", str(out), *QUICK_YES], chosen.stdout, cli_env(server.base_url)
     )
     assert rerun.returncode == 0, rerun.stderr
     assert not api.state.enrolled
@@ -338,7 +336,7 @@ def test_an_audit_log_that_cannot_be_opened_stops_before_sending(
     src.write_text(f"campaign_id,contact_id\ncmp_a,{U1}\n", encoding="utf-8")
     audit = tmp_path / "no-such-folder" / "audit.jsonl"
     result = run_cli(
-        ["run", str(src), "--out", str(tmp_path / "r.csv"), "--audit-log", str(audit), *FAST],
+        ["run", str(src), "--out", str(tmp_path / "r.csv"), "--audit-log", str(audit), *QUICK_YES],
         cli_env(server.base_url),
     )
     assert result.returncode == 74, result.stderr

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import pytest
 from conftest import API_KEY, new_uuid, write_csv
+from helpers import Serve
 
 from bulk_unenroll import (
     Job,
@@ -26,10 +27,9 @@ from bulk_unenroll import (
 )
 from bulk_unenroll.cli import main
 from bulk_unenroll.report import summary_dict
-from bulk_unenroll.sandbox import Sandbox, SandboxThread
+from bulk_unenroll.sandbox import Sandbox
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-Serve = Callable[[Sandbox], SandboxThread]
 
 
 def _mentions(text: str, word: str) -> bool:

@@ -6,19 +6,16 @@ End to end over loopback: the sandbox injects the faults, the CLI runs as a subp
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import BURST, Serve
 from truth import LOST, check_truth, lost_in_summary, mixed_file
 
 from bulk_unenroll import JobConfig, Outcome, RetryPolicy, Secret, unenroll_file
-from bulk_unenroll.config import Rate
-from bulk_unenroll.sandbox import Faults, Sandbox, SandboxThread
-
-Serve = Callable[[Sandbox], SandboxThread]
-FAST = ["--rate", "1000/s", "--concurrency", "8", "--yes"]
+from bulk_unenroll.limits import Rate
+from bulk_unenroll.sandbox import Faults, Sandbox
 
 
 def test_clean_api_mixed_file_each_pair_sent_once(tmp_path: Path, serve: Serve) -> None:
@@ -27,7 +24,7 @@ def test_clean_api_mixed_file_each_pair_sent_once(tmp_path: Path, serve: Serve) 
     server = serve(api)
     out = tmp_path / "results.csv"
 
-    done = run_cli(["run", str(mixed.path), "--out", str(out), *FAST], cli_env(server.base_url))
+    done = run_cli(["run", str(mixed.path), "--out", str(out), *BURST], cli_env(server.base_url))
 
     assert done.returncode == 1, done.stderr  # finished; unknown campaigns and malformed rows
 
@@ -96,7 +93,7 @@ def test_api_that_always_hangs_trips_the_breaker(tmp_path: Path, serve: Serve) -
     inp, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "results.csv"
 
     done = run_cli(
-        ["run", str(inp), "--out", str(out), *FAST, "--timeout", "0.3", "--max-retries", "10"],
+        ["run", str(inp), "--out", str(out), *BURST, "--timeout", "0.3", "--max-retries", "10"],
         cli_env(server.base_url),
         timeout=60,
     )
@@ -163,7 +160,7 @@ def test_rejected_key_stops_at_once_with_exit_3(tmp_path: Path, serve: Serve) ->
     inp, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "results.csv"
 
     done = run_cli(
-        ["run", str(inp), "--out", str(out), *FAST], cli_env(serve(api).base_url), timeout=60
+        ["run", str(inp), "--out", str(out), *BURST], cli_env(serve(api).base_url), timeout=60
     )
 
     assert done.returncode == 3, done.stdout + done.stderr

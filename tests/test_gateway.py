@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, run_cli
+from helpers import Serve
 from truth import ENROLLED, LOST, check_truth, mixed_file, norm, read_whole_lines
 
-from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
+from bulk_unenroll.sandbox import Limits
 
 pytestmark = pytest.mark.gateway
 
-Serve = Callable[[Sandbox], SandboxThread]
 NGINX_CONF = """
 worker_processes 1;
 {user}

@@ -6,13 +6,14 @@ import resource
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import Serve
 from truth import check_truth, mixed_file, read_whole_lines
 
 from bulk_unenroll import (
@@ -24,11 +25,10 @@ from bulk_unenroll import (
     Secret,
     unenroll_file,
 )
-from bulk_unenroll.journal import Journal
-from bulk_unenroll.records import HEADER
-from bulk_unenroll.sandbox import Sandbox, SandboxThread
+from bulk_unenroll.results.journal import Journal
+from bulk_unenroll.results.records import HEADER
+from bulk_unenroll.sandbox import Sandbox
 
-Serve = Callable[[Sandbox], SandboxThread]
 FULL_AFTER = 20_000
 """Bytes a run may write per file before its "disk" is full (about 130 records)."""
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from conftest import cli_env, new_uuid, run_cli, write_csv
 
-from bulk_unenroll.client import delete
+from bulk_unenroll.api.client import delete
 from bulk_unenroll.models import Enrollment
-from bulk_unenroll.records import COLUMNS
+from bulk_unenroll.results.records import COLUMNS
 from bulk_unenroll.scrub import FRAGMENT, redact
 
 KEY = "wbk_live_" + "".join(random.Random(12).choices(string.ascii_letters + string.digits, k=32))

@@ -15,18 +15,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import Serve
 from truth import spawn_cli, wait_until
 
-from bulk_unenroll.journal import Journal
-from bulk_unenroll.records import HEADER
-from bulk_unenroll.sandbox import Faults, Sandbox, SandboxThread
+from bulk_unenroll.results.journal import Journal
+from bulk_unenroll.results.records import HEADER
+from bulk_unenroll.sandbox import Faults, Sandbox
 
-Serve = Callable[[Sandbox], SandboxThread]
 CONTACTS = [new_uuid(1000 + i) for i in range(30)]
 DEFINITE = ("removed", "not_enrolled", "rejected")
 
@@ -371,8 +370,8 @@ def test_an_interrupt_while_planning_sends_nothing_even_when_sigint_was_ignored(
 KILLED_WHILE_TIDYING = """
 import os, signal, sys
 from pathlib import Path
-from bulk_unenroll import records
-from bulk_unenroll.journal import Journal
+from bulk_unenroll.results import records
+from bulk_unenroll.results.journal import Journal
 
 def half_then_die(path, form, dst, skip=(), expected=None):
     dst.write(records.HEADER + "1,cmp_a,half")

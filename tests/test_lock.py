@@ -6,18 +6,16 @@ import json
 import os
 import signal
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import cli_env, run_cli
+from helpers import Serve
 from truth import check_truth, mixed_file, spawn_cli, wait_until
 
 from bulk_unenroll import ResultsFileError
-from bulk_unenroll.journal import Journal
-from bulk_unenroll.sandbox import Faults, Sandbox, SandboxThread
-
-Serve = Callable[[Sandbox], SandboxThread]
+from bulk_unenroll.results.journal import Journal
+from bulk_unenroll.sandbox import Faults
 
 
 def test_second_journal_on_the_same_file_is_refused(tmp_path: Path) -> None:

@@ -9,18 +9,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import cli_env, new_uuid, run_cli, write_csv
+from helpers import Serve
 from test_cli import terminal
 
 from bulk_unenroll.render import EXIT_MEANINGS, Snapshot
-from bulk_unenroll.sandbox import Sandbox, SandboxThread
+from bulk_unenroll.sandbox import Sandbox
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-Serve = Callable[[Sandbox], SandboxThread]
 NO_SERVER = cli_env("http://127.0.0.1:9/api-gateway")
 
 

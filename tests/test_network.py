@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 import pytest
 import trustme
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import Serve
 
 from bulk_unenroll.sandbox import Sandbox, SandboxThread
 
-Serve = Callable[[Sandbox], SandboxThread]
 Address = tuple[str, int]
 FAST = ["--rate", "1000/s", "--concurrency", "4", "--yes"]
 FAKE_HOST = "api.leadlex.test"

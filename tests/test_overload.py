@@ -22,9 +22,9 @@ import anyio
 import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 
-from bulk_unenroll.config import SAFETY_MARGIN, Rate
-from bulk_unenroll.pacing import SLOW_DOWN, Pacer
-from bulk_unenroll.runner import OVERLOADS_PER_ROW
+from bulk_unenroll.api.pacing import SLOW_DOWN, Pacer
+from bulk_unenroll.limits import SAFETY_MARGIN, Rate
+from bulk_unenroll.send.runner import OVERLOADS_PER_ROW
 
 CAMPAIGN = "cmp_gw"
 LOST = "an earlier attempt may have removed it"

@@ -10,31 +10,31 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import Serve
 
-from bulk_unenroll import JobConfig, Outcome, RetryPolicy, Secret, Summary, pacing
-from bulk_unenroll.config import (
+from bulk_unenroll import JobConfig, Outcome, RetryPolicy, Secret, Summary
+from bulk_unenroll.api import pacing
+from bulk_unenroll.api.pacing import CATCH_UP, CLIMB_EVERY, LONGEST_SECOND_WAIT, SLOW_DOWN, Pacer
+from bulk_unenroll.api.pools import PooledTransport
+from bulk_unenroll.config import UNLIMITED_WORKERS
+from bulk_unenroll.errors import InputError
+from bulk_unenroll.limits import (
     PLANS,
     SAFETY_MARGIN,
     UNLIMITED,
-    UNLIMITED_WORKERS,
     Rate,
     days_needed,
     is_published_plan,
 )
-from bulk_unenroll.errors import InputError
-from bulk_unenroll.pacing import CATCH_UP, CLIMB_EVERY, LONGEST_SECOND_WAIT, SLOW_DOWN, Pacer
-from bulk_unenroll.pools import PooledTransport
-from bulk_unenroll.runner import Job
-from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
+from bulk_unenroll.sandbox import Limits, Sandbox
+from bulk_unenroll.send.runner import Job
 
-Serve = Callable[[Sandbox], SandboxThread]
 EPS = 1e-6
 CAMPAIGN = "cmp_pacing"
 

@@ -7,21 +7,20 @@ The sandbox's quota days last a few seconds here, so several "days" pass within 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import QUICK_YES, Serve
 
 from bulk_unenroll import JobConfig, Rate, Secret, StopReason
-from bulk_unenroll.pacing import Quota, describe_reset, span
-from bulk_unenroll.runner import Job
-from bulk_unenroll.sandbox import Limits, Pair, Sandbox, SandboxThread
+from bulk_unenroll.api.pacing import Quota
+from bulk_unenroll.sandbox import Limits, Pair, Sandbox
+from bulk_unenroll.send.runner import Job
+from bulk_unenroll.text import describe_reset, duration
 
-Serve = Callable[[Sandbox], SandboxThread]
-FAST = ["--rate", "200/s", "--yes"]
 DAY = 3.0
 
 
@@ -52,7 +51,7 @@ def test_quota_of_a_third_stops_with_75_and_reruns_finish_with_nothing_lost(
     api = Sandbox(enrolled, limits=Limits(per_day=len(rows) // 3, day_seconds=DAY))
     server = serve(api)
     inp, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "out.csv"
-    args = ["run", str(inp), "--out", str(out), *FAST]
+    args = ["run", str(inp), "--out", str(out), *QUICK_YES]
 
     first = run_cli(args, cli_env(server.base_url))
 
@@ -89,7 +88,8 @@ def test_wait_for_quota_sleeps_until_the_reset_and_finishes_in_one_run(
     inp, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "out.csv"
 
     done = run_cli(
-        ["run", str(inp), "--out", str(out), *FAST, "--wait-for-quota"], cli_env(server.base_url)
+        ["run", str(inp), "--out", str(out), *QUICK_YES, "--wait-for-quota"],
+        cli_env(server.base_url),
     )
 
     assert done.returncode == 1, done.stdout + done.stderr
@@ -105,7 +105,8 @@ def test_reserve_leaves_calls_for_other_integrations(tmp_path: Path, serve: Serv
     inp, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "out.csv"
 
     done = run_cli(
-        ["run", str(inp), "--out", str(out), *FAST, "--reserve", "20"], cli_env(server.base_url)
+        ["run", str(inp), "--out", str(out), *QUICK_YES, "--reserve", "20"],
+        cli_env(server.base_url),
     )
 
     assert done.returncode == 75, done.stdout + done.stderr
@@ -185,4 +186,8 @@ def test_reset_is_told_in_utc_local_time_and_as_a_countdown() -> None:
     text = describe_reset(now + timedelta(hours=5, minutes=12), now)
     assert text.startswith("2026-12-01 00:00:00 UTC (")
     assert "local" in text and text.endswith("in 5h12m")
-    assert span(42) == "42s" and span(185) == "3m05s" and span(3600) == "1h00m"
+    assert (
+        duration(42, up=True) == "42s"
+        and duration(185, up=True) == "3m05s"
+        and duration(3600, up=True) == "1h00m"
+    )

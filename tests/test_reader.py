@@ -7,35 +7,25 @@ import datetime
 import gzip
 import random
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import Serve
 
-from bulk_unenroll import reader
+from bulk_unenroll import plan as plan_module
 from bulk_unenroll.config import ReadOptions
 from bulk_unenroll.errors import InputError
+from bulk_unenroll.input.ids import normalise
+from bulk_unenroll.input.source import Source
+from bulk_unenroll.keys import OUTCOME_CODE, pair_key
 from bulk_unenroll.models import Outcome
-from bulk_unenroll.reader import (
-    DUPLICATE,
-    INVALID,
-    OUTCOME_CODE,
-    RECORDED,
-    SEND,
-    SETTLED,
-    History,
-    Source,
-    build_plan,
-    normalise,
-    pair_key,
-    work_batches,
-)
-from bulk_unenroll.sandbox import Sandbox, SandboxThread
+from bulk_unenroll.plan import RowAction, build_plan, work_batches
+from bulk_unenroll.results.history import History
+from bulk_unenroll.sandbox import Sandbox
 
 U1, U2, U3 = new_uuid(1), new_uuid(2), new_uuid(3)
-Serve = Callable[[Sandbox], SandboxThread]
 
 
 def pairs(path: Path, **options: str) -> list[tuple[str, str]]:
@@ -334,7 +324,11 @@ def test_a_million_duplicate_rows_plan_one_send(tmp_path: Path) -> None:
     path.write_text("campaign_id,contact_id\n" + f"cmp_a,{U1}\n" * 1_000_000, encoding="utf-8")
     source = Source(path)
     plan = build_plan(source, History())
-    assert (plan.total_rows, plan.count(SEND), plan.count(DUPLICATE)) == (1_000_000, 1, 999_999)
+    assert (plan.total_rows, plan.count(RowAction.SEND), plan.count(RowAction.DUPLICATE)) == (
+        1_000_000,
+        1,
+        999_999,
+    )
     assert plan.campaign_counts == {"cmp_a": 1} and plan.campaigns == 1
     sent = [e for batch, _ in work_batches(source, plan) for e in batch]
     assert [(e.row, e.contact_id) for e in sent] == [(1, U1)]
@@ -382,18 +376,24 @@ def test_history_settles_pairs_and_rows_and_remembers_lost_requests(tmp_path: Pa
     )
     source = Source(path)
     plan = build_plan(source, earlier)
-    assert plan.actions["action"].to_list() == [SETTLED, SEND, RECORDED, SEND, RECORDED]
+    assert plan.actions["action"].to_list() == [
+        RowAction.SETTLED,
+        RowAction.SEND,
+        RowAction.RECORDED,
+        RowAction.SEND,
+        RowAction.RECORDED,
+    ]
     assert plan.settled_before() == {Outcome.REMOVED: 1, Outcome.INVALID: 1, Outcome.DUPLICATE: 1}
     sent = [e for batch, _ in work_batches(source, plan) for e in batch]
     assert [(e.row, e.attempted_before) for e in sent] == [(2, False), (4, True)]
-    assert plan.count(INVALID) == 0
+    assert plan.count(RowAction.INVALID) == 0
 
 
 def test_the_plan_matches_a_plain_reading_of_the_rules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Random duplicates and history, sorted keys worked through in tiny slices."""
-    monkeypatch.setattr(reader, "SORT_SLICE", 13)
+    monkeypatch.setattr(plan_module, "SORT_SLICE", 13)
     rnd = random.Random(11)
     contacts = [new_uuid(i) for i in range(1, 300)]
     rows = [(rnd.choice(["cmp_a", "cmp_b", "bad id"]), rnd.choice(contacts)) for _ in range(2000)]
@@ -409,17 +409,21 @@ def test_the_plan_matches_a_plain_reading_of_the_rules(
     expected = []
     for pair in rows:
         if pair[0] == "bad id":
-            expected.append((INVALID, False))
+            expected.append((RowAction.INVALID, False))
         elif pair in seen:
-            expected.append((DUPLICATE, False))
+            expected.append((RowAction.DUPLICATE, False))
         else:
             seen.add(pair)
-            expected.append((SETTLED if pair in settled else SEND, pair in unanswered))
+            expected.append(
+                (RowAction.SETTLED if pair in settled else RowAction.SEND, pair in unanswered)
+            )
     got = list(
         zip(plan.actions["action"].to_list(), plan.actions["attempted"].to_list(), strict=True)
     )
     assert [a for a, _ in got] == [a for a, _ in expected]
-    assert [t for (a, t) in got if a == SEND] == [t for (a, t) in expected if a == SEND]
+    assert [t for (a, t) in got if a == RowAction.SEND] == [
+        t for (a, t) in expected if a == RowAction.SEND
+    ]
 
 
 def test_a_resume_skips_to_the_first_row_with_work_past_multiline_records(
@@ -432,7 +436,7 @@ def test_a_resume_skips_to_the_first_row_with_work_past_multiline_records(
     done = history([(c, k, Outcome.REMOVED) for c, k, _ in rows[:2900]], rows=[], sent=[])
     source = Source(path)
     plan = build_plan(source, done)
-    assert plan.count(SETTLED) == 2900
+    assert plan.count(RowAction.SETTLED) == 2900
     sent = [(e.row, e.contact_id) for batch, _ in work_batches(source, plan) for e in batch]
     assert sent == [(i, new_uuid(i)) for i in range(2901, 3001)]
 
@@ -485,8 +489,8 @@ def test_formula_looking_cells_are_escaped_and_ids_read_back_exactly(
 
 def test_a_dry_run_reads_back_results_with_a_torn_last_line(tmp_path: Path) -> None:
     """The torn line is ignored (it is redone), and the file is left as it was."""
-    from bulk_unenroll.journal import read_history
-    from bulk_unenroll.records import HEADER
+    from bulk_unenroll.results.journal import read_history
+    from bulk_unenroll.results.records import HEADER
 
     out = tmp_path / "results.csv"
     row = f"1,cmp_a,{U1},removed,200,,1,req_1,,2026-01-01T00:00:00Z\n"
@@ -557,7 +561,8 @@ def test_a_cut_short_gzip_file_says_so(tmp_path: Path) -> None:
 def test_row_keys_take_the_quick_way_only_where_it_agrees_with_the_record() -> None:
     """Rows recorded without a call are matched by row number and cells as stored; valid
     pairs reuse their pair key, which must give the same key as the stored cells."""
-    from bulk_unenroll.reader import CAMPAIGN, CONTACT, _row_keys, row_key
+    from bulk_unenroll.keys import CAMPAIGN, CONTACT
+    from bulk_unenroll.plan import _row_keys, row_key
 
     raw = pl.DataFrame(
         {

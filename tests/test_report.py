@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import QUICK, Serve
 
-from bulk_unenroll.records import HEADER
+from bulk_unenroll.results.records import HEADER
 from bulk_unenroll.sandbox import Sandbox, SandboxThread
 
-Serve = Callable[[Sandbox], SandboxThread]
-FAST = ["--rate", "200/s"]
 FORMULA = "=HYPERLINK(1)"
 
 
@@ -37,7 +35,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[t
     src = write_csv(tmp_path / "input.csv", rows)
     out = tmp_path / "results.csv"
     with SandboxThread(Sandbox(enrolled)) as server:
-        result = run_cli(["run", str(src), "--out", str(out), *FAST], cli_env(server.base_url))
+        result = run_cli(["run", str(src), "--out", str(out), *QUICK], cli_env(server.base_url))
     assert result.returncode == 1, result.stderr
     return out, gone
 
@@ -87,7 +85,7 @@ def test_exported_rows_fed_back_as_input_are_sent(
     api = Sandbox(gone)
     server = serve(api)
     again = tmp_path / "fix-results.csv"
-    rerun = run_cli(["run", str(fix), "--out", str(again), *FAST], cli_env(server.base_url))
+    rerun = run_cli(["run", str(fix), "--out", str(again), *QUICK], cli_env(server.base_url))
     assert rerun.returncode == 0, rerun.stderr
     assert set(api.state.removed) == set(gone)
     assert Counter(r["status"] for r in read_results(again)) == {"removed": 7}

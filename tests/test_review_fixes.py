@@ -9,11 +9,11 @@ import httpx
 import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 
-from bulk_unenroll.client import delete
-from bulk_unenroll.journal import Journal
+from bulk_unenroll.api.client import delete
+from bulk_unenroll.api.pacing import Quota, retry_after
 from bulk_unenroll.models import Enrollment, Outcome, RowResult
-from bulk_unenroll.pacing import Quota, retry_after
-from bulk_unenroll.records import escape_cell
+from bulk_unenroll.results.journal import Journal
+from bulk_unenroll.results.records import escape_cell
 from bulk_unenroll.sandbox import Limits, Sandbox
 
 PAIR = Enrollment(1, "cmp_x", new_uuid(1))

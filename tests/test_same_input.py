@@ -7,18 +7,17 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import cli_env, new_uuid, run_cli, write_csv
+from helpers import Serve
 from truth import mixed_file, spawn_cli, wait_until
 
 from bulk_unenroll import ReadOptions, ResultsFileError
-from bulk_unenroll.claims import DIR_ENV, InputClaim
-from bulk_unenroll.sandbox import Sandbox, SandboxThread
+from bulk_unenroll.sandbox import Sandbox
+from bulk_unenroll.send.claims import DIR_ENV, InputClaim
 
-Serve = Callable[[Sandbox], SandboxThread]
 SLOW = "10/s"  # the first run's pace: it is still going while the others start and end
 
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import Serve
 
-from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
+from bulk_unenroll.sandbox import Limits, Sandbox
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-Serve = Callable[[Sandbox], SandboxThread]
 UNKNOWN_BEFORE_PLANNING = ("rows", "outcomes", "unfinished", "remaining", "settled_before")
 
 

@@ -7,19 +7,18 @@ import re
 import subprocess
 import sys
 import typing
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, write_csv
+from helpers import Serve
 
 import bulk_unenroll
 from bulk_unenroll import InputError, Job, JobConfig
 from bulk_unenroll.config import DEFAULT_BASE_URL
-from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
+from bulk_unenroll.sandbox import Limits, Sandbox
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-Serve = Callable[[Sandbox], SandboxThread]
 
 
 def _readme_block(after: str) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
 from conftest import cli_env, run_cli
+from helpers import Serve
 from truth import (
     check_truth,
     latest,
@@ -19,10 +19,9 @@ from truth import (
 )
 
 from bulk_unenroll import JobConfig
-from bulk_unenroll.records import COLUMNS
-from bulk_unenroll.sandbox import Faults, Sandbox, SandboxThread
+from bulk_unenroll.results.records import COLUMNS
+from bulk_unenroll.sandbox import Faults
 
-Serve = Callable[[Sandbox], SandboxThread]
 ROWS = 600
 GRACE = next(f.default for f in fields(JobConfig) if f.name == "grace_period")
 assert isinstance(GRACE, float)

@@ -105,7 +105,7 @@ def latest(records: Iterable[dict[str, str]]) -> dict[int, dict[str, str]]:
     return {int(r["row"]): r for r in records}
 
 
-def check_truth(
+def check_truth(  # noqa: C901
     mixed: Mixed,
     results: Path,
     sandbox: Sandbox,

@@ -25,13 +25,14 @@ from typing import IO
 
 import polars as pl
 
+from ..errors import ResultsFileError
+from ..keys import CAMPAIGN, CONTACT, OUTCOME_CODE, pair_key
+from ..models import Enrollment, Outcome, RowResult
+from ..scrub import redact
+from ..text import duration
 from . import records
-from .errors import ResultsFileError
-from .models import Enrollment, Outcome, RowResult
-from .pacing import span
-from .reader import CAMPAIGN, CONTACT, OUTCOME_CODE, History, pair_key
+from .history import History
 from .records import escape_cell, unescape
-from .scrub import redact
 
 FSYNC_EVERY = 1.0
 BINDING = "#results {:>41} {:>41}\n"
@@ -106,7 +107,7 @@ def holder_in_words(recorded: str) -> str:
         words = f"pid {int(holder['pid'])} on host {holder['host']}"
     except (ValueError, KeyError, TypeError):
         return "holder unknown"
-    ago = span((datetime.now(UTC) - since).total_seconds())
+    ago = duration((datetime.now(UTC) - since).total_seconds(), up=True)
     words += f" since {since:%Y-%m-%d %H:%M:%S} UTC ({ago} ago)"
     return words + (f", writing {holder['results']}" if holder.get("results") else "")
 

@@ -23,8 +23,8 @@ from typing import IO, cast
 
 import polars as pl
 
-from .config import ReadOptions
-from .errors import InputError
+from ..config import ReadOptions
+from ..errors import InputError
 
 SNIFF_BYTES = 64 * 1024
 CSV_SUFFIXES = {".csv": None, ".txt": None, ".tsv": "\t", ".tab": "\t"}
@@ -187,7 +187,7 @@ def _wrong_content(path: Path, shown: str, content: str, description: str) -> In
     return InputError(f"{path} is {description}, not what its name {shown!r} says: {fix}")
 
 
-def layout_of(path: Path, options: ReadOptions, scratch: Callable[[], Path]) -> Layout:
+def layout_of(path: Path, options: ReadOptions, scratch: Callable[[], Path]) -> Layout:  # noqa: C901, PLR0912, PLR0915
     """Decide how to read `path`; `scratch` gives a folder for a UTF-8 copy when needed."""
     if not path.exists():
         raise InputError(f"input file {path} does not exist")

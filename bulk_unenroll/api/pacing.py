@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import anyio
 from aiolimiter import AsyncLimiter
 
-from .config import SAFETY_MARGIN, Rate
+from ..limits import SAFETY_MARGIN, Rate
 
 CATCH_UP = 0.010
 """Seconds of lateness a slot may make up. N+1 calls still span at least N spacings less this,
@@ -399,7 +399,7 @@ class Pacer:
         for i, sent in enumerate(counted):
             heapq.heappush(self._holds, (self._issued + free + i, sent + window))
 
-    def succeeded(self, sent_at: float = math.inf) -> None:
+    def succeeded(self, sent_at: float = math.inf) -> None:  # noqa: C901
         """Climb back toward the ceiling slowly after a slow-down; probe an unknown limit."""
         now = anyio.current_time()
         if self._probing or self._refused_at is not None:
@@ -442,17 +442,6 @@ class Pacer:
         if self._refused_at is not None:
             return "telling a per-second limit from a per-minute one", None
         return ("waiting for the first answer" if self.learning else "sending"), None
-
-
-def pace_text(per_second: float | None) -> str:
-    """A pace for people: 39.2/s, 49/min, or unpaced."""
-    if not per_second:
-        return "unpaced"
-    if per_second >= 100:
-        return f"{per_second:,.0f}/s"
-    if per_second >= 1:
-        return f"{per_second:.3g}/s"
-    return f"{per_second * 60:.3g}/min"
 
 
 def _int(headers: Mapping[str, str], name: str) -> int | None:
@@ -596,26 +585,3 @@ class Quota:
     def start_new_window(self) -> None:
         """After waiting out a reset, trust the next answer rather than the old count."""
         self.remaining = None
-
-
-def span(seconds: float) -> str:
-    """A duration for people: 5h12m, 3m05s, 42s."""
-    whole = max(0, math.ceil(seconds))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-def describe_reset(reset_at: datetime, now: datetime | None = None) -> str:
-    """'2026-12-01 00:00:00 UTC (01:00:00 CET local), in 5h12m'."""
-    now = now or datetime.now(UTC)
-    local = reset_at.astimezone()
-    return (
-        f"{reset_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
-        f"({local:%H:%M:%S} {local.tzname()} local), "
-        f"in {span((reset_at - now).total_seconds())}"
-    )

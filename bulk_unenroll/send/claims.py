@@ -22,9 +22,9 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .config import ReadOptions
-from .errors import ResultsFileError
-from .journal import holder_in_words
+from ..config import ReadOptions
+from ..errors import ResultsFileError
+from ..results.journal import holder_in_words
 
 DIR_ENV = "BULK_UNENROLL_RUNTIME_DIR"
 SAMPLE = 1 << 20

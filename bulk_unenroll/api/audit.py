@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import ResultsFileError
-from .models import Enrollment
+from ..errors import ResultsFileError
+from ..models import Enrollment
 from .pacing import Waits
 
 WAITS = ("pace", "rate_limit_pause", "retry_backoff", "quota", "other")

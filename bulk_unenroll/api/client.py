@@ -13,10 +13,10 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from .errors import InputError
-from .models import Enrollment, Outcome
+from ..errors import InputError
+from ..models import Enrollment, Outcome
+from ..scrub import redact
 from .pools import PooledTransport, proxy_mounts
-from .scrub import redact
 
 USER_AGENT = "bulk-unenroll/0.1"
 CAMPAIGN_NOT_FOUND = ("campaign_not_found",)
@@ -81,7 +81,7 @@ class Verdict:
     """Only LeadLex's DELETE route gives this answer, so --base-url is right."""
 
 
-def classify(answer: Answer) -> Verdict:
+def classify(answer: Answer) -> Verdict:  # noqa: C901
     """The classification table, from (HTTP status, error code) to what happens next."""
     status, code = answer.status, answer.code
     if status is None:

@@ -22,8 +22,8 @@ from typing import IO
 
 import polars as pl
 
-from .errors import ResultsFileError
-from .models import Outcome
+from ..errors import ResultsFileError
+from ..models import Outcome
 
 COLUMNS = (
     "row",

@@ -16,18 +16,11 @@ import anyio
 import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import client
-from .audit import AuditLog
-from .claims import InputClaim
-from .config import (
-    PLANS,
-    JobConfig,
-    Rate,
-    is_published_plan,
-    plan_for_daily_limit,
-    reserve_leaves_no_calls,
-)
-from .errors import (
+from ..api import client
+from ..api.audit import AuditLog
+from ..api.pacing import PACE, RATE_LIMITED, Pacer, Quota, Waits, add_wait, retry_after, time_scale
+from ..config import JobConfig
+from ..errors import (
     AuthError,
     BulkUnenrollError,
     InputError,
@@ -35,22 +28,13 @@ from .errors import (
     SetupError,
     find_in_group,
 )
-from .journal import Journal, read_history
-from .models import Enrollment, Outcome, RowResult, StopReason, Summary
-from .pacing import (
-    PACE,
-    RATE_LIMITED,
-    Pacer,
-    Quota,
-    Waits,
-    add_wait,
-    describe_reset,
-    pace_text,
-    retry_after,
-    span,
-    time_scale,
-)
-from .reader import SEND, SETTLED, SendPlan, Source, build_plan, work_batches
+from ..input.source import Source
+from ..limits import PLANS, Rate, is_published_plan, plan_for_daily_limit, reserve_leaves_no_calls
+from ..models import Enrollment, Outcome, RowResult, StopReason, Summary
+from ..plan import RowAction, SendPlan, build_plan, work_batches
+from ..results.journal import Journal, read_history
+from ..text import describe_reset, duration, pace_text
+from .claims import InputClaim
 
 PROGRESS_EVERY = 0.5
 ENDS_WITH_AN_ERROR = (StopReason.ABORTED, StopReason.ERROR)
@@ -169,9 +153,11 @@ class Job:
         before = plan.settled_before()
         s.outcomes.update(before)
         s.outcomes[Outcome.FAILED] += plan.failed_before()  # until this run settles them
-        s.settled_before = plan.count(SETTLED)  # the plan's figure: invalid and duplicate rows
+        s.settled_before = plan.count(
+            RowAction.SETTLED
+        )  # the plan's figure: invalid and duplicate rows
         # of an earlier run are counted under their own status, as the plan counts them
-        s.to_send = plan.count(SEND)
+        s.to_send = plan.count(RowAction.SEND)
         return plan
 
     def _claim_input(self) -> None:
@@ -465,7 +451,7 @@ class Job:
         self._quota.start_new_window()
         return True
 
-    async def _unenroll(self, http: httpx.AsyncClient, e: Enrollment) -> RowResult | None:
+    async def _unenroll(self, http: httpx.AsyncClient, e: Enrollment) -> RowResult | None:  # noqa: C901, PLR0912, PLR0915
         """Attempts until a definite outcome; None when the run stops first (row stays to do)."""
         cfg, pacer = self.config, self._pacer
         assert pacer is not None and self._journal is not None
@@ -705,8 +691,12 @@ class Job:
         self.stop(
             StopReason.API_DOWN,
             "the API answered nothing but 429 (too many requests) for "
-            + span(now - self._limited_since)
-            + (f", and the next pause ({span(pause)}) would go {past}" if pause else f", {past}")
+            + duration(now - self._limited_since, up=True)
+            + (
+                f", and the next pause ({duration(pause, up=True)}) would go {past}"
+                if pause
+                else f", {past}"
+            )
             + ": stopped sending, rerun later",
         )
         return True
@@ -771,8 +761,9 @@ class Job:
             return
         learnt = pacer.learnt
         self.summary.learnt_rate = str(learnt)
+        window = duration(learnt.period, up=True)
         self._on_event(
-            f"found the limit: the API accepted {learnt.calls:g} calls in {span(learnt.period)} "
+            f"found the limit: the API accepted {learnt.calls:g} calls in {window} "
             f"before its first 429; pacing at {pace_text(pacer.per_second)} from now on "
             f"(next time pass --rate {learnt})"
         )

@@ -1,0 +1,1 @@
+"""The LeadLex API: the client, its connection pools, and the pace every call keeps."""
