@@ -50,6 +50,8 @@ AUDIT_RESULTS = {
     client.Action.QUOTA: "quota_spent",
     client.Action.ABORT: "aborted",
 }
+RATE_REFUSALS = (client.Action.SLOW_DOWN, client.Action.QUOTA)
+"""429s: nothing was applied, and the request's retries are not spent on them."""
 UNCLEAR_CAMPAIGNS = 3
 """Campaigns answering an unclear 404 before any answer showed the route exists, taken to mean
 a wrong --base-url rather than that many deleted campaigns (see `_route_shown`)."""
@@ -63,6 +65,21 @@ class Hold(Enum):
     """Not now: requests in flight decide; look again shortly."""
     STOP = "stop"
     """The operation stopped the run."""
+
+
+class _Unsent(Enum):
+    STOPPED = "stopped"
+    SKIPPED = "skipped"
+
+
+class _Next(Enum):
+    """After an answer that settled nothing."""
+
+    AGAIN = "again"
+    """Send again at the next slot; the request's retries are not spent."""
+    BACK_OFF = "back_off"
+    """Spend a retry: back off, then send again."""
+    STOP = "stop"
 
 
 def _never() -> bool:
@@ -168,66 +185,87 @@ class Session:
         finally:
             self._held[campaign] -= 1
 
-    async def _attempts(self, request: Request) -> Final | Stopped:  # noqa: C901, PLR0912
-        campaign, pacer = request.enrollment.campaign_id, self.pacer
+    async def _attempts(self, request: Request) -> Final | Stopped:
+        campaign = request.enrollment.campaign_id
         attempts = retries = overloads = 0
         lost: list[str] = []
         waited: Waits = {}
         while True:
-            if request.skip():
-                return Stopped(attempts, tuple(lost), skipped=True)
-            if campaign in self._unclear and not await self._route_shown():
-                return Stopped(attempts, tuple(lost))  # its campaign may not exist
-            sent_at = await self._ready_to_send(waited)
-            if sent_at is None:
-                return Stopped(attempts, tuple(lost))
-            if request.skip():  # it may have become needless while we waited
-                return Stopped(attempts, tuple(lost), skipped=True)
-            if campaign in self._unclear and not self._route_known:
-                continue  # its campaign answered an unclear 404 while we waited: wait above
+            sent_at = await self._turn(request, waited)
+            if isinstance(sent_at, _Unsent):
+                return Stopped(attempts, tuple(lost), skipped=sent_at is _Unsent.SKIPPED)
             request.sending()
             attempts += 1
             answer, verdict = await self._attempt(request, attempts, waited)
             waited = {}
             self._observe(answer, verdict, sent_at)
             action = verdict.action
-            if action is client.Action.UNCLEAR_404:
-                if not self._route_known:
-                    self._unclear.setdefault(campaign, client.said_404(answer))
-                    if not await self._route_shown():
-                        return Stopped(attempts, tuple(lost))
-                # The route exists, so this 404 is about this request: it settles it alone.
-                action = client.Action.DONE
-            if action is client.Action.DONE:
+            if action is client.Action.UNCLEAR_404 and not await self._route_for(campaign, answer):
+                return Stopped(attempts, tuple(lost))
+            if action in (client.Action.DONE, client.Action.UNCLEAR_404):
                 self._consecutive_transient = 0
-                pacer.succeeded(sent_at)
+                self.pacer.succeeded(sent_at)
                 self._say_limit_found()
                 return Final(answer, verdict, attempts, tuple(lost), settled=True)
-            if action is client.Action.SLOW_DOWN:
-                if not self._slowed_down(answer, sent_at):
-                    return Stopped(attempts, tuple(lost))
-                continue
-            if action is client.Action.QUOTA:
-                self.quota.remaining = 0
-                continue
-            if answer.maybe_applied:  # whatever happens next, this attempt may have been applied
-                lost.append(_uncertain(answer, verdict.detail))
-            if action is client.Action.ABORT:
-                self._abort(answer, verdict)
-                return Stopped(attempts, tuple(lost))
+            if answer.maybe_applied and action not in RATE_REFUSALS:
+                lost.append(_uncertain(answer, verdict.detail))  # whatever comes next
             if action is client.Action.OVERLOADED:
                 overloads += 1
-                if not self._overloaded(answer, verdict, sent_at):
-                    return Stopped(attempts, tuple(lost))
-                if overloads <= OVERLOADS_PER_ROW:
-                    continue  # a pacing signal: the request's retries are not spent on it
-            # Transient: retry with backoff, unless the API looks down altogether.
-            elif not self._still_up(verdict):
+            step = self._next_step(answer, verdict, sent_at, overloads)
+            if step is _Next.STOP:
                 return Stopped(attempts, tuple(lost))
-            retries += 1
-            if retries > self.config.retry.max_retries:
-                return Final(answer, verdict, attempts, tuple(lost), settled=False)
-            await self._back_off(answer, retries, waited)
+            if step is _Next.BACK_OFF:
+                retries += 1
+                if retries > self.config.retry.max_retries:
+                    return Final(answer, verdict, attempts, tuple(lost), settled=False)
+                await self._back_off(answer, retries, waited)
+
+    async def _turn(self, request: Request, waited: Waits) -> float | _Unsent:
+        """Wait for the request's turn: the time of its slot, or why it goes unsent."""
+        campaign = request.enrollment.campaign_id
+        while True:
+            if request.skip():
+                return _Unsent.SKIPPED
+            if campaign in self._unclear and not await self._route_shown():
+                return _Unsent.STOPPED  # its campaign may not exist
+            sent_at = await self._ready_to_send(waited)
+            if sent_at is None:
+                return _Unsent.STOPPED
+            if request.skip():  # it may have become needless while we waited
+                return _Unsent.SKIPPED
+            if campaign not in self._unclear or self._route_known:
+                return sent_at
+            # Its campaign answered an unclear 404 while we waited: wait above.
+
+    async def _route_for(self, campaign: str, answer: client.Answer) -> bool:
+        """An unclear 404 settles its own request, but only once another answer showed the
+        route exists. False when the run stopped instead."""
+        if self._route_known:
+            return True
+        self._unclear.setdefault(campaign, client.said_404(answer))
+        return await self._route_shown()
+
+    def _next_step(
+        self, answer: client.Answer, verdict: client.Verdict, sent_at: float, overloads: int
+    ) -> _Next:
+        """What an answer that settled nothing leads to."""
+        action = verdict.action
+        if action is client.Action.SLOW_DOWN:
+            return _Next.AGAIN if self._slowed_down(answer, sent_at) else _Next.STOP
+        if action is client.Action.QUOTA:
+            self.quota.remaining = 0
+            return _Next.AGAIN
+        if action is client.Action.ABORT:
+            self._abort(answer, verdict)
+            return _Next.STOP
+        if action is client.Action.OVERLOADED:
+            if not self._overloaded(answer, verdict, sent_at):
+                return _Next.STOP
+            if overloads <= OVERLOADS_PER_ROW:
+                return _Next.AGAIN  # a pacing signal: the request's retries are not spent on it
+            return _Next.BACK_OFF
+        # Transient: retry with backoff, unless the API looks down altogether.
+        return _Next.BACK_OFF if self._still_up(verdict) else _Next.STOP
 
     async def _attempt(
         self, request: Request, attempt: int, waited: Waits
