@@ -27,12 +27,13 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .api.session import WAITING_FOR_QUOTA
 from .limits import SAFETY_MARGIN
 from .models import Outcome, StopReason, Summary
 from .report import PlanFigures, ResultsReport
 from .results.records import unescape
 from .scrub import redact, redact_data
-from .send.runner import ENDS_WITH_AN_ERROR, WAITING_FOR_QUOTA, Progress
+from .send.runner import ENDS_WITH_AN_ERROR, Progress
 from .text import describe_reset, duration, pace_text, per_unit, rate_text
 
 LOG_FORMATS = ("text", "json")
