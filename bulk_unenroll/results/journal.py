@@ -1,10 +1,11 @@
 """The results file as a ledger: appended and flushed as rows finish, locked, read back.
 
 Beside it live two companions that belong to it alone: `<out>.lock` (one run at a time;
-removed when the run ends, so only a killed run leaves one) and `<out>.sent` (pairs a request went out for, written
-before the request, so a rerun after a crash knows which `enrollment_not_found` answers may
-be its own earlier work). `.sent` starts with the identity of the results file it belongs to:
-when the results file is moved, deleted or replaced, old marks never speak for a new job.
+removed when the run ends, so only a killed run leaves one) and `<out>.sent` (pairs a request
+went out for, written before the request, so a rerun after a crash knows which
+`enrollment_not_found` answers may be its own earlier work). `.sent` starts with the identity
+of the results file it belongs to: when the results file is moved, deleted or replaced, old
+marks never speak for a new job.
 """
 
 from __future__ import annotations
