@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
-from helpers import BURST, Serve
+from helpers import BURST, Serve, sandbox_command
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -427,32 +426,20 @@ def test_a_server_that_only_answers_429_stops_the_run_with_75(
 def test_a_rehearsal_of_odd_answers_with_the_sandbox_command(tmp_path: Path) -> None:
     rows = pairs("cmp_a", 10)
     src = write_csv(tmp_path / "in.csv", rows)
-    ready = tmp_path / "url"
-    sandbox = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "bulk_unenroll", "sandbox", "--enroll-from", str(src)),
-            *("--faults", "no_content_2xx=1", "--daily-quota", "6"),
-            *("--reset-format", "http-date", "--retry-after", "http-date"),
-            *("--wrong-route", "bare", "--ready-file", str(ready)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists() or not ready.read_text().endswith("\n"):
-            assert sandbox.poll() is None and time.monotonic() < deadline, "sandbox did not start"
-            time.sleep(0.05)
-        url = ready.read_text().strip()
+    options = ["--enroll-from", str(src), "--faults", "no_content_2xx=1", "--daily-quota", "6"]
+    options += [
+        "--reset-format",
+        "http-date",
+        "--retry-after",
+        "http-date",
+        "--wrong-route",
+        "bare",
+    ]
+    with sandbox_command(tmp_path / "url", *options) as sandbox:
         out = tmp_path / "r.csv"
         args = ["run", str(src), "--out", str(out), "--rate", "50/s", "--yes", "--reserve", "2"]
-        wrong = run_cli(args, cli_env(url + "x"))
-        quota = run_cli(args, cli_env(url))
-    finally:
-        sandbox.terminate()
-        sandbox.communicate(timeout=10)
+        wrong = run_cli(args, cli_env(sandbox.url + "x"))
+        quota = run_cli(args, cli_env(sandbox.url))
 
     assert wrong.returncode == 3 and "--base-url" in wrong.stderr, said(wrong)
     assert quota.returncode == 75, said(quota)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
-from helpers import QUICK, Serve
+from helpers import QUICK, Serve, sandbox_command
 
 from bulk_unenroll.sandbox import Limits, Sandbox
 from bulk_unenroll.text import duration
@@ -392,29 +392,11 @@ def test_an_unexpected_exception_is_one_line_and_exit_70(tmp_path: Path, debug: 
 def test_a_rehearsal_against_the_sandbox_command(tmp_path: Path) -> None:
     rows = _pairs(40, "cmp_a", 1) + _pairs(20, "cmp_b", 500)
     src = write_csv(tmp_path / "in.csv", rows)
-    ready = tmp_path / "url"
-    sandbox = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "bulk_unenroll", "sandbox", "--enroll-from", str(src)),
-            *("--enrolled-fraction", "0.5", "--seed", "7", "--unknown-campaign", "cmp_b"),
-            *("--ready-file", str(ready)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists() or not ready.read_text().endswith("\n"):
-            assert sandbox.poll() is None and time.monotonic() < deadline, "sandbox did not start"
-            time.sleep(0.05)
-        url = ready.read_text().strip()
-        out = tmp_path / "r.csv"
+    options = ["--enroll-from", str(src), "--enrolled-fraction", "0.5", "--seed", "7"]
+    with sandbox_command(tmp_path / "url", *options, "--unknown-campaign", "cmp_b") as sandbox:
+        url, out = sandbox.url, tmp_path / "r.csv"
         result = run_cli(["run", str(src), "--out", str(out), *QUICK], cli_env(url))
-    finally:
-        sandbox.terminate()
-        banner, _ = sandbox.communicate(timeout=10)
+    banner = sandbox.banner
     assert f"--base-url {url}" in banner  # the operator is told where to point a run
     assert result.returncode == 1, result.stderr
     statuses = Counter(r["status"] for r in read_results(out))

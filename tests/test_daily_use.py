@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 import pytest
 from conftest import API_KEY, CLI_TIMEOUT, cli_env, new_uuid, read_results, run_cli
-from helpers import QUICK_YES, Serve
+from helpers import QUICK_YES, Serve, sandbox_command
 
 from bulk_unenroll.api.pacing import time_scale
 from bulk_unenroll.config import ReadOptions
@@ -357,16 +357,8 @@ def test_a_rehearsal_with_a_short_day_shows_the_quota_stop_and_the_reset(tmp_pat
     src.write_text(
         "campaign_id,contact_id\n" + "".join(f"{c},{u}\n" for c, u in rows), encoding="utf-8"
     )
-    ready = tmp_path / "url"
-    command = [sys.executable, "-m", "bulk_unenroll", "sandbox", "--enroll-from", str(src)]
-    command += ["--limit-plan", "starter", "--day-seconds", "10", "--ready-file", str(ready)]
-    sandbox = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not (ready.exists() and ready.read_text().endswith("\n")):
-            assert sandbox.poll() is None and time.monotonic() < deadline, "no sandbox"
-            time.sleep(0.05)
-        url = ready.read_text().strip()
+    options = ["--enroll-from", str(src), "--limit-plan", "starter", "--day-seconds", "10"]
+    with sandbox_command(tmp_path / "url", *options) as sandbox:
         out = tmp_path / "rehearsal.csv"
         # Quota days are 10 s slices of the clock. Begun late in one, the run would split its
         # first 100 calls over two days (60 + 90), never spend a day's quota and never wait:
@@ -375,12 +367,10 @@ def test_a_rehearsal_with_a_short_day_shows_the_quota_stop_and_the_reset(tmp_pat
             time.sleep(10 - into_day)
         result = run_cli(
             ["run", str(src), "--out", str(out), "--wait-for-quota", "--yes"],
-            cli_env(url),
+            cli_env(sandbox.url),
             timeout=60,
         )
-    finally:
-        sandbox.terminate()
-        banner, _ = sandbox.communicate(timeout=10)
+    banner = sandbox.banner
     assert "time runs 8640x faster: a quota day of 100 calls lasts 10 s" in banner
     assert result.returncode == 0, result.stderr
     assert "starter plan, pacing at 1,411/s (the sandbox runs time 8640x faster)" in (result.stderr)

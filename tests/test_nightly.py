@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import new_uuid, read_results, write_csv
+from helpers import sandbox_command
 
 ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "examples" / "nightly-unenroll.sh"
@@ -31,25 +32,10 @@ def sandbox_url(tmp_path: Path) -> Iterator[str]:
     ready = tmp_path / "sandbox-url"
     enrolled = tmp_path / "enrolled.csv"
     write_csv(enrolled, [("cmp_a", new_uuid(i)) for i in range(1, 41)])
-    proc = subprocess.Popen(
-        [
-            *(str(INSTALLED), "sandbox", "--enroll-from", str(enrolled)),
-            *("--daily-quota", str(QUOTA), "--day-seconds", str(DAY_SECONDS)),
-            *("--ready-file", str(ready)),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists() or not ready.read_text().endswith("\n"):
-            assert proc.poll() is None and time.monotonic() < deadline, "sandbox did not start"
-            time.sleep(0.05)
-        yield ready.read_text().strip()
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    options = ["--enroll-from", str(enrolled), "--daily-quota", str(QUOTA)]
+    options += ["--day-seconds", str(DAY_SECONDS)]
+    with sandbox_command(ready, *options, program=[str(INSTALLED)]) as sandbox:
+        yield sandbox.url
 
 
 def _next_day() -> None:
