@@ -17,6 +17,16 @@ class Outcome(StrEnum):
     FAILED = "failed"
     INVALID = "invalid"
     DUPLICATE = "duplicate"
+    RESTORED = "restored"
+    """`restore`: the API added the pair back (named among the newly added)."""
+    ALREADY_ENROLLED = "already_enrolled"
+    """`restore`: the API skipped the pair as enrolled already."""
+
+
+RUN_OUTCOMES = tuple(Outcome)[:6]
+"""How a `run` row can end (what its summary lists)."""
+RESTORE_OUTCOMES = (Outcome.RESTORED, Outcome.ALREADY_ENROLLED, Outcome.REJECTED, Outcome.FAILED)
+"""How a `restore` pair can end."""
 
 
 NEEDS_A_LOOK = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
@@ -94,6 +104,8 @@ class Summary:
     """An unknown per-minute limit found by probing, as `--rate` takes it (`300/min`)."""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    outcome_kinds: tuple[Outcome, ...] = RUN_OUTCOMES
+    """The outcomes this kind of job has, in the order its summary lists them."""
 
     @property
     def unfinished(self) -> int:

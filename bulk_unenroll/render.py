@@ -187,7 +187,7 @@ def snapshot(p: Progress, meter: RateMeter) -> Snapshot:
         eta_seconds=left / speed if speed else None,
         pacer_state=p.pacer_state,
         pause_until=pause_until,
-        outcomes={o.value: s.outcomes[o] for o in Outcome},
+        outcomes={o.value: s.outcomes[o] for o in s.outcome_kinds},
         calls=s.calls,
         rate_limited=s.rate_limited,
         quota_limit=p.quota_limit,
@@ -284,7 +284,7 @@ def _campaigns(f: PlanFigures) -> str:
 def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
     """The job as the results file now stands, then what this run did, then what is next."""
     lines = ["", f"summary: all {_n(s.total_rows)} rows, as the results file now stands"]
-    for outcome in Outcome:
+    for outcome in s.outcome_kinds:
         lines.append(f"  {outcome.value:<24}{_n(s.outcomes[outcome]):>10}")
     lines.append(f"  {'not yet done':<24}{_n(s.unfinished):>10}")
     lines.append("this run:")

@@ -19,7 +19,7 @@ from .config import JobConfig
 from .errors import InputError, ResultsFileError
 from .input.ids import TOKEN_RE
 from .limits import PLANS, Plan, days_needed
-from .models import NEEDS_A_LOOK, Outcome, StopReason, Summary
+from .models import NEEDS_A_LOOK, RESTORE_OUTCOMES, RUN_OUTCOMES, Outcome, StopReason, Summary
 from .plan import NAMED_CAMPAIGNS_MAX, RowAction, SendPlan
 from .results import records
 from .results.records import unescape
@@ -188,7 +188,7 @@ def summary_dict(
         "exit_code": s.exit_code if exit_code is None else exit_code,
         "error": error,
         "rows": known(s.total_rows),
-        "outcomes": known({o.value: s.outcomes[o] for o in Outcome}),
+        "outcomes": known({o.value: s.outcomes[o] for o in s.outcome_kinds}),
         "unfinished": known(s.unfinished),
         "remaining": known(s.remaining),
         "error_codes": dict(sorted(s.error_codes.items())),
@@ -314,6 +314,12 @@ def _selection(frame: pl.DataFrame, statuses: tuple[Outcome, ...]) -> pl.DataFra
     return frame.filter(pl.col("status").is_in([o.value for o in statuses]))
 
 
+def _kinds(counts: dict[str, int]) -> tuple[Outcome, ...]:
+    """The statuses a report lists: a restore's when the file holds restore records."""
+    restore_only = (Outcome.RESTORED, Outcome.ALREADY_ENROLLED)
+    return RESTORE_OUTCOMES if any(counts.get(o.value) for o in restore_only) else RUN_OUTCOMES
+
+
 def build_report(path: Path, statuses: tuple[Outcome, ...] | None = None) -> ResultsReport:
     frame = read_results(path)
     selected = statuses or NEEDS_A_LOOK
@@ -326,7 +332,7 @@ def build_report(path: Path, statuses: tuple[Outcome, ...] | None = None) -> Res
     return ResultsReport(
         path=path,
         rows=frame.height,
-        outcomes={o.value: int(counts.get(o.value, 0)) for o in Outcome},
+        outcomes={o.value: int(counts.get(o.value, 0)) for o in _kinds(counts)},
         error_codes=dict(sorted((str(k), int(v)) for k, v in codes.value_counts().iter_rows())),
         first_finished=first if isinstance(first, datetime) else None,
         last_finished=last if isinstance(last, datetime) else None,

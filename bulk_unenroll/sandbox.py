@@ -37,6 +37,10 @@ TIME_SCALE_HEADER = "X-Sandbox-Time-Scale"
 ROUTE = re.compile(r"^(?:/[^?]*)?/api-gateway/v1/campaigns/([^/?]+)/contacts/([^/?]+)/?(?:\?.*)?$")
 """The API lives under any path ending in /api-gateway, like the real default base URL; other
 paths get the gateway's own 404 (`Sandbox.wrong_route`), as a mistyped --base-url does."""
+ADD_ROUTE = re.compile(r"^(?:/[^?]*)?/api-gateway/v1/campaigns/([^/?]+)/contacts/?(?:\?.*)?$")
+"""Add Contacts to Campaign: `POST .../v1/campaigns/{id}/contacts`."""
+ADD_MAX = 500
+"""Most contact ids one Add Contacts call takes."""
 Pair = tuple[str, str]
 RESET_FORMATS = ("epoch", "epoch-ms", "seconds-until", "iso", "http-date")
 """How X-RateLimit-Reset can be written: the documented Unix seconds, and what gateways send."""
@@ -111,6 +115,10 @@ class State:
     """Pairs this server actually removed (count is always 1)."""
     deletes: Counter[Pair] = field(default_factory=Counter)
     """DELETE requests that reached the handler, per pair."""
+    added: Counter[Pair] = field(default_factory=Counter)
+    """Pairs Add Contacts enrolled (again), per pair."""
+    adds: list[tuple[str, int]] = field(default_factory=list)
+    """Add Contacts requests that reached the handler: (campaign, ids in the body)."""
     calls: int = 0
     rate_limited: int = 0
     quota_refused: int = 0
@@ -190,7 +198,7 @@ class Sandbox:
         return None
 
     def handle(  # noqa: C901, PLR0912
-        self, method: str, path: str, headers: dict[str, str]
+        self, method: str, path: str, headers: dict[str, str], payload: bytes = b""
     ) -> tuple[str, int, dict[str, str], bytes]:
         """Decide the answer: (what to do, status, headers, body)."""
         st = self.state
@@ -199,7 +207,10 @@ class Sandbox:
         if self.limits.time_scale != 1.0:
             extra[TIME_SCALE_HEADER] = f"{self.limits.time_scale:g}"
         match = ROUTE.match(path)
-        if method != "DELETE" or not match:
+        adding = ADD_ROUTE.match(path) if method == "POST" else None
+        if adding is not None:
+            match = adding
+        elif method != "DELETE" or not match:
             if self.wrong_route == "bare":
                 return "answer", 404, {}, b""
             return "answer", *_error(404, "not_found", "Route not found", {})
@@ -245,6 +256,8 @@ class Sandbox:
                 429, "rate_limited", "Rate limit exceeded", {**extra, **limit_headers}
             )
         extra.update(self._quota_headers())
+        if adding is not None:
+            return self._add_contacts(unquote(adding[1]), payload, extra, roll)
         campaign, contact = unquote(match[1]), unquote(match[2])
         pair = (campaign, contact)
         st.deletes[pair] += 1
@@ -282,6 +295,40 @@ class Sandbox:
             json.dumps(body).encode(),
         )
 
+    def _add_contacts(
+        self, campaign: str, body: bytes, extra: dict[str, str], roll: float
+    ) -> tuple[str, int, dict[str, str], bytes]:
+        """Add Contacts to Campaign as documented: ids already enrolled are skipped; the
+        answer names the newly added. `reset_after` and `hang_after` lose the answer."""
+        st = self.state
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        ids = request.get("contact_ids") if isinstance(request, dict) else None
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            return "answer", *_error(
+                400, "missing_required_field", "contact_ids (a list of ids) is required", extra
+            )
+        st.adds.append((campaign, len(ids)))
+        if len(ids) > ADD_MAX:
+            message = f"At most {ADD_MAX} contacts per request"
+            return "answer", *_error(400, "too_many_contacts", message, extra)
+        if campaign not in st.campaigns:
+            return "answer", *_error(404, "campaign_not_found", "No campaign with this ID", extra)
+        added = [c for c in dict.fromkeys(ids) if (campaign, c) not in st.enrolled]
+        for contact in added:
+            st.enrolled.add((campaign, contact))
+            st.added[(campaign, contact)] += 1
+        f = self.faults
+        if roll < f.reset_after:
+            return "reset_after", 0, {}, b""
+        if roll < f.reset_after + f.hang_after:
+            return "hang", 0, {}, b""
+        answer = {"added": len(added), "skipped": len(ids) - len(added), "contact_ids": added}
+        headers = {**extra, "Content-Type": "application/json"}
+        return "answer", 201, headers, json.dumps({"data": answer}).encode()
+
 
 def _reset_header(reset_at: int, form: str) -> str:
     if form == "epoch-ms":
@@ -304,6 +351,7 @@ def _error(
 
 REASONS = {
     200: "OK",
+    201: "Created",
     204: "No Content",
     401: "Unauthorized",
     403: "Forbidden",
@@ -315,7 +363,7 @@ REASONS = {
 }
 
 
-async def _serve_connection(  # noqa: C901
+async def _serve_connection(
     api: Sandbox, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     try:
@@ -335,8 +383,7 @@ async def _serve_connection(  # noqa: C901
                 if name:
                     headers[name.strip().lower()] = value.strip()
             length = int(headers.get("content-length", "0") or 0)
-            if length:
-                await reader.readexactly(length)
+            received = await reader.readexactly(length) if length else b""
             if path.startswith("/_sandbox/state"):
                 st = api.state
                 body = json.dumps(
@@ -352,7 +399,7 @@ async def _serve_connection(  # noqa: C901
             else:
                 if api.faults.latency:
                     await asyncio.sleep(api.faults.latency)
-                kind, status, out_headers, body = api.handle(method, path, headers)
+                kind, status, out_headers, body = api.handle(method, path, headers, received)
             api.state.statuses[status] += 1
             if kind == "hang":
                 await reader.read()  # until the client gives up and closes

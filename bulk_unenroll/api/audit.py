@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import ResultsFileError
-from ..models import Enrollment
 from .pacing import Waits
 
 WAITS = ("pace", "rate_limit_pause", "retry_backoff", "quota", "other")
@@ -42,7 +42,7 @@ class AuditLog:
 
     def request(
         self,
-        e: Enrollment,
+        about: Mapping[str, object],
         *,
         sent_at: datetime,
         attempt: int,
@@ -54,16 +54,15 @@ class AuditLog:
         result: str,
         error: str = "",
     ) -> None:
-        """One request and its answer (or why there was none)."""
+        """One request and its answer (or why there was none); `about` names what it was
+        about (a pair's row, campaign and contact; a batch's campaign and contact ids)."""
         waits = {name: round(waited.get(name, 0.0), 3) for name in WAITS}
         longest = max(WAITS, key=lambda name: waits[name])
         record: dict[str, Any] = {
             "time": sent_at.astimezone(UTC)
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
-            "row": e.row,
-            "campaign_id": e.campaign_id,
-            "contact_id": e.contact_id,
+            **about,
             "attempt": attempt,
             "http_status": http_status,
             "error_code": error_code or None,

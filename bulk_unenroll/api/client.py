@@ -1,10 +1,12 @@
-"""One DELETE, and the pure table that turns its answer into an outcome, a retry or an abort."""
+"""One request (a pair's DELETE, a campaign's Add Contacts POST), and the pure tables that turn
+its answer into an outcome, a retry or an abort."""
 
 from __future__ import annotations
 
 import json
 import socket
 import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -70,6 +72,8 @@ class Answer:
     port, proxy) rather than a passing outage: the cause and what to check."""
     seconds: float = 0.0
     """How long the answer took."""
+    added: tuple[str, ...] | None = None
+    """An Add Contacts answer's `data.contact_ids` (the newly added); None when it named none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,25 @@ def said_404(answer: Answer) -> str:
     return said
 
 
+def classify_add(answer: Answer) -> Verdict:
+    """Add Contacts' table: the DELETE's, but a 2xx restores (which pairs, `added` says) and
+    its documented 400s (`too_many_contacts`, `missing_required_field`) reject the batch."""
+    verdict = classify(answer)
+    if verdict.outcome is Outcome.REMOVED:
+        return Verdict(Action.DONE, Outcome.RESTORED, answer.message, route_exists=True)
+    if verdict.outcome is Outcome.NOT_ENROLLED:  # undocumented for a POST: the batch's answer
+        return Verdict(Action.DONE, Outcome.REJECTED, said_404(answer), route_exists=True)
+    if verdict.outcome is Outcome.REJECTED and answer.status == 400:
+        said = " ".join(filter(None, (f"400 {answer.code}".strip(), answer.message)))
+        return Verdict(Action.DONE, Outcome.REJECTED, said, route_exists=bool(answer.code))
+    return verdict
+
+
+def add_url(base_url: str, campaign_id: str) -> str:
+    """The campaign's contacts collection (Add Contacts), the id percent-encoded."""
+    return f"{base_url.rstrip('/')}/v1/campaigns/{quote(campaign_id, safe='')}/contacts"
+
+
 def url_for(base_url: str, enrollment: Enrollment) -> str:
     """Percent-encode both ids, so nothing in a cell can change the path or the query."""
     campaign = quote(enrollment.campaign_id, safe="")
@@ -158,11 +181,12 @@ def url_for(base_url: str, enrollment: Enrollment) -> str:
     return f"{base_url.rstrip('/')}/v1/campaigns/{campaign}/contacts/{contact}"
 
 
-def _parse(response: httpx.Response, seconds: float = 0.0) -> Answer:
+def _parse(response: httpx.Response, seconds: float = 0.0, *, adding: bool = False) -> Answer:
     request_id = response.headers.get("x-request-id", "")
     status = response.status_code
     code = message = ""
     confirmed = False
+    added: tuple[str, ...] | None = None
     try:
         body = json.loads(response.content) if response.content else None
     except (ValueError, UnicodeDecodeError):
@@ -172,10 +196,14 @@ def _parse(response: httpx.Response, seconds: float = 0.0) -> Answer:
         if isinstance(error, dict):
             code = str(error.get("code") or "")
             message = str(error.get("message") or "")
-        if isinstance(data, dict):
+        if isinstance(data, dict) and not adding:
             confirmed = data.get("removed") is True
+        if isinstance(data, dict) and adding and isinstance(data.get("contact_ids"), list):
+            added, confirmed = tuple(str(c) for c in data["contact_ids"]), True
     if 200 <= status < 300 and not confirmed:
-        message = f"HTTP {status} with {_lacking(body, response)}: taken as removed (any 2xx is)"
+        said = _lacking(body, response, "contact_ids" if adding else "removed")
+        taken = "every id taken as enrolled now" if adding else "taken as removed"
+        message = f"HTTP {status} with {said}: {taken} (any 2xx is)"
     elif not isinstance(body, dict) and (status >= 500 or status == 404):
         message = _lacking(body, response)
     # Server text goes into results and logs: a gateway that echoes our key must not leak it,
@@ -190,10 +218,11 @@ def _parse(response: httpx.Response, seconds: float = 0.0) -> Answer:
         headers=response.headers,
         maybe_applied=status in MAY_FOLLOW_A_REMOVAL,  # a 2xx is a definite answer
         seconds=seconds,
+        added=added,
     )
 
 
-def _lacking(body: object, response: httpx.Response) -> str:
+def _lacking(body: object, response: httpx.Response, field: str = "removed") -> str:
     """The body, as far as it differs from the documented JSON."""
     if not response.content:
         return "no body"
@@ -201,9 +230,9 @@ def _lacking(body: object, response: httpx.Response) -> str:
         kind = response.headers.get("content-type", "").split(";")[0] or "no content type"
         return f"a non-JSON body ({kind}, {len(response.content)} bytes)"
     data = body.get("data") if isinstance(body, dict) else None
-    if isinstance(data, dict) and "removed" in data:
-        return f"data.removed = {json.dumps(data['removed'])[:20]}"
-    return "JSON lacking data.removed"
+    if isinstance(data, dict) and field in data:
+        return f"data.{field} = {json.dumps(data[field])[:20]}"
+    return f"JSON lacking data.{field}"
 
 
 PROXY_SETTINGS = "the proxy settings (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY)"
@@ -310,11 +339,36 @@ async def delete(
     client: httpx.AsyncClient, base_url: str, enrollment: Enrollment, timeout: float
 ) -> Answer:
     """Send one DELETE. Never raises for the network: a lost answer is an Answer too."""
+    return await _exchange(client, lambda: client.delete(url_for(base_url, enrollment)), timeout)
+
+
+async def add_contacts(
+    client: httpx.AsyncClient,
+    base_url: str,
+    campaign_id: str,
+    contact_ids: Sequence[str],
+    source: str,
+    timeout: float,
+) -> Answer:
+    """Send one Add Contacts POST (at most 500 ids). Never raises for the network."""
+    body = {"contact_ids": list(contact_ids), "source": source}
+    url = add_url(base_url, campaign_id)
+    return await _exchange(client, lambda: client.post(url, json=body), timeout, adding=True)
+
+
+async def _exchange(
+    client: httpx.AsyncClient,
+    send: Callable[[], Awaitable[httpx.Response]],
+    timeout: float,
+    *,
+    adding: bool = False,
+) -> Answer:
+    """One request and its answer, or why none came (a lost answer is an Answer too)."""
     started = anyio.current_time()
     try:
         # Watchdog: a server that trickles bytes can dodge httpx's per-read timeout.
         with anyio.fail_after(timeout * 2 + 5):
-            response = await client.delete(url_for(base_url, enrollment))
+            response = await send()
     except (httpx.ConnectError, httpx.ProxyError) as exc:  # the request never left
         transport = client._transport_for_url(exc.request.url)  # the one httpx chose
         proxy = transport.proxy if isinstance(transport, PooledTransport) else None
@@ -330,4 +384,4 @@ async def delete(
         return Answer(None, error=f"connection lost ({type(exc).__name__})", maybe_applied=True)
     except httpx.HTTPError as exc:  # e.g. a body that fails to decode: the answer is lost
         return Answer(None, error=f"unreadable answer ({type(exc).__name__})", maybe_applied=True)
-    return _parse(response, anyio.current_time() - started)
+    return _parse(response, anyio.current_time() - started, adding=adding)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -102,6 +102,18 @@ class Request:
     """Asked before and after each wait: True when it needs no more sending."""
     sending: Callable[[], None] = _nothing
     """Called just before each attempt leaves."""
+    classify: Callable[[client.Answer], client.Verdict] = client.classify
+    """The operation's answer table (the DELETE's unless said otherwise)."""
+    audit: Mapping[str, object] | None = None
+    """What the audit line names when the request is not about one pair (a batch POST's
+    campaign and contact ids); None: the pair's row, campaign and contact."""
+
+    def about(self) -> Mapping[str, object]:
+        """What the request's audit lines name."""
+        if self.audit is not None:
+            return self.audit
+        e = self.enrollment
+        return {"row": e.row, "campaign_id": e.campaign_id, "contact_id": e.contact_id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,11 +292,11 @@ class Session:
             # The grace period ended: a request all the same.
             took = anyio.current_time() - started
             cut = client.Answer(None, error="the run ended before the answer came")
-            self._audit_request(request.enrollment, cut, "cut_off", attempt, left_at, took, waited)
+            self._audit_request(request, cut, "cut_off", attempt, left_at, took, waited)
             raise
         finally:
             self.in_flight -= 1
-        verdict = client.classify(answer)
+        verdict = request.classify(answer)
         if answer.setup_fault and not self._answered:
             # Nothing has answered yet: a refused port, an unknown host or an untrusted
             # certificate is the setup, not an outage. Once answers came, it may pass.
@@ -292,7 +304,7 @@ class Session:
         self._answered = self._answered or answer.status is not None
         took = anyio.current_time() - started
         result = AUDIT_RESULTS.get(verdict.action, str(verdict.outcome))
-        self._audit_request(request.enrollment, answer, result, attempt, left_at, took, waited)
+        self._audit_request(request, answer, result, attempt, left_at, took, waited)
         return answer, verdict
 
     def _observe(self, answer: client.Answer, verdict: client.Verdict, sent_at: float) -> None:
@@ -319,7 +331,7 @@ class Session:
 
     def _audit_request(
         self,
-        e: Enrollment,
+        request: Request,
         answer: client.Answer,
         result: str,
         attempt: int,
@@ -333,7 +345,7 @@ class Session:
         for reason, seconds in waited.items():
             add_wait(why, AUDIT_WAITS.get(reason, "other"), seconds)
         self.audit.request(
-            e,
+            request.about(),
             sent_at=left_at,
             attempt=attempt,
             seconds=took,

@@ -389,9 +389,13 @@ class Journal:
         a 401, a refused connection) and the row is left for a rerun: nothing was applied,
         so the rerun must not say an earlier attempt may have removed it.
         """
+        self.mark_all_sent((enrollment,), delta)
+
+    def mark_all_sent(self, enrollments: Iterable[Enrollment], delta: int = 1) -> None:
+        """`mark_sent` for every pair of a batch request, in one flush."""
         try:
-            self._sent_csv.writerow(
-                (escape_cell(enrollment.campaign_id), escape_cell(enrollment.contact_id), delta)
+            self._sent_csv.writerows(
+                (escape_cell(e.campaign_id), escape_cell(e.contact_id), delta) for e in enrollments
             )
             self._sent.flush()
         except OSError as exc:

@@ -44,7 +44,13 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 LINE_BREAK = r"\r\n|[\r\n]"
 TIMESTAMP_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
-SETTLED = (Outcome.REMOVED, Outcome.NOT_ENROLLED, Outcome.REJECTED)
+SETTLED = (
+    Outcome.REMOVED,
+    Outcome.NOT_ENROLLED,
+    Outcome.REJECTED,
+    Outcome.RESTORED,
+    Outcome.ALREADY_ENROLLED,
+)
 """Definite answers from the API about a pair: never sent again, never dropped."""
 ANSWERED = (*SETTLED, Outcome.FAILED)
 """Records of a sent pair, keyed by the pair: inputs change between runs, pairs do not."""

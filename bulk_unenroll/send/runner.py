@@ -6,10 +6,10 @@ import contextlib
 import functools
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import anyio
 import httpx
@@ -30,6 +30,9 @@ __all__ = ["OVERLOADS_PER_ROW", "Job", "Progress", "run_job", "unenroll_file"]
 PROGRESS_EVERY = 0.5
 ENDS_WITH_AN_ERROR = (StopReason.ABORTED, StopReason.ERROR)
 """Stops that `Job.run` raises as an error (AuthError, InputError) rather than returns."""
+Item = TypeVar("Item")
+"""What the workers take, one at a time: a row to unenroll, a batch to restore."""
+Results = MemoryObjectSendStream[list[RowResult]]
 
 
 @dataclass(frozen=True)
@@ -142,10 +145,10 @@ class Job:
 
     async def run(self) -> Summary:
         """Send every planned row; returns the summary. Raises only for what ends the run."""
-        if self._plan is None:
+        if self._journal is None:
             await self.plan()
-        plan, journal = self._plan, self._journal
-        assert plan is not None and journal is not None, "run() after plan(dry_run=True)"
+        journal = self._journal
+        assert journal is not None, "plan() opens the results file"
         cfg = self.config
         self.summary.started_at = datetime.now(UTC)
         try:
@@ -162,7 +165,7 @@ class Job:
             session.open_audit()
             http = client.make_client(cfg.api_key.reveal(), cfg.timeout, workers, cfg.ca_bundle)
             async with http:
-                await self._run_pool(_Sending(session, journal, http), plan, workers)
+                await self._send_all(_Sending(session, journal, http), workers)
         except BaseExceptionGroup as group:
             # A task failed (the results file filled up): raise its error, not the group.
             error = find_in_group(group, BulkUnenrollError)
@@ -182,23 +185,41 @@ class Job:
             raise InputError(self.summary.stop_detail)
         return self.summary
 
-    async def _run_pool(self, sending: _Sending, plan: SendPlan, workers: int) -> None:
-        work_send, work_recv = anyio.create_memory_object_stream[Enrollment](workers * 2)
+    async def _send_all(self, sending: _Sending, workers: int) -> None:
+        """Send the plan's rows, one DELETE each (`restore` sends batches instead)."""
+        plan = self._plan
+        assert plan is not None
+        await self._run_pool(
+            sending.journal,
+            workers,
+            functools.partial(self._produce, plan),
+            functools.partial(self._settle_row, sending),
+        )
+
+    async def _run_pool(
+        self,
+        journal: Journal,
+        workers: int,
+        produce: Callable[[MemoryObjectSendStream[Item], Results], Coroutine[None, None, None]],
+        settle: Callable[[Item], Awaitable[list[RowResult] | None]],
+    ) -> None:
+        """One producer, `workers` workers settling what it yields, one writer."""
+        work_send, work_recv = anyio.create_memory_object_stream[Item](workers * 2)
         done_send, done_recv = anyio.create_memory_object_stream[list[RowResult]](workers * 4)
         async with anyio.create_task_group() as tg:
             if self._handle_signals:
                 tg.start_soon(self._watch_signals)
             tg.start_soon(self._tick)
             async with anyio.create_task_group() as flow:
-                flow.start_soon(self._writer, sending.journal, done_recv)
+                flow.start_soon(self._writer, journal, done_recv)
                 async with anyio.create_task_group() as pool:
                     self._pool_scope = pool.cancel_scope
                     async with work_recv, done_send:
-                        pool.start_soon(self._produce, plan, work_send, done_send.clone())
+                        pool.start_soon(produce, work_send, done_send.clone())
                         self._workers_alive = workers
                         for _ in range(workers):
                             pool.start_soon(
-                                self._work, sending, work_recv.clone(), done_send.clone()
+                                self._work, settle, work_recv.clone(), done_send.clone()
                             )
             # The writer has recorded every result by now; stop the watcher and the ticker.
             tg.cancel_scope.cancel()
@@ -228,26 +249,37 @@ class Job:
 
     async def _work(
         self,
-        sending: _Sending,
-        work: MemoryObjectReceiveStream[Enrollment],
-        done: MemoryObjectSendStream[list[RowResult]],
+        settle: Callable[[Item], Awaitable[list[RowResult] | None]],
+        work: MemoryObjectReceiveStream[Item],
+        done: Results,
     ) -> None:
         try:
             async with work, done:
-                async for enrollment in work:
+                async for item in work:
                     if self._stopping.is_set():
                         return
-                    result = await self._unenroll(sending, enrollment)
-                    if result is not None:
-                        self._finished_rows += 1
-                        if enrollment.failed_before:  # its new record supersedes the `failed`
-                            self.summary.outcomes[Outcome.FAILED] -= 1
+                    results = await settle(item)
+                    if results is not None:
                         # Shielded: a row the API answered is recorded even if the grace
                         # period ends now (the writer is outside the cancelled pool).
                         with anyio.CancelScope(shield=True):
-                            await done.send([result])
+                            await done.send(results)
         finally:
             self._workers_alive -= 1  # workers waiting on the route count the others
+
+    def _finished(self, pairs: tuple[Enrollment, ...]) -> None:
+        """Count rows that got their record in this run."""
+        self._finished_rows += len(pairs)
+        # Their new records supersede the `failed` ones.
+        self.summary.outcomes[Outcome.FAILED] -= sum(e.failed_before for e in pairs)
+
+    async def _settle_row(self, sending: _Sending, e: Enrollment) -> list[RowResult] | None:
+        """One row's DELETE and its record; None when the run stopped first."""
+        result = await self._unenroll(sending, e)
+        if result is None:
+            return None
+        self._finished((e,))
+        return [result]
 
     async def _writer(
         self, journal: Journal, done: MemoryObjectReceiveStream[list[RowResult]]

@@ -1,0 +1,202 @@
+"""What a restore does: the pairs a run's results file marks `removed` (its latest record of
+each pair), narrowed by the filters, less those an earlier restore into the same file settled,
+grouped by campaign into Add Contacts batches of at most 500."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from ..config import ReadOptions
+from ..errors import InputError, ResultsFileError
+from ..input.ids import normalise
+from ..input.source import Source
+from ..keys import CAMPAIGN, CONTACT, LOW_BITS, OUTCOME_CODE, OUTCOMES, is_in, pair_key
+from ..models import Enrollment, Outcome
+from ..report import read_results
+from ..results import records
+from ..results.history import History
+from ..results.records import unescape
+
+BATCH_MAX = 500
+"""Most contact ids one Add Contacts call takes (the API answers 400 too_many_contacts above)."""
+FINISHED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+RUN_ONLY = (Outcome.REMOVED, Outcome.NOT_ENROLLED)
+"""Statuses only a run writes: a file holding them is a run's results, not a restore's."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which of the removed pairs to restore; empty: all of them."""
+
+    campaigns: frozenset[str] = frozenset()
+    since: datetime | None = None
+    """Only pairs removed at or after this moment (their `finished_at`, UTC)."""
+    until: datetime | None = None
+    """Only pairs removed before this moment."""
+    pairs: Path | None = None
+    """Only pairs listed in this input file (read like any input)."""
+    read: ReadOptions = ReadOptions()
+    """How to read `pairs`."""
+
+    def described(self) -> list[str]:
+        """The filters in words, for the plan."""
+        said = []
+        if self.campaigns:
+            said.append("campaign " + ", ".join(sorted(self.campaigns)))
+        if self.since is not None:
+            said.append(f"removed at or after {self.since:%Y-%m-%d %H:%M:%S} UTC")
+        if self.until is not None:
+            said.append(f"removed before {self.until:%Y-%m-%d %H:%M:%S} UTC")
+        if self.pairs is not None:
+            said.append(f"listed in {self.pairs}")
+        return said
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One Add Contacts call: pairs of one campaign, in the order RESULTS recorded them."""
+
+    campaign_id: str
+    pairs: tuple[Enrollment, ...]
+
+
+@dataclass
+class RestorePlan:
+    """What a restore of RESULTS into its own results file does, before it does it."""
+
+    results: Path
+    removed: int
+    """Pairs RESULTS marks `removed` (latest record per pair)."""
+    filtered_out: int
+    """Removed pairs the filters leave out."""
+    settled_before: Counter[Outcome] = field(default_factory=Counter)
+    """Pairs an earlier restore into the same file settled (not sent again)."""
+    batches: list[Batch] = field(default_factory=list)
+    unlisted_rows: int = 0
+    """Rows of --pairs that are no valid pair (they select nothing)."""
+
+    @property
+    def total(self) -> int:
+        """Pairs this restore is about: settled before plus to send."""
+        return sum(self.settled_before.values()) + self.to_send
+
+    @property
+    def to_send(self) -> int:
+        return sum(len(b.pairs) for b in self.batches)
+
+    @property
+    def resend(self) -> int:
+        """Pairs an earlier restore sent without getting a definite answer."""
+        return sum(e.attempted_before for b in self.batches for e in b.pairs)
+
+    @property
+    def failed_before(self) -> int:
+        return sum(e.failed_before for b in self.batches for e in b.pairs)
+
+    def campaign_counts(self) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        for batch in self.batches:
+            counts[batch.campaign_id] += len(batch.pairs)
+        return counts
+
+
+def removed_pairs(results: Path) -> pl.DataFrame:
+    """The pairs RESULTS marks `removed` by its latest record of each pair: `row`,
+    `campaign_id`, `contact_id` (as sent) and `finished_at` (UTC), in file order."""
+    if not results.is_file():
+        where = "is a folder" if results.is_dir() else "does not exist"
+        raise InputError(
+            f"RESULTS {results} {where}: give the results file (--out) of the run to undo"
+        )
+    try:
+        records.dialect(results)
+        frame = read_results(results)
+    except ResultsFileError as exc:
+        raise InputError(
+            f"cannot restore from {results}: it cannot be read as a bulk_unenroll results file "
+            f"({str(exc).split(': ', 1)[-1].split('. ')[0]}); give the results file (--out) of "
+            "the run to undo. Nothing was sent"
+        ) from None
+    return frame.filter(pl.col("status") == Outcome.REMOVED.value).select(
+        "row",
+        unescape(CAMPAIGN),
+        unescape(CONTACT),
+        pl.col("finished_at").str.to_datetime(FINISHED_FORMAT, time_zone="UTC", strict=False),
+    )
+
+
+def _listed(pairs: Path, read: ReadOptions) -> tuple[pl.Series, int]:
+    """The pair keys --pairs lists, and how many of its rows are no valid pair."""
+    keys, invalid = [], 0
+    for raw in Source(pairs, read).batches():
+        tidy = normalise(raw)
+        valid = tidy.filter(pl.col("reason").is_null())
+        invalid += tidy.height - valid.height
+        keys.append(valid.select(pair_key(pl.col(CAMPAIGN), pl.col(CONTACT)))["key"])
+    listed = pl.concat(keys) if keys else pl.Series("key", [], pl.UInt128)
+    return listed.unique().sort(), invalid
+
+
+def _filtered(frame: pl.DataFrame, filters: Filters) -> tuple[pl.DataFrame, int]:
+    """The removed pairs the filters keep, and the count of --pairs rows that are no pair."""
+    if filters.campaigns:
+        frame = frame.filter(pl.col(CAMPAIGN).is_in(sorted(filters.campaigns)))
+    if filters.since is not None:
+        frame = frame.filter(pl.col("finished_at") >= filters.since)
+    if filters.until is not None:
+        frame = frame.filter(pl.col("finished_at") < filters.until)
+    unlisted = 0
+    if filters.pairs is not None:
+        listed, unlisted = _listed(filters.pairs, filters.read)
+        frame = frame.filter(is_in(listed, frame["key"]))
+    return frame, unlisted
+
+
+def check_restore_file(history: History, out: Path) -> None:
+    """Refuse to write restore records into a run's results file (it would mix two ledgers)."""
+    codes = set((history.settled % LOW_BITS).cast(pl.UInt8).unique().to_list())
+    if codes & {OUTCOME_CODE[o.value] for o in RUN_ONLY}:
+        raise InputError(
+            f"--out {out} records removals: it is a run's results file, not a restore's. "
+            "Give the restore a results file of its own (a new path, e.g. restore-results.csv)"
+        )
+
+
+def build_restore_plan(results: Path, history: History, filters: Filters) -> RestorePlan:
+    """The plan: removed pairs, filtered, less what `history` (the restore's own results
+    file) settled; the rest in batches of at most BATCH_MAX per campaign."""
+    frame = removed_pairs(results)
+    frame = frame.with_columns(pair_key(pl.col(CAMPAIGN), pl.col(CONTACT)))
+    removed = frame.height
+    frame, unlisted = _filtered(frame, filters)
+    plan = RestorePlan(results, removed, removed - frame.height, unlisted_rows=unlisted)
+    prev = history.prev(frame["key"])
+    frame = frame.with_columns(
+        prev.alias("prev"),
+        is_in(history.attempted, frame["key"]).alias("attempted"),
+        is_in(history.failed, frame["key"]).alias("failed"),
+    )
+    for code, count in frame["prev"].drop_nulls().value_counts().iter_rows():
+        plan.settled_before[OUTCOMES[code]] += int(count)
+    todo = frame.filter(pl.col("prev").is_null()).with_row_index("i")
+    first_seen = pl.col("i").min().over(CAMPAIGN)
+    todo = todo.sort([first_seen, "i"])
+    for (campaign,), group in todo.group_by(CAMPAIGN, maintain_order=True):
+        pairs = [
+            Enrollment(int(r["row"]), r[CAMPAIGN], r[CONTACT], r["attempted"], r["failed"])
+            for r in group.iter_rows(named=True)
+        ]
+        for start in range(0, len(pairs), BATCH_MAX):
+            plan.batches.append(Batch(str(campaign), tuple(pairs[start : start + BATCH_MAX])))
+    return plan
+
+
+def default_source(results: Path, now: datetime) -> str:
+    """What the restore tells the API it is (`source`): the results file and the date."""
+    return f"bulk-unenroll restore of {os.path.basename(results)} ({now:%Y-%m-%d})"
