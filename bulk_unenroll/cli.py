@@ -12,10 +12,11 @@ import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import click
@@ -26,12 +27,12 @@ from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_gro
 from .input.formats import spool
 from .limits import PLANS, Rate
 from .models import StopReason, Summary
-from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console
+from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console, confirm_question
 from .report import (
     ROW_FORMATS,
     STDOUT,
     Export,
-    PlanFigures,
+    Figures,
     build_report,
     export_rows,
     parse_statuses,
@@ -40,10 +41,15 @@ from .report import (
     summary_dict,
     write_json,
 )
+from .restore.job import RestoreJob, RestoreOptions
+from .restore.select import Filters, default_source
+from .restore.show import restore_figures, restore_lines
 from .sandbox import RESET_FORMATS, RETRY_AFTER_FORMATS, WRONG_ROUTE_ANSWERS
 from .scrub import redact_message, remember
 from .send.runner import Job
 
+Settings = TypeVar("Settings")
+"""What a command's run is made from (a JobConfig; a restore's adds its options)."""
 DEBUG_ENV = "BULK_UNENROLL_DEBUG"
 INTERNAL_ERROR = 70
 
@@ -97,27 +103,31 @@ def _apply(f: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable
     return f
 
 
+def _apply_options(
+    options: list[Callable[..., Any]],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`options` as one decorator."""
+    return lambda f: _apply(f, options)
+
+
+COLUMN_OPTIONS = [
+    click.option("--campaign-column", metavar="NAME", help="Column holding campaign ids."),
+    click.option("--contact-column", metavar="NAME", help="Column holding contact ids."),
+    click.option("--delimiter", metavar="CHAR", help="CSV field separator (default: detect)."),
+    click.option("--sheet", metavar="NAME", help="Excel sheet to read (default: the first)."),
+]
+"""How to read an input file's two id columns."""
+
+
 def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that reads an input file."""
-    return _apply(
-        f,
-        [
-            click.option("--campaign-column", metavar="NAME", help="Column holding campaign ids."),
-            click.option("--contact-column", metavar="NAME", help="Column holding contact ids."),
-            click.option(
-                "--campaign",
-                "campaign",
-                metavar="ID",
-                help="Every row belongs to this campaign (a contacts-only file).",
-            ),
-            click.option(
-                "--delimiter", metavar="CHAR", help="CSV field separator (default: detect)."
-            ),
-            click.option(
-                "--sheet", metavar="NAME", help="Excel sheet to read (default: the first)."
-            ),
-        ],
+    campaign = click.option(
+        "--campaign",
+        "campaign",
+        metavar="ID",
+        help="Every row belongs to this campaign (a contacts-only file).",
     )
+    return _apply(f, [*COLUMN_OPTIONS[:2], campaign, *COLUMN_OPTIONS[2:]])
 
 
 def pace_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,10 +154,112 @@ def pace_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 show_default=True,
                 help="Daily calls to leave unused for other integrations.",
             ),
+        ],
+    )
+
+
+max_removals_option = click.option(
+    "--max-removals",
+    type=int,
+    help="Stop cleanly after this many removals (review, then rerun to continue).",
+)
+
+
+def api_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the API is and which key to use."""
+    return _apply(
+        f,
+        [
             click.option(
-                "--max-removals",
+                "--api-key-file",
+                type=click.Path(path_type=Path, dir_okay=False),
+                help=f"Read the API key from this file instead of ${KEY_ENV}.",
+            ),
+            click.option(
+                "--base-url",
+                metavar="URL",
+                help=f"API gateway (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL}).",
+            ),
+            click.option(
+                "--ca-bundle",
+                metavar="PATH",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="PEM file of CA certificates to trust instead of the built-in ones (a "
+                "TLS-inspecting proxy's CA); default: $SSL_CERT_FILE, else the built-in bundle.",
+            ),
+        ],
+    )
+
+
+def sending_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """How a command that sends requests sends them, and asks before it does."""
+    return _apply(
+        f,
+        [
+            click.option(
+                "--concurrency",
                 type=int,
-                help="Stop cleanly after this many removals (review, then rerun to continue).",
+                help="Most requests in flight (default: enough for the rate).",
+            ),
+            click.option(
+                "--timeout",
+                type=float,
+                default=30.0,
+                show_default=True,
+                help="Seconds per request.",
+            ),
+            click.option(
+                "--max-retries",
+                type=int,
+                default=5,
+                show_default=True,
+                help="Retries per request for 5xx, timeouts and resets (429s and gateway overload "
+                "answers, such as a 503, use none).",
+            ),
+            click.option(
+                "--max-429-wait",
+                type=float,
+                default=900.0,
+                show_default=True,
+                metavar="SECONDS",
+                help="Stop (exit 75) once the API has answered nothing but 429 for this long.",
+            ),
+            click.option(
+                "--wait-for-quota",
+                is_flag=True,
+                help="When the daily quota is spent, sleep until it resets instead of exiting 75.",
+            ),
+            click.option(
+                "--grace-period",
+                type=click.FloatRange(min=0),
+                default=10.0,
+                show_default=True,
+                metavar="SECONDS",
+                help="After SIGINT/SIGTERM, how long requests in flight get to finish and be "
+                "recorded.",
+            ),
+            click.option(
+                "--audit-log",
+                type=click.Path(path_type=Path, dir_okay=False),
+                metavar="FILE.jsonl",
+                help="Append one JSON line per request sent (time, pair or batch, attempt, "
+                "status, error code, request id, duration, why it waited); never the key.",
+            ),
+            click.option(
+                "--dry-run",
+                is_flag=True,
+                help="Plan only: read, validate, compare with --out; send nothing.",
+            ),
+            click.option(
+                "--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal."
+            ),
+            click.option(
+                "--progress-interval",
+                type=click.FloatRange(min=0.5),
+                default=PLAIN_EVERY,
+                show_default=True,
+                metavar="SECONDS",
+                help="Seconds between progress lines when not on a terminal.",
             ),
         ],
     )
@@ -184,7 +296,7 @@ def _read_options(kw: dict[str, Any]) -> ReadOptions:
     return ReadOptions(
         campaign_column=kw.pop("campaign_column"),
         contact_column=kw.pop("contact_column"),
-        campaign=kw.pop("campaign"),
+        campaign=kw.pop("campaign", None),
         delimiter=delimiter,
         sheet=kw.pop("sheet"),
     )
@@ -250,7 +362,7 @@ class _Session:
     """What the job got to before it ended, however it ended."""
 
     job: Job | None = None
-    figures: PlanFigures | None = None
+    figures: Figures | None = None
     ran: bool = False
 
 
@@ -315,7 +427,7 @@ def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool
         ),
         reserve=kw.pop("reserve"),
         wait_for_quota=kw.pop("wait_for_quota", False),
-        max_removals=kw.pop("max_removals"),
+        max_removals=kw.pop("max_removals", None),
         read=read,
         grace_period=kw.pop("grace_period", 10.0),
         allow_same_input=kw.pop("allow_same_input", False),
@@ -332,16 +444,33 @@ async def _drive(config: JobConfig, console: Console, req: _Request, session: _S
         on_progress=console.progress,
         handle_signals=not req.dry_run,
     )
-    session.job = job
-    try:
+
+    async def planned() -> str:
         plan = await job.plan(dry_run=req.dry_run)
-        session.figures = dataclasses.replace(
+        figures = dataclasses.replace(
             plan_figures(plan, job.summary, config), input=_given(config.input)
         )
-        console.plan(session.figures, dry_run=req.dry_run)
+        session.figures = figures
+        console.plan(figures, dry_run=req.dry_run)
+        return confirm_question(figures)
+
+    return await _carry_out(job, planned, console, req, session)
+
+
+async def _carry_out(
+    job: Job,
+    planned: Callable[[], Awaitable[str]],
+    console: Console,
+    req: _Request,
+    session: _Session,
+) -> int:
+    """Plan (`planned` shows the plan and says what to ask), confirm, run: any command's."""
+    session.job = job
+    try:
+        question = await planned()
         if req.dry_run:
             return 0
-        if job.summary.to_send and not req.yes and not console.confirm(session.figures):
+        if job.summary.to_send and not req.yes and not console.ask(question):
             job.summary.stop_reason = StopReason.SIGINT
             console.error("cancelled at the prompt; nothing was sent", 130)
             return 130
@@ -353,14 +482,19 @@ async def _drive(config: JobConfig, console: Console, req: _Request, session: _S
     return summary.exit_code
 
 
-def _execute(make_config: Callable[[], JobConfig], console: Console, req: _Request) -> NoReturn:
+def _execute(
+    make_config: Callable[[], Settings],
+    console: Console,
+    req: _Request,
+    drive: Callable[[Settings, Console, _Request, _Session], Awaitable[int]],
+) -> NoReturn:
     """Plan, confirm, run; then the summary, its JSON and the exit code, however it ended."""
     session = _Session()
     error: str | None = None
     unexpected: BaseException | None = None
     try:
         config = make_config()
-        code = anyio.run(_drive, config, console, req, session, backend="asyncio")
+        code = anyio.run(drive, config, console, req, session, backend="asyncio")
     except BaseException as exc:
         known = find_in_group(exc, BulkUnenrollError)
         if known is not None:
@@ -448,81 +582,15 @@ def _console(kw: dict[str, Any]) -> Console:
     help="Results file (CSV); rerun with the same one to resume.",
 )
 @input_options
-@click.option(
-    "--api-key-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help=f"Read the API key from this file instead of ${KEY_ENV}.",
-)
-@click.option(
-    "--base-url",
-    metavar="URL",
-    help=f"API gateway (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL}).",
-)
-@click.option(
-    "--ca-bundle",
-    metavar="PATH",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="PEM file of CA certificates to trust instead of the built-in ones (a TLS-inspecting "
-    "proxy's CA); default: $SSL_CERT_FILE, else the built-in bundle.",
-)
+@api_options
 @pace_options
-@click.option(
-    "--concurrency", type=int, help="Most requests in flight (default: enough for the rate)."
-)
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per request.")
-@click.option(
-    "--max-retries",
-    type=int,
-    default=5,
-    show_default=True,
-    help="Retries per row for 5xx, timeouts and resets (429s and gateway overload answers, "
-    "such as a 503, use none).",
-)
-@click.option(
-    "--max-429-wait",
-    type=float,
-    default=900.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="Stop (exit 75) once the API has answered nothing but 429 for this long.",
-)
-@click.option(
-    "--wait-for-quota",
-    is_flag=True,
-    help="When the daily quota is spent, sleep until it resets instead of exiting 75.",
-)
-@click.option(
-    "--grace-period",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="After SIGINT/SIGTERM, how long requests in flight get to finish and be recorded.",
-)
+@max_removals_option
+@sending_options
 @click.option(
     "--allow-same-input",
     is_flag=True,
     help="Run even while another run works on the same INPUT (each pair it also sends goes "
     "out twice).",
-)
-@click.option(
-    "--audit-log",
-    type=click.Path(path_type=Path, dir_okay=False),
-    metavar="FILE.jsonl",
-    help="Append one JSON line per request sent (time, pair, attempt, status, error code, "
-    "request id, duration, why it waited); never the key.",
-)
-@click.option(
-    "--dry-run", is_flag=True, help="Plan only: read, validate, compare with --out; send nothing."
-)
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
-@click.option(
-    "--progress-interval",
-    type=click.FloatRange(min=0.5),
-    default=PLAIN_EVERY,
-    show_default=True,
-    metavar="SECONDS",
-    help="Seconds between progress lines when not on a terminal.",
 )
 @output_options
 def run(input_path: Path, out: Path, **kw: Any) -> None:
@@ -540,7 +608,7 @@ def run(input_path: Path, out: Path, **kw: Any) -> None:
         input=input_path,
         results=out,
     )
-    _execute(lambda: _config(input_path, out, kw, key_needed=not dry_run), console, req)
+    _execute(lambda: _config(input_path, out, kw, key_needed=not dry_run), console, req, _drive)
 
 
 @main.command(
@@ -559,6 +627,7 @@ def run(input_path: Path, out: Path, **kw: Any) -> None:
 )
 @input_options
 @pace_options
+@max_removals_option
 @output_options
 def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
     """Show what `run` would do with INPUT (same as `run --dry-run`); send nothing.
@@ -576,7 +645,127 @@ def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
     )
     # Without --out nothing was done before: an empty file stands in for the results.
     results = out if out is not None else Path(os.devnull)
-    _execute(lambda: _config(input_path, results, kw, key_needed=False), console, req)
+    _execute(lambda: _config(input_path, results, kw, key_needed=False), console, req, _drive)
+
+
+# -- restore ---------------------------------------------------------------------------------
+
+MOMENT_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ"]
+"""How --since and --until are written (UTC, like the results file's `finished_at`)."""
+
+
+def _restore_settings(
+    results: Path, out: Path, kw: dict[str, Any], *, dry_run: bool
+) -> tuple[JobConfig, RestoreOptions]:
+    since, until = (kw.pop(name) for name in ("since", "until"))
+    since, until = (m if m is None else m.replace(tzinfo=UTC) for m in (since, until))
+    if since is not None and until is not None and since >= until:
+        raise InputError(f"--since {since:%Y-%m-%d %H:%M:%S} is not before --until: swap them")
+    campaigns, pairs, source = kw.pop("campaigns"), kw.pop("pairs"), kw.pop("source")
+    config = _config(results, out, kw, key_needed=not dry_run)
+    filters = Filters(frozenset(campaigns), since, until, pairs, config.read)
+    source = source or default_source(results, datetime.now(UTC))
+    return config, RestoreOptions(results, source, filters)
+
+
+async def _drive_restore(
+    settings: tuple[JobConfig, RestoreOptions], console: Console, req: _Request, session: _Session
+) -> int:
+    config, options = settings
+    job = RestoreJob(
+        config,
+        options,
+        on_event=console.event,
+        on_progress=console.progress,
+        handle_signals=not req.dry_run,
+    )
+
+    async def planned() -> str:
+        plan = await job.plan(dry_run=req.dry_run)
+        figures = restore_figures(plan, options.filters, options.source, config)
+        session.figures = figures
+        console.show_plan(restore_lines(figures), figures.as_dict(), dry_run=req.dry_run)
+        return (
+            f"re-enroll {figures.to_send:,} pairs in {figures.campaigns:,} campaigns "
+            "(each starts its campaign afresh)?"
+        )
+
+    return await _carry_out(job, planned, console, req, session)
+
+
+@main.command(
+    epilog=_epilog(
+        "bulk-unenroll restore results.csv --out restore.csv --dry-run  # what it would do",
+        "bulk-unenroll restore results.csv --out restore.csv            # undo the whole run",
+        "bulk-unenroll restore results.csv --out restore.csv --campaign cmp_a \\",
+        "    --since 2026-11-24 --until 2026-11-25          # one campaign, one day's removals",
+        "bulk-unenroll restore results.csv --out restore.csv --pairs wrong-rows.csv",
+        exit_codes=True,
+    )
+)
+@click.argument("results", metavar="RESULTS", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The restore's own results file (CSV); rerun with the same one to resume.",
+)
+@click.option(
+    "--campaign",
+    "campaigns",
+    multiple=True,
+    metavar="ID",
+    help="Restore only this campaign's pairs. Repeatable.",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(MOMENT_FORMATS),
+    help="Restore only pairs removed at or after this UTC time (their finished_at), e.g. "
+    "2026-11-24 or 2026-11-24T09:30:00.",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(MOMENT_FORMATS),
+    help="Restore only pairs removed before this UTC time (2026-11-25: up to the end of the 24th).",
+)
+@click.option(
+    "--pairs",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Restore only pairs listed in this input file (any input format; --campaign-column, "
+    "--contact-column, --delimiter and --sheet say how to read it).",
+)
+@_apply_options(COLUMN_OPTIONS)
+@click.option(
+    "--source",
+    metavar="TEXT",
+    help="How the restore names itself to LeadLex (Add Contacts' `source`; default: "
+    "'bulk-unenroll restore of RESULTS (DATE)').",
+)
+@api_options
+@pace_options
+@sending_options
+@output_options
+def restore(results: Path, out: Path, **kw: Any) -> None:
+    """Re-enroll every pair that RESULTS (a run's results file) marks removed, up to 500 per
+    call per campaign, recording each pair in --out.
+
+    A restored enrollment starts the campaign afresh: the contact's step progress is not
+    brought back. Rerun the same command to resume.
+    """
+    console = _console(kw)
+    dry_run = kw.pop("dry_run")
+    req = _Request(
+        command="restore",
+        dry_run=dry_run,
+        yes=kw.pop("yes"),
+        summary_json=kw.pop("summary_json"),
+        input=results,
+        results=out,
+    )
+    _execute(
+        lambda: _restore_settings(results, out, kw, dry_run=dry_run), console, req, _drive_restore
+    )
 
 
 # -- report ----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from rich.text import Text
 from .api.session import WAITING_FOR_QUOTA
 from .limits import SAFETY_MARGIN
 from .models import Outcome, StopReason, Summary
-from .report import PlanFigures, ResultsReport
+from .report import Estimate, PlanFigures, ResultsReport
 from .results.records import unescape
 from .scrub import redact, redact_data
 from .send.runner import ENDS_WITH_AN_ERROR, Progress
@@ -254,27 +254,39 @@ def plan_lines(f: PlanFigures) -> list[str]:
         f"  calls needed               {_n(f.calls_needed):>10}   "
         "(one per row; retries and 429s come on top)"
     )
-    lines.append(f"  {'at':<34}{'pace':>11}  {'sending time':>12}  {'quota days':>10}")
-    for e in f.estimates:
+    lines += estimate_lines(f.estimates)
+    if f.max_removals is not None:
+        lines.append(f"  stops after {_n(f.max_removals)} removals (--max-removals)")
+    return lines
+
+
+def estimate_lines(estimates: list[Estimate]) -> list[str]:
+    """Sending time and quota days at each pace the plan considers."""
+    lines = [f"  {'at':<34}{'pace':>11}  {'sending time':>12}  {'quota days':>10}"]
+    for e in estimates:
         days = "never" if e.quota_days is None else _n(e.quota_days)
         per_day = f" ({_n(e.per_day or 0)}/day)"
         pace = "unlimited" if math.isinf(e.per_second) else f"{e.per_second * 60:,.1f}/min"
         sending = "-" if math.isinf(e.per_second) else duration(e.sending_seconds)
         lines.append(f"  {e.label:<34}{pace:>11}  {sending:>12}  {days:>10}{per_day}")
-    if any(not math.isinf(e.per_second) for e in f.estimates):
+    if any(not math.isinf(e.per_second) for e in estimates):
         lines += [
             f"  (each pace is {SAFETY_MARGIN:.0%} of the plan's limit or --rate: the margin "
             "absorbs",
             "   network jitter, so the API's strict per-minute window never answers 429)",
         ]
-    if len(f.estimates) > 1:
+    if len(estimates) > 1:
         lines.append(
             "  (the plan is not known yet: a run learns it from the API's first answer; "
             "--plan picks one)"
         )
-    if f.max_removals is not None:
-        lines.append(f"  stops after {_n(f.max_removals)} removals (--max-removals)")
     return lines
+
+
+def confirm_question(f: PlanFigures) -> str:
+    """What a person at a terminal is asked before a run sends."""
+    up_to = f.to_send if f.max_removals is None else min(f.to_send, f.max_removals)
+    return f"remove up to {_n(up_to)} enrollments from {_campaigns(f)} campaigns?"
 
 
 def _campaigns(f: PlanFigures) -> str:
@@ -428,27 +440,24 @@ class Console:
     def plan(self, figures: PlanFigures, *, dry_run: bool) -> None:
         """On stderr, like every message: stdout carries only a run's summary and reports.
         A dry run's plan is its result, so --quiet does not hide it."""
+        self.show_plan(plan_lines(figures), figures.as_dict(), dry_run=dry_run)
+
+    def show_plan(self, lines: list[str], data: dict[str, Any], *, dry_run: bool) -> None:
+        """Any command's plan: its lines, or its `plan` JSON object."""
         if self.json:
             if dry_run or not self.quiet:
-                self.emit("plan", **figures.as_dict())
+                self.emit("plan", **data)
             return
         if self.quiet and not dry_run:
             return
-        click.echo("\n".join(plan_lines(figures)), err=True)
+        click.echo("\n".join(lines), err=True)
 
-    def confirm(self, figures: PlanFigures) -> bool:
-        """Ask only a person at a terminal; cron, CI and pipes are never prompted."""
+    def ask(self, question: str) -> bool:
+        """Yes or no from a person at a terminal; cron, CI and pipes are never prompted."""
         if not (sys.stdin.isatty() and sys.stderr.isatty()):
             return True
-        up_to = figures.to_send
-        if figures.max_removals is not None:
-            up_to = min(up_to, figures.max_removals)
         try:
-            return click.confirm(
-                f"remove up to {_n(up_to)} enrollments from {_campaigns(figures)} campaigns?",
-                default=False,
-                err=True,
-            )
+            return click.confirm(question, default=False, err=True)
         except click.Abort:
             click.echo("", err=True)
             return False

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -149,6 +149,12 @@ def plan_figures(plan: SendPlan, summary: Summary, config: JobConfig) -> PlanFig
     )
 
 
+class Figures(Protocol):
+    """Any command's plan figures, as the summary JSON's `plan` holds them."""
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
 # -- after: the summary as JSON --------------------------------------------------------------
 
 
@@ -162,7 +168,7 @@ def summary_dict(
     command: str,
     input: Path | None = None,
     results: Path | None = None,
-    figures: PlanFigures | None = None,
+    figures: Figures | None = None,
     exit_code: int | None = None,
     error: str | None = None,
     continue_command: str | None = None,

@@ -160,7 +160,8 @@ def _filtered(frame: pl.DataFrame, filters: Filters) -> tuple[pl.DataFrame, int]
 
 def check_restore_file(history: History, out: Path) -> None:
     """Refuse to write restore records into a run's results file (it would mix two ledgers)."""
-    codes = set((history.settled % LOW_BITS).cast(pl.UInt8).unique().to_list())
+    entries = history.settled.to_frame("entry")
+    codes = set(entries.select((pl.col("entry") % LOW_BITS).cast(pl.UInt8).unique())["entry"])
     if codes & {OUTCOME_CODE[o.value] for o in RUN_ONLY}:
         raise InputError(
             f"--out {out} records removals: it is a run's results file, not a restore's. "
