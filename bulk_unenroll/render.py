@@ -42,7 +42,8 @@ RATE_WINDOW = 60.0
 """The rate shown is the rows finished over the last minute."""
 
 EXIT_MEANINGS = {
-    0: "done: every row removed, not enrolled or a duplicate",
+    0: "done: every row removed, not enrolled or a duplicate (restore: restored or already "
+    "enrolled)",
     1: "finished, but some rows are rejected, failed or invalid: see the results file",
     2: "usage or input error: fix the command or the input, then rerun",
     3: "aborted: the API refused the key or its permissions, or the API cannot be reached as "

@@ -117,8 +117,8 @@ class State:
     """DELETE requests that reached the handler, per pair."""
     added: Counter[Pair] = field(default_factory=Counter)
     """Pairs Add Contacts enrolled (again), per pair."""
-    adds: list[tuple[str, int]] = field(default_factory=list)
-    """Add Contacts requests that reached the handler: (campaign, ids in the body)."""
+    adds: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    """Add Contacts requests that reached the handler: (campaign, the ids in the body)."""
     calls: int = 0
     rate_limited: int = 0
     quota_refused: int = 0
@@ -310,7 +310,7 @@ class Sandbox:
             return "answer", *_error(
                 400, "missing_required_field", "contact_ids (a list of ids) is required", extra
             )
-        st.adds.append((campaign, len(ids)))
+        st.adds.append((campaign, tuple(ids)))
         if len(ids) > ADD_MAX:
             message = f"At most {ADD_MAX} contacts per request"
             return "answer", *_error(400, "too_many_contacts", message, extra)
