@@ -47,7 +47,7 @@ def test_shell_completion_works_as_the_readme_shows() -> None:
     assert "complete -o nosort -F _bulk_unenroll_completion bulk-unenroll" in source.stdout
     env = {**NO_SERVER, "_BULK_UNENROLL_COMPLETE": "bash_complete", "COMP_CWORD": "1"}
     commands = run_cli([], {**env, "COMP_WORDS": "bulk-unenroll r"})
-    assert commands.stdout.split() == ["plain,report", "plain,run"]
+    assert commands.stdout.split() == ["plain,report", "plain,restore", "plain,run"]
     options = run_cli([], {**env, "COMP_WORDS": "bulk-unenroll run --pl", "COMP_CWORD": "2"})
     assert "plain,--plan" in options.stdout.split()
     # The installed command completes the same way.
@@ -60,7 +60,7 @@ def test_shell_completion_works_as_the_readme_shows() -> None:
         timeout=60,
         check=False,
     )
-    assert direct.stdout.split() == ["plain,report", "plain,run"]
+    assert direct.stdout.split() == ["plain,report", "plain,restore", "plain,run"]
 
 
 def test_the_lock_holder_is_named_in_words(tmp_path: Path, serve: Serve) -> None:
