@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, in about six minutes plus the input-scale run.
 
     python -m bench                      # all of them
-    python -m bench --only pacing idle   # some (throughput latency pacing idle input)
+    python -m bench --only pacing idle   # some (throughput latency pacing idle input restore)
     python -m bench --quick              # smaller sizes, for a smoke test of the suite
 
 Light, long benchmarks (the 3-minute per-minute pacing run, the searches for an unknown limit
@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import idle, latency, pacing, throughput
+from . import idle, latency, pacing, restore, throughput
 
-PARTS = ("throughput", "latency", "pacing", "idle", "input")
+PARTS = ("throughput", "latency", "pacing", "idle", "input", "restore")
 
 
 def main() -> None:
@@ -54,21 +54,27 @@ def main() -> None:
             figures["pacing per second"] = pacing.main(["--per-second", *seconds])
         if "idle" in only:
             figures["idle"] = idle.main(["--wait", "15"] if quick else [])
+        if "restore" in only:
+            figures["restore"] = restore.main(["--campaigns", "1200,300"] if quick else [])
         if minute is not None:
             figures["pacing per minute"] = minute.result()
         for search in unknown:
             figures.setdefault("finding an unknown limit", {}).update(search.result())
     if "input" in only:
-        try:
-            from . import input_scale  # written beside this suite; absent in older checkouts
-        except ImportError:
-            print("\n== input scale: bench/input_scale.py is not there; skipped")
-        else:
-            input_scale.main(["--rows", "100000", "--repeat", "1"] if quick else [])
+        _input_scale(quick)
 
     print(f"\nall benchmarks done in {time.monotonic() - started:.0f} s")
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+
+
+def _input_scale(quick: bool) -> None:
+    try:
+        from . import input_scale  # written beside this suite; absent in older checkouts
+    except ImportError:
+        print("\n== input scale: bench/input_scale.py is not there; skipped")
+    else:
+        input_scale.main(["--rows", "100000", "--repeat", "1"] if quick else [])
 
 
 if __name__ == "__main__":
