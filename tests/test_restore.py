@@ -483,3 +483,56 @@ def test_help_names_the_fresh_start(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert "starts the campaign afresh" in " ".join(done.stdout.split())
     assert QUICK[0] in done.stdout
+
+
+def test_a_wrong_base_url_records_nothing_and_says_what_to_check(
+    tmp_path: Path, serve: Serve
+) -> None:
+    results = write_results(
+        tmp_path / "r.csv", [r for i in range(4) for r in removed(f"cmp_{i}", 2, start=10 * i)]
+    )
+    api = Sandbox(campaigns=[f"cmp_{i}" for i in range(4)])
+    wrong = serve(api).base_url.removesuffix("/api-gateway") + "/wrong"
+    out = tmp_path / "restore.csv"
+    done = run_cli(restore(results, out, "--base-url", wrong), cli_env(wrong))
+
+    assert done.returncode == 3
+    assert "check --base-url (it should end in /api-gateway)" in done.stderr
+    assert read_results(out) == []
+    assert not api.state.adds
+
+
+def test_a_missing_pairs_file_is_a_clear_error(tuesday: Path, tmp_path: Path) -> None:
+    args = restore(tuesday, tmp_path / "o.csv", "--pairs", str(tmp_path / "nope.csv"))
+    done = run_cli(args, cli_env("http://127.0.0.1:9/api-gateway"))
+
+    assert done.returncode == 2
+    assert "nope.csv does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sigterm_mid_restore_records_the_batches_in_flight_and_a_rerun_finishes(
+    tmp_path: Path, serve: Serve
+) -> None:
+    results = write_results(
+        tmp_path / "r.csv", [r for i in range(10) for r in removed(f"cmp_{i}", 2, start=10 * i)]
+    )
+    api = Sandbox(campaigns=[f"cmp_{i}" for i in range(10)], faults=Faults(latency=0.05))
+    env, out = cli_env(serve(api).base_url), tmp_path / "restore.csv"
+    args = ["restore", str(results), "--out", str(out), "--rate", "5/s", "--yes"]
+    proc = spawn_cli(args, env, tmp_path / "logs")
+    wait_until(lambda: len(api.state.adds) >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+
+    assert proc.wait(30) == 143
+    first = read_results(out)
+    assert 0 < len(first) < 20
+    assert {(r["campaign_id"], r["contact_id"]) for r in first} == set(api.state.added)
+    assert (
+        "left to do; to continue, run: bulk-unenroll restore"
+        in (tmp_path / "logs" / "stdout").read_text()
+    )
+    done = run_cli(args, env)
+    assert done.returncode == 0, done.stderr
+    assert len(api.state.enrolled) == 20
+    assert all(count == 1 for count in posts_per_pair(api).values())

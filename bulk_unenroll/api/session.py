@@ -476,7 +476,7 @@ class Session:
                     StopReason.ABORTED,
                     f"the API answered {self._unclear[campaigns[0]]} for "
                     f"campaign{'s' if len(campaigns) > 1 else ''} {', '.join(campaigns)}, "
-                    "and no answer has shown that --base-url serves the DELETE route: check "
+                    "and no answer has shown that --base-url serves the API's routes: check "
                     "--base-url (it should end in /api-gateway). Nothing was recorded for "
                     "these rows. If the URL is right, these campaigns do not exist: take "
                     "their rows out.",

@@ -106,10 +106,11 @@ def restore_lines(f: RestoreFigures) -> list[str]:
     if not f.to_send:
         lines.append("nothing to restore.")
         return lines
-    lines.append(
-        f"  calls needed                 {_n(f.calls_needed):>10}   (one Add Contacts call per "
-        f"{BATCH_MAX} pairs of a campaign; retries and 429s come on top)"
-    )
+    lines += [
+        f"  calls needed                 {_n(f.calls_needed):>10}",
+        f"      (one Add Contacts call per {BATCH_MAX} pairs of a campaign; retries and 429s "
+        "come on top)",
+    ]
     lines += estimate_lines(f.estimates)
     lines += [f"  source: {f.source!r}", f"note: {AFRESH}."]
     return lines
