@@ -27,6 +27,8 @@ RUN_OUTCOMES = tuple(Outcome)[:6]
 """How a `run` row can end (what its summary lists)."""
 RESTORE_OUTCOMES = (Outcome.RESTORED, Outcome.ALREADY_ENROLLED, Outcome.REJECTED, Outcome.FAILED)
 """How a `restore` pair can end."""
+RESTORE_ONLY = frozenset(RESTORE_OUTCOMES[:2])
+"""Outcomes only a restore records: a results file holding them is a restore's."""
 
 
 NEEDS_A_LOOK = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)

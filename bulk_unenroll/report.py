@@ -19,7 +19,15 @@ from .config import JobConfig
 from .errors import InputError, ResultsFileError
 from .input.ids import TOKEN_RE
 from .limits import PLANS, Plan, days_needed
-from .models import NEEDS_A_LOOK, RESTORE_OUTCOMES, RUN_OUTCOMES, Outcome, StopReason, Summary
+from .models import (
+    NEEDS_A_LOOK,
+    RESTORE_ONLY,
+    RESTORE_OUTCOMES,
+    RUN_OUTCOMES,
+    Outcome,
+    StopReason,
+    Summary,
+)
 from .plan import NAMED_CAMPAIGNS_MAX, RowAction, SendPlan
 from .results import records
 from .results.records import unescape
@@ -322,8 +330,7 @@ def _selection(frame: pl.DataFrame, statuses: tuple[Outcome, ...]) -> pl.DataFra
 
 def _kinds(counts: dict[str, int]) -> tuple[Outcome, ...]:
     """The statuses a report lists: a restore's when the file holds restore records."""
-    restore_only = (Outcome.RESTORED, Outcome.ALREADY_ENROLLED)
-    return RESTORE_OUTCOMES if any(counts.get(o.value) for o in restore_only) else RUN_OUTCOMES
+    return RESTORE_OUTCOMES if any(counts.get(o.value) for o in RESTORE_ONLY) else RUN_OUTCOMES
 
 
 def build_report(path: Path, statuses: tuple[Outcome, ...] | None = None) -> ResultsReport:

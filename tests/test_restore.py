@@ -536,3 +536,20 @@ def test_sigterm_mid_restore_records_the_batches_in_flight_and_a_rerun_finishes(
     assert done.returncode == 0, done.stderr
     assert len(api.state.enrolled) == 20
     assert all(count == 1 for count in posts_per_pair(api).values())
+
+
+def test_a_run_never_writes_into_a_restores_results_file(
+    tuesday: Path, tmp_path: Path, serve: Serve
+) -> None:
+    api = Sandbox(campaigns=["cmp_a", "cmp_b"])
+    env, out = cli_env(serve(api).base_url), tmp_path / "restore.csv"
+    assert run_cli(restore(tuesday, out), env).returncode == 0
+    before = out.read_text()
+    inp = write_csv(tmp_path / "in.csv", [("cmp_a", contact(10))])
+
+    ran = run_cli(["run", str(inp), "--out", str(out), *QUICK_YES], env)
+
+    assert ran.returncode == 2
+    assert "it is a restore's results file, not a run's" in ran.stderr
+    assert out.read_text() == before
+    assert ("cmp_a", contact(10)) in api.state.enrolled  # nothing was sent

@@ -16,7 +16,7 @@ from ..config import ReadOptions
 from ..errors import InputError, ResultsFileError
 from ..input.ids import normalise
 from ..input.source import Source
-from ..keys import CAMPAIGN, CONTACT, LOW_BITS, OUTCOME_CODE, OUTCOMES, is_in, pair_key
+from ..keys import CAMPAIGN, CONTACT, OUTCOMES, is_in, pair_key
 from ..models import Enrollment, Outcome
 from ..report import read_results
 from ..results import records
@@ -160,9 +160,7 @@ def _filtered(frame: pl.DataFrame, filters: Filters) -> tuple[pl.DataFrame, int]
 
 def check_restore_file(history: History, out: Path) -> None:
     """Refuse to write restore records into a run's results file (it would mix two ledgers)."""
-    entries = history.settled.to_frame("entry")
-    codes = set(entries.select((pl.col("entry") % LOW_BITS).cast(pl.UInt8).unique())["entry"])
-    if codes & {OUTCOME_CODE[o.value] for o in RUN_ONLY}:
+    if history.outcomes_recorded() & set(RUN_ONLY):
         raise InputError(
             f"--out {out} records removals: it is a run's results file, not a restore's. "
             "Give the restore a results file of its own (a new path, e.g. restore-results.csv)"

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from ..keys import empty_keys, is_in, settled_code
+from ..keys import LOW_BITS, OUTCOMES, empty_keys, is_in, settled_code
+from ..models import Outcome
 
 
 @dataclass
@@ -70,3 +71,9 @@ class History:
     def prev(self, keys: pl.Series) -> pl.Series:
         """Per key, the earlier outcome code if the pair was settled, else null."""
         return settled_code(self.settled, keys)
+
+    def outcomes_recorded(self) -> set[Outcome]:
+        """The settled outcomes the file holds: tells a run's results from a restore's."""
+        entries = self.settled.to_frame("entry")
+        codes = entries.select((pl.col("entry") % LOW_BITS).cast(pl.UInt8).unique())["entry"]
+        return {OUTCOMES[code] for code in codes}

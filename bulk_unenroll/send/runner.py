@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import anyio
@@ -21,8 +22,9 @@ from ..api.session import OVERLOADS_PER_ROW, Final, Hold, Request, Session, Stop
 from ..config import JobConfig
 from ..errors import AuthError, BulkUnenrollError, InputError, ResultsFileError, find_in_group
 from ..input.source import Source
-from ..models import Enrollment, Outcome, RowResult, StopReason, Summary
+from ..models import RESTORE_ONLY, Enrollment, Outcome, RowResult, StopReason, Summary
 from ..plan import RowAction, SendPlan, build_plan, work_batches
+from ..results.history import History
 from ..results.journal import Journal, read_history
 from .claims import InputClaim
 
@@ -99,6 +101,7 @@ class Job:
                 history = self._journal.history
                 for notice in self._journal.notices:
                     self._on_event(notice)
+            _refuse_restore_results(history, self.config.out)
             plan = await anyio.to_thread.run_sync(build_plan, self.source, history)
         except BaseException:
             self.close()
@@ -472,6 +475,15 @@ class _Sending:
     session: Session
     journal: Journal
     http: httpx.AsyncClient
+
+
+def _refuse_restore_results(history: History, out: Path) -> None:
+    """A restore's results file as --out would skip every pair it restored, unsent."""
+    if history.outcomes_recorded() & RESTORE_ONLY:
+        raise InputError(
+            f"--out {out} records re-enrollments: it is a restore's results file, not a run's. "
+            "Give the run a results file of its own (a new path)"
+        )
 
 
 def _failed(e: Enrollment, end: Final) -> RowResult:
