@@ -327,6 +327,7 @@ def _epilog(*examples: str, exit_codes: bool = False) -> str:
         "bulk-unenroll plan unenroll.csv                  # what a run would do; sends nothing",
         "bulk-unenroll run unenroll.csv --out results.csv # do it; rerun the same to resume",
         "bulk-unenroll report results.csv --export fix.xlsx",
+        "bulk-unenroll restore results.csv --out restore.csv  # undo a run: re-enroll its removals",
         "bulk-unenroll sandbox --enroll-from unenroll.csv # a fake API to rehearse against",
         f'eval "$({COMPLETE_ENV}=bash_source bulk-unenroll)"  # shell completion (bash; zsh: '
         "zsh_source)",
@@ -338,7 +339,8 @@ def main() -> None:
     """Remove contacts from LeadLex email campaigns in bulk: paced, resumable, truthful.
 
     Start with `plan` to see what a run would do, `run` to do it, `report` to read a
-    results file afterwards, and `sandbox` to rehearse against a fake API.
+    results file afterwards, `restore` to undo a run, and `sandbox` to rehearse against a
+    fake API.
     """
     remember(os.environ.get(KEY_ENV, "").strip())  # scrubbed even where no command reads it
 
