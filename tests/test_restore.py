@@ -553,3 +553,27 @@ def test_a_run_never_writes_into_a_restores_results_file(
     assert "it is a restore's results file, not a run's" in ran.stderr
     assert out.read_text() == before
     assert ("cmp_a", contact(10)) in api.state.enrolled  # nothing was sent
+
+
+def test_the_sandboxs_lost_answer_faults_apply_to_add_contacts(
+    tmp_path: Path, serve: Serve
+) -> None:
+    results = write_results(
+        tmp_path / "r.csv", [r for i in range(8) for r in removed(f"cmp_{i}", 3, start=10 * i)]
+    )
+    faults = Faults(reset_after=0.3, hang_after=0.1)
+    api = Sandbox(campaigns=[f"cmp_{i}" for i in range(8)], faults=faults, seed=7)
+    out = tmp_path / "restore.csv"
+    args = restore(results, out, "--timeout", "1", "--max-retries", "12")
+    done = run_cli(args, cli_env(serve(api).base_url))
+
+    assert done.returncode == 0, done.stderr
+    assert len(api.state.enrolled) == 24
+    records = read_results(out)
+    assert len(records) == 24
+    retried = [r for r in records if r["attempts"] != "1"]
+    assert retried  # some answers were lost, and retried
+    for r in records:
+        said_lost = "after a lost answer" in r["detail"]
+        assert said_lost == (r["attempts"] != "1")
+        assert (r["status"] == "already_enrolled") == said_lost
