@@ -29,9 +29,9 @@ class TimedSandbox(Sandbox):
     admitted: list[float]
 
     def handle(
-        self, method: str, path: str, headers: dict[str, str]
+        self, method: str, path: str, headers: dict[str, str], payload: bytes = b""
     ) -> tuple[str, int, dict[str, str], bytes]:
-        answer = super().handle(method, path, headers)
+        answer = super().handle(method, path, headers, payload)
         if answer[1] != 429:
             self.admitted.append(time.monotonic())
         return answer

@@ -432,10 +432,10 @@ class ArrivalLog(Sandbox):
     arrivals: list[float]
 
     def handle(
-        self, method: str, path: str, headers: dict[str, str]
+        self, method: str, path: str, headers: dict[str, str], payload: bytes = b""
     ) -> tuple[str, int, dict[str, str], bytes]:
         self.arrivals.append(time.monotonic())
-        return super().handle(method, path, headers)
+        return super().handle(method, path, headers, payload)
 
 
 def test_plan_learnt_from_the_first_answer_after_a_lone_probe(tmp_path: Path, serve: Serve) -> None:
