@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -257,17 +258,18 @@ def parse_statuses(text: str | None) -> tuple[Outcome, ...] | None:
     return tuple(Outcome(n) for n in dict.fromkeys(names))
 
 
-def read_results(path: Path) -> pl.DataFrame:
+def read_results(path: Path, columns: Sequence[str] = records.COLUMNS) -> pl.DataFrame:
     """The latest record of each pair the API answered for, and each row recorded without a
     call, in file order. Records are keyed as the run keys them: by pair for sent pairs
     (inputs change between runs), by row number and cells for invalid and duplicate rows.
-    A torn last line (a killed run) is left out; a file re-saved by a spreadsheet is read."""
+    A torn last line (a killed run) is left out; a file re-saved by a spreadsheet is read.
+    `columns` (with `row`, the ids and `status`) reads only those."""
     try:
         if not path.is_file():
             raise FileNotFoundError(errno.ENOENT, "no such file")
         form = records.dialect(path)
         with records.whole(path, form) as readable:
-            frame = records.scan(readable, form).collect()
+            frame = records.scan(readable, form).select(columns).collect()
     except OSError as exc:
         raise ResultsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     except pl.exceptions.PolarsError as exc:

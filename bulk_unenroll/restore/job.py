@@ -94,8 +94,8 @@ class RestoreJob(Job):
         assert plan is not None
         await self._run_pool(
             sending.journal,
-            min(workers, max(1, len(plan.batches))),
-            functools.partial(self._feed, iter(plan.batches)),
+            min(workers, max(1, plan.calls)),
+            functools.partial(self._feed, plan.batches()),
             functools.partial(self._settle_batch, sending),
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -77,7 +78,9 @@ class RestorePlan:
     """Removed pairs the filters leave out."""
     settled_before: Counter[Outcome] = field(default_factory=Counter)
     """Pairs an earlier restore into the same file settled (not sent again)."""
-    batches: list[Batch] = field(default_factory=list)
+    todo: pl.DataFrame = field(default_factory=pl.DataFrame)
+    """The pairs to send, in sending order (campaign by campaign): `row`, `campaign_id`,
+    `contact_id`, `attempted`, `failed`. Rows become `Enrollment`s one batch at a time."""
     unlisted_rows: int = 0
     """Rows of --pairs that are no valid pair (they select nothing)."""
 
@@ -88,22 +91,36 @@ class RestorePlan:
 
     @property
     def to_send(self) -> int:
-        return sum(len(b.pairs) for b in self.batches)
+        return self.todo.height
 
     @property
     def resend(self) -> int:
         """Pairs an earlier restore sent without getting a definite answer."""
-        return sum(e.attempted_before for b in self.batches for e in b.pairs)
+        return int(self.todo["attempted"].sum()) if self.to_send else 0
 
     @property
     def failed_before(self) -> int:
-        return sum(e.failed_before for b in self.batches for e in b.pairs)
+        return int(self.todo["failed"].sum()) if self.to_send else 0
 
     def campaign_counts(self) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        for batch in self.batches:
-            counts[batch.campaign_id] += len(batch.pairs)
-        return counts
+        if not self.to_send:
+            return Counter()
+        counts = self.todo.group_by(CAMPAIGN, maintain_order=True).len()
+        return Counter(dict(counts.iter_rows()))
+
+    @property
+    def calls(self) -> int:
+        """Add Contacts calls needed: one per BATCH_MAX pairs of a campaign, rounded up."""
+        return sum(-(-n // BATCH_MAX) for n in self.campaign_counts().values())
+
+    def batches(self) -> Iterator[Batch]:
+        """The batches to send, in order."""
+        if not self.to_send:
+            return
+        for (campaign,), group in self.todo.group_by(CAMPAIGN, maintain_order=True):
+            for chunk in group.iter_slices(BATCH_MAX):
+                pairs = (Enrollment(*record) for record in chunk.iter_rows())
+                yield Batch(str(campaign), tuple(pairs))
 
 
 def removed_pairs(results: Path) -> pl.DataFrame:
@@ -116,7 +133,7 @@ def removed_pairs(results: Path) -> pl.DataFrame:
         )
     try:
         records.dialect(results)
-        frame = read_results(results)
+        frame = read_results(results, ("row", CAMPAIGN, CONTACT, "status", "finished_at"))
     except ResultsFileError as exc:
         raise InputError(
             f"cannot restore from {results}: it cannot be read as a bulk_unenroll results file "
@@ -185,14 +202,9 @@ def build_restore_plan(results: Path, history: History, filters: Filters) -> Res
         plan.settled_before[OUTCOMES[code]] += int(count)
     todo = frame.filter(pl.col("prev").is_null()).with_row_index("i")
     first_seen = pl.col("i").min().over(CAMPAIGN)
-    todo = todo.sort([first_seen, "i"])
-    for (campaign,), group in todo.group_by(CAMPAIGN, maintain_order=True):
-        pairs = [
-            Enrollment(int(r["row"]), r[CAMPAIGN], r[CONTACT], r["attempted"], r["failed"])
-            for r in group.iter_rows(named=True)
-        ]
-        for start in range(0, len(pairs), BATCH_MAX):
-            plan.batches.append(Batch(str(campaign), tuple(pairs[start : start + BATCH_MAX])))
+    plan.todo = todo.sort([first_seen, "i"]).select(
+        pl.col("row").cast(pl.Int64), CAMPAIGN, CONTACT, "attempted", "failed"
+    )
     return plan
 
 

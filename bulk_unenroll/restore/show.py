@@ -59,7 +59,7 @@ def restore_figures(
     plan: RestorePlan, filters: Filters, source: str, config: JobConfig
 ) -> RestoreFigures:
     counts = plan.campaign_counts()
-    calls = len(plan.batches)
+    calls = plan.calls
     return RestoreFigures(
         results=plan.results,
         removed=plan.removed,
