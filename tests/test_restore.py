@@ -15,6 +15,7 @@ import httpx
 import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 from helpers import QUICK, QUICK_YES, Serve
+from test_cli import terminal
 from truth import spawn_cli, wait_until
 
 from bulk_unenroll import sandbox as sandbox_module
@@ -577,3 +578,43 @@ def test_the_sandboxs_lost_answer_faults_apply_to_add_contacts(
         said_lost = "after a lost answer" in r["detail"]
         assert said_lost == (r["attempts"] != "1")
         assert (r["status"] == "already_enrolled") == said_lost
+
+
+# -- the operator's experience --------------------------------------------------------------
+
+
+def test_a_terminal_restore_asks_first_and_no_sends_nothing(
+    tuesday: Path, tmp_path: Path, serve: Serve
+) -> None:
+    api = Sandbox(campaigns=["cmp_a", "cmp_b"])
+    env, out = cli_env(serve(api).base_url), tmp_path / "restore.csv"
+    args = ["restore", str(tuesday), "--out", str(out), *QUICK]
+    with terminal(args, env) as term:
+        term.read_until(b"re-enroll 14 pairs in 2 campaigns (each starts its campaign afresh)?")
+        term.type("n\n")
+        term.read_until(None)
+        assert term.proc.wait(30) == 130
+    assert api.state.calls == 0
+    with terminal(args, env) as term:
+        term.read_until(b"[y/N]")
+        term.type("y\n")
+        screen = term.read_until(None)
+        assert term.proc.wait(30) == 0
+    assert "\x1b[" in screen  # the live display
+    assert "restored 14" in screen
+    assert len(api.state.enrolled) == 14
+
+
+def test_piped_restore_progress_is_plain_lines(tmp_path: Path, serve: Serve) -> None:
+    results = write_results(
+        tmp_path / "r.csv", [r for i in range(6) for r in removed(f"cmp_{i}", 2, start=10 * i)]
+    )
+    api = Sandbox(campaigns=[f"cmp_{i}" for i in range(6)])
+    args = ["restore", str(results), "--out", str(tmp_path / "o.csv"), "--rate", "4/s"]
+    done = run_cli([*args, "--progress-interval", "0.5"], cli_env(serve(api).base_url))
+
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "progress:" in line]
+    assert len(lines) >= 2
+    assert all("restored" in line and "already_enrolled" in line for line in lines)
+    assert not any("removed" in line for line in lines)

@@ -95,7 +95,8 @@ class Request:
     """One request for the session to send, and the operation's say in it."""
 
     enrollment: Enrollment
-    """The pair it is about: the audit log names it; an unclear 404 is about its campaign."""
+    """The pair it is about (for a batch, its first pair): the audit log names it unless
+    `audit` says otherwise; an unclear 404 is about its campaign."""
     perform: Callable[[], Awaitable[client.Answer]]
     """Sends it once; never raises for the network (a lost answer is an `Answer` too)."""
     skip: Callable[[], bool] = _never
