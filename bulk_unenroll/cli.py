@@ -723,12 +723,14 @@ async def _drive_restore(
 @click.option(
     "--since",
     type=click.DateTime(MOMENT_FORMATS),
+    metavar="TIME",
     help="Restore only pairs removed at or after this UTC time (their finished_at), e.g. "
     "2026-11-24 or 2026-11-24T09:30:00.",
 )
 @click.option(
     "--until",
     type=click.DateTime(MOMENT_FORMATS),
+    metavar="TIME",
     help="Restore only pairs removed before this UTC time (2026-11-25: up to the end of the 24th).",
 )
 @click.option(
