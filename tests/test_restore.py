@@ -618,3 +618,30 @@ def test_piped_restore_progress_is_plain_lines(tmp_path: Path, serve: Serve) -> 
     assert len(lines) >= 2
     assert all("restored" in line and "already_enrolled" in line for line in lines)
     assert not any("removed" in line for line in lines)
+
+
+def test_not_enrolled_after_a_lost_answer_is_named_but_never_restored(
+    tmp_path: Path, serve: Serve
+) -> None:
+    results = write_results(tmp_path / "r.csv", removed("cmp_a", 2))
+    with results.open("a", newline="", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerow(
+            [
+                3,
+                "cmp_a",
+                contact(7),
+                "not_enrolled",
+                404,
+                "enrollment_not_found",
+                2,
+                "",
+                "an earlier attempt may have removed it: its answer was lost",
+                "2026-11-24T10:00:00Z",
+            ]
+        )
+    api = Sandbox(campaigns=["cmp_a"])
+    done = run_cli(restore(results, tmp_path / "o.csv"), cli_env(serve(api).base_url))
+
+    assert done.returncode == 0, done.stderr
+    assert "not restored: 1 pair(s) it marks not_enrolled after a lost answer" in done.stderr
+    assert set(api.state.added) == {("cmp_a", contact(0)), ("cmp_a", contact(1))}

@@ -23,6 +23,7 @@ from ..report import read_results
 from ..results import records
 from ..results.history import History
 from ..results.records import unescape
+from ..send.runner import MAY_HAVE_REMOVED
 
 BATCH_MAX = 500
 """Most contact ids one Add Contacts call takes (the API answers 400 too_many_contacts above)."""
@@ -83,6 +84,10 @@ class RestorePlan:
     `contact_id`, `attempted`, `failed`. Rows become `Enrollment`s one batch at a time."""
     unlisted_rows: int = 0
     """Rows of --pairs that are no valid pair (they select nothing)."""
+    lost_then_not_enrolled: int = 0
+    """Pairs RESULTS marks `not_enrolled` after a lost answer: most likely removed by the run,
+    but not certainly, so never restored (re-enrolling a contact who was not enrolled is worse
+    than leaving one out)."""
 
     @property
     def total(self) -> int:
@@ -123,9 +128,10 @@ class RestorePlan:
                 yield Batch(str(campaign), tuple(pairs))
 
 
-def removed_pairs(results: Path) -> pl.DataFrame:
+def removed_pairs(results: Path) -> tuple[pl.DataFrame, int]:
     """The pairs RESULTS marks `removed` by its latest record of each pair: `row`,
-    `campaign_id`, `contact_id` (as sent) and `finished_at` (UTC), in file order."""
+    `campaign_id`, `contact_id` (as sent) and `finished_at` (UTC), in file order; and how many
+    it marks `not_enrolled` after a lost answer."""
     if not results.is_file():
         where = "is a folder" if results.is_dir() else "does not exist"
         raise InputError(
@@ -133,19 +139,23 @@ def removed_pairs(results: Path) -> pl.DataFrame:
         )
     try:
         records.dialect(results)
-        frame = read_results(results, ("row", CAMPAIGN, CONTACT, "status", "finished_at"))
+        frame = read_results(results, ("row", CAMPAIGN, CONTACT, "status", "detail", "finished_at"))
     except ResultsFileError as exc:
         raise InputError(
             f"cannot restore from {results}: it cannot be read as a bulk_unenroll results file "
             f"({str(exc).split(': ', 1)[-1].split('. ')[0]}); give the results file (--out) of "
             "the run to undo. Nothing was sent"
         ) from None
-    return frame.filter(pl.col("status") == Outcome.REMOVED.value).select(
+    lost = (pl.col("status") == Outcome.NOT_ENROLLED.value) & pl.col("detail").str.starts_with(
+        MAY_HAVE_REMOVED
+    )
+    removed = frame.filter(pl.col("status") == Outcome.REMOVED.value).select(
         "row",
         unescape(CAMPAIGN),
         unescape(CONTACT),
         pl.col("finished_at").str.to_datetime(FINISHED_FORMAT, time_zone="UTC", strict=False),
     )
+    return removed, int(frame.select(lost.sum()).item() or 0)
 
 
 def _listed(pairs: Path, read: ReadOptions) -> tuple[pl.Series, int]:
@@ -187,11 +197,12 @@ def check_restore_file(history: History, out: Path) -> None:
 def build_restore_plan(results: Path, history: History, filters: Filters) -> RestorePlan:
     """The plan: removed pairs, filtered, less what `history` (the restore's own results
     file) settled; the rest in batches of at most BATCH_MAX per campaign."""
-    frame = removed_pairs(results)
+    frame, lost = removed_pairs(results)
     frame = frame.with_columns(pair_key(pl.col(CAMPAIGN), pl.col(CONTACT)))
     removed = frame.height
     frame, unlisted = _filtered(frame, filters)
     plan = RestorePlan(results, removed, removed - frame.height, unlisted_rows=unlisted)
+    plan.lost_then_not_enrolled = lost
     prev = history.prev(frame["key"])
     frame = frame.with_columns(
         prev.alias("prev"),

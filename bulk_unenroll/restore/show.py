@@ -28,6 +28,7 @@ class RestoreFigures:
     filtered_out: int
     filters: list[str]
     unlisted_rows: int
+    lost_then_not_enrolled: int
     settled_before: int
     to_send: int
     resend: int
@@ -43,6 +44,7 @@ class RestoreFigures:
             "removed": self.removed,
             "filtered_out": self.filtered_out,
             "filters": self.filters,
+            "lost_then_not_enrolled": self.lost_then_not_enrolled,
             "settled_before": self.settled_before,
             "to_send": self.to_send,
             "resend": self.resend,
@@ -66,6 +68,7 @@ def restore_figures(
         filtered_out=plan.filtered_out,
         filters=filters.described(),
         unlisted_rows=plan.unlisted_rows,
+        lost_then_not_enrolled=plan.lost_then_not_enrolled,
         settled_before=sum(plan.settled_before.values()),
         to_send=plan.to_send,
         resend=plan.resend,
@@ -91,6 +94,13 @@ def restore_lines(f: RestoreFigures) -> list[str]:
         lines += [f"      only pairs {said}" for said in f.filters]
     if f.unlisted_rows:
         lines.append(f"      ({_n(f.unlisted_rows)} row(s) of --pairs are no valid pair)")
+    if f.lost_then_not_enrolled:
+        lines += [
+            f"  not restored: {_n(f.lost_then_not_enrolled)} pair(s) it marks not_enrolled after "
+            "a lost answer (most likely",
+            "      removed by the run, but not certainly; `bulk-unenroll report RESULTS --status "
+            "not_enrolled` lists them)",
+        ]
     lines += [
         f"  settled by an earlier restore{_n(f.settled_before):>10}",
         f"  to restore                   {_n(f.to_send):>10}"

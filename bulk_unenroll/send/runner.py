@@ -32,6 +32,8 @@ __all__ = ["OVERLOADS_PER_ROW", "Job", "Progress", "run_job", "unenroll_file"]
 PROGRESS_EVERY = 0.5
 ENDS_WITH_AN_ERROR = (StopReason.ABORTED, StopReason.ERROR)
 """Stops that `Job.run` raises as an error (AuthError, InputError) rather than returns."""
+MAY_HAVE_REMOVED = "an earlier attempt may have removed it"
+"""How the detail of a `not_enrolled` after a lost answer begins (restore reads it back)."""
 Item = TypeVar("Item")
 """What the workers take, one at a time: a row to unenroll, a batch to restore."""
 Results = MemoryObjectSendStream[list[RowResult]]
@@ -446,9 +448,7 @@ class Job:
             self.summary.lost_then_not_enrolled += 1
             earlier = ["a request in an earlier run got no definite answer (see .sent)"]
             lost_reasons = (earlier if e.attempted_before else []) + list(end.lost)
-            detail = "an earlier attempt may have removed it: " + "; ".join(
-                dict.fromkeys(lost_reasons)
-            )
+            detail = f"{MAY_HAVE_REMOVED}: " + "; ".join(dict.fromkeys(lost_reasons))
         if outcome is Outcome.REJECTED and answer.code in client.CAMPAIGN_NOT_FOUND:
             self._dead_campaigns.setdefault(e.campaign_id, e.row)
         if outcome is Outcome.REMOVED:
