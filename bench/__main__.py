@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, in about six minutes plus the input-scale run.
 
     python -m bench                      # all of them
-    python -m bench --only pacing idle   # some (throughput latency pacing idle input restore)
+    python -m bench --only pacing idle   # some (throughput latency pacing idle check input restore)
     python -m bench --quick              # smaller sizes, for a smoke test of the suite
 
 Light, long benchmarks (the 3-minute per-minute pacing run, the searches for an unknown limit
@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import idle, latency, pacing, restore, throughput
+from . import check_enrollment, idle, latency, pacing, restore, throughput
 
-PARTS = ("throughput", "latency", "pacing", "idle", "input", "restore")
+PARTS = ("throughput", "latency", "pacing", "idle", "check", "input", "restore")
 
 
 def main() -> None:
@@ -60,6 +60,9 @@ def main() -> None:
             figures["pacing per minute"] = minute.result()
         for search in unknown:
             figures.setdefault("finding an unknown limit", {}).update(search.result())
+    if "check" in only:
+        sizes = ["--campaigns", "5", "--contacts", "400"] if quick else []
+        figures["check enrollment"] = check_enrollment.main(sizes)
     if "input" in only:
         _input_scale(quick)
 

@@ -163,6 +163,12 @@ max_removals_option = click.option(
     type=int,
     help="Stop cleanly after this many removals (review, then rerun to continue).",
 )
+check_enrollment_option = click.option(
+    "--check-enrollment",
+    is_flag=True,
+    help="List each campaign's contacts first (100 per call, needs campaigns:read) where that "
+    "takes fewer calls than its DELETEs; pairs not enrolled are settled without a DELETE.",
+)
 
 
 def api_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -430,6 +436,7 @@ def _config(input_path: Path, out: Path, kw: dict[str, Any], *, key_needed: bool
         reserve=kw.pop("reserve"),
         wait_for_quota=kw.pop("wait_for_quota", False),
         max_removals=kw.pop("max_removals", None),
+        check_enrollment=kw.pop("check_enrollment", False),
         read=read,
         grace_period=kw.pop("grace_period", 10.0),
         allow_same_input=kw.pop("allow_same_input", False),
@@ -587,6 +594,7 @@ def _console(kw: dict[str, Any]) -> Console:
 @api_options
 @pace_options
 @max_removals_option
+@check_enrollment_option
 @sending_options
 @click.option(
     "--allow-same-input",
@@ -630,6 +638,7 @@ def run(input_path: Path, out: Path, **kw: Any) -> None:
 @input_options
 @pace_options
 @max_removals_option
+@check_enrollment_option
 @output_options
 def plan(input_path: Path, out: Path | None, **kw: Any) -> None:
     """Show what `run` would do with INPUT (same as `run --dry-run`); send nothing.
@@ -948,6 +957,21 @@ def _exported(figures: Export, dest: Path) -> None:
     default="campaign_not_found",
     show_default=True,
     help="The 404 error code for an --unknown-campaign.",
+)
+@click.option(
+    "--churn",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    metavar="P",
+    help="Play a second client while a campaign is listed: before each page after the first, "
+    "with probability P it removes an enrollment from the pages already read or enrolls a new "
+    "contact.",
+)
+@click.option(
+    "--no-campaigns-read",
+    is_flag=True,
+    help="The key lacks campaigns:read: listing a campaign's contacts answers 403.",
 )
 @click.option(
     "--require-key",

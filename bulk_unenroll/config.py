@@ -127,6 +127,8 @@ class JobConfig:
     """Run even while another live run works on the same input (see claims.py)."""
     breaker_threshold: int = 25
     """Consecutive transient failures after which the API is taken to be down."""
+    check_enrollment: bool = False
+    """List campaigns' contacts first; settle the pairs not enrolled without a DELETE."""
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):

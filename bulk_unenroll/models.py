@@ -97,6 +97,10 @@ class Summary:
     """Overload answers from a gateway (a 503, a quick 502/504): pacing signals too."""
     final_pace: float | None = None
     """Calls per second the run was pacing at when it ended (None: unpaced)."""
+    listing_calls: int = 0
+    """Calls that listed campaigns' contacts (--check-enrollment); counted in `calls` too."""
+    settled_by_listing: int = 0
+    """Rows settled `not_enrolled` from a listing, without a DELETE (--check-enrollment)."""
     lost_then_not_enrolled: int = 0
     """`not_enrolled` after a lost answer: most likely removed by an earlier attempt."""
     stop_reason: StopReason = StopReason.COMPLETE

@@ -30,7 +30,7 @@ from rich.text import Text
 from .api.session import WAITING_FOR_QUOTA
 from .limits import SAFETY_MARGIN
 from .models import Outcome, StopReason, Summary
-from .report import Estimate, PlanFigures, ResultsReport
+from .report import CheckFigures, Estimate, PlanFigures, ResultsReport
 from .results.records import unescape
 from .scrub import redact, redact_data
 from .send.runner import ENDS_WITH_AN_ERROR, Progress
@@ -255,6 +255,8 @@ def plan_lines(f: PlanFigures) -> list[str]:
         f"  calls needed               {_n(f.calls_needed):>10}   "
         "(one per row; retries and 429s come on top)"
     )
+    if f.check is not None:
+        lines += _check_lines(f.check)
     lines += estimate_lines(f.estimates)
     if f.max_removals is not None:
         lines.append(f"  stops after {_n(f.max_removals)} removals (--max-removals)")
@@ -290,6 +292,21 @@ def confirm_question(f: PlanFigures) -> str:
     return f"remove up to {_n(up_to)} enrollments from {_campaigns(f)} campaigns?"
 
 
+def _check_lines(c: CheckFigures) -> list[str]:
+    """The calls --check-enrollment expects, beside the one DELETE per row without it."""
+    if not c.campaigns:
+        return ["  with --check-enrollment   no campaign has 2 or more rows to send: no listing"]
+    others = f"; {_n(c.other_rows)} rows of other campaigns: a DELETE each" if c.other_rows else ""
+    return [
+        f"  with --check-enrollment    {_n(c.fewest_calls):>10}   at the fewest, "
+        "+ 1 DELETE per enrolled pair",
+        f"      ({_n(c.campaigns)} campaign(s) with {_n(c.rows)} rows listed first: 1 call per "
+        "100 contacts",
+        "       enrolled in each, +1 to re-check a list longer than a page; a listing stops",
+        f"       before its calls reach its campaign's rows to send{others})",
+    ]
+
+
 def _campaigns(f: PlanFigures) -> str:
     return _n(f.campaigns) if f.campaigns_exact else f"about {_n(f.campaigns)}"
 
@@ -307,6 +324,11 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
         f"  {'calls spent':<24}{_n(s.calls):>10}"
         + (f"   ({per_row:.3f} per settled row)" if per_row is not None else "")
     )
+    if s.listing_calls or s.settled_by_listing:
+        lines.append(
+            f"  {'listing calls':<24}{_n(s.listing_calls):>10}   ({_n(s.settled_by_listing)} "
+            "rows settled not_enrolled from listings, without a DELETE)"
+        )
     lines.append(f"  {'429 answers':<24}{_n(s.rate_limited):>10}")
     if s.overloaded:
         lines.append(

@@ -33,6 +33,7 @@ from .plan import NAMED_CAMPAIGNS_MAX, RowAction, SendPlan
 from .results import records
 from .results.records import unescape
 from .scrub import redact, redact_data
+from .send.check import listable
 
 SCHEMA_VERSION = 1
 """Bumped only when a key of the summary JSON changes meaning or goes away."""
@@ -85,6 +86,8 @@ class PlanFigures:
     invalid_examples: list[tuple[int, str]]
     estimates: list[Estimate]
     max_removals: int | None = None
+    check: CheckFigures | None = None
+    """--check-enrollment: what would be listed first."""
 
     @property
     def calls_needed(self) -> int:
@@ -106,7 +109,37 @@ class PlanFigures:
             "calls_needed": self.calls_needed,
             "max_removals": self.max_removals,
             "estimates": [e.as_dict() for e in self.estimates],
+            "check_enrollment": None if self.check is None else self.check.as_dict(),
         }
+
+
+@dataclass(frozen=True)
+class CheckFigures:
+    """What `--check-enrollment` would list before any DELETE, and the fewest calls then."""
+
+    campaigns: int
+    """Campaigns to list: those with at least `MIN_ROWS` rows to send."""
+    rows: int
+    """Their rows to send."""
+    other_rows: int
+    """Rows of campaigns not listed: a DELETE each."""
+
+    @property
+    def fewest_calls(self) -> int:
+        """One page per listed campaign and no enrolled pair: the best case."""
+        return self.campaigns + self.other_rows
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "campaigns_listed": self.campaigns,
+            "rows_listed": self.rows,
+            "fewest_calls": self.fewest_calls,
+        }
+
+
+def check_figures(plan: SendPlan, to_send: int) -> CheckFigures:
+    listed = [n for c, n in plan.campaign_counts.items() if listable(c, n)]
+    return CheckFigures(len(listed), sum(listed), to_send - sum(listed))
 
 
 def estimates(calls: int, config: JobConfig) -> list[Estimate]:
@@ -155,6 +188,7 @@ def plan_figures(plan: SendPlan, summary: Summary, config: JobConfig) -> PlanFig
         invalid_examples=list(plan.invalid_examples),
         estimates=estimates(to_send, config),
         max_removals=config.max_removals,
+        check=check_figures(plan, to_send) if config.check_enrollment else None,
     )
 
 
@@ -216,6 +250,8 @@ def summary_dict(
         "final_pace_per_second": None if s.final_pace is None else round(s.final_pace, 3),
         "learnt_rate": s.learnt_rate,
         "lost_then_not_enrolled": s.lost_then_not_enrolled,
+        "listing_calls": s.listing_calls,
+        "settled_by_listing": s.settled_by_listing,
         "stop_reason": stop.value,
         "stop_detail": s.stop_detail or (error or ""),
         "quota_reset_at": _iso(s.quota_reset_at) if stop is StopReason.QUOTA else None,

@@ -41,6 +41,8 @@ ADD_ROUTE = re.compile(r"^(?:/[^?]*)?/api-gateway/v1/campaigns/([^/?]+)/contacts
 """Add Contacts to Campaign: `POST .../v1/campaigns/{id}/contacts`."""
 ADD_MAX = 500
 """Most contact ids one Add Contacts call takes."""
+LIST_ROUTE = re.compile(r"^(?:/[^?]*)?/api-gateway/v1/campaigns/([^/?]+)/contacts/?(?:\?(.*))?$")
+"""List Campaign Contacts: `GET .../v1/campaigns/{id}/contacts?page=N&per_page=M`."""
 Pair = tuple[str, str]
 RESET_FORMATS = ("epoch", "epoch-ms", "seconds-until", "iso", "http-date")
 """How X-RateLimit-Reset can be written: the documented Unix seconds, and what gateways send."""
@@ -123,6 +125,16 @@ class State:
     rate_limited: int = 0
     quota_refused: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
+    enrolled_at: dict[Pair, int] = field(default_factory=dict)
+    """When each enrollment was added, as a sequence number: the listing is newest first. A
+    pair enrolled without one (by any handler) gets the next number when it is next listed;
+    a removal drops it."""
+    pages: int = 0
+    """Listing pages served (GET answers of 200)."""
+    churned_out: set[Pair] = field(default_factory=set)
+    """Pairs the second client (`churn`) removed while a listing was being read."""
+    churned_in: set[Pair] = field(default_factory=set)
+    """Pairs the second client enrolled while a listing was being read."""
 
 
 class Sandbox:
@@ -140,8 +152,18 @@ class Sandbox:
         seed: int | None = None,
         wrong_route: str = "not_found",
         unknown_campaign_code: str = "campaign_not_found",
+        can_read: bool = True,
+        churn: float = 0.0,
     ) -> None:
-        self.state = State(enrolled=set(enrolled))
+        in_order = enrolled_in_order(enrolled)
+        self.state = State(enrolled=set(in_order))
+        self.state.enrolled_at = {pair: n for n, pair in enumerate(in_order)}
+        self._next_added = len(in_order)
+        self.can_read = can_read
+        """False: the key lacks campaigns:read (a listing answers 403)."""
+        self.churn = churn
+        """A second client at work: the probability, per listing page after the first, that it
+        removes an enrollment from the pages already read and that it enrolls a new contact."""
         self.state.campaigns = {c for c, _ in self.state.enrolled} | set(campaigns)
         self.limits = limits or Limits()
         self.faults = faults or Faults()
@@ -206,6 +228,9 @@ class Sandbox:
         extra = {"X-Request-ID": f"req_{next(self._ids):08x}"}
         if self.limits.time_scale != 1.0:
             extra[TIME_SCALE_HEADER] = f"{self.limits.time_scale:g}"
+        listed = LIST_ROUTE.match(path)
+        if method == "GET" and listed:
+            return self._list_contacts(unquote(listed[1]), listed[2] or "", headers, extra)
         match = ROUTE.match(path)
         adding = ADD_ROUTE.match(path) if method == "POST" else None
         if adding is not None:
@@ -269,6 +294,7 @@ class Sandbox:
                 404, "enrollment_not_found", "Contact is not enrolled in this campaign", extra
             )
         st.enrolled.discard(pair)
+        st.enrolled_at.pop(pair, None)  # enrolled again later, it is the newest
         st.removed[pair] += 1
         if roll < f.reset_after:
             return "reset_after", 0, {}, b""
@@ -328,6 +354,109 @@ class Sandbox:
         answer = {"added": len(added), "skipped": len(ids) - len(added), "contact_ids": added}
         headers = {**extra, "Content-Type": "application/json"}
         return "answer", 201, headers, json.dumps({"data": answer}).encode()
+
+    def _list_contacts(
+        self, campaign: str, query: str, headers: dict[str, str], extra: dict[str, str]
+    ) -> tuple[str, int, dict[str, str], bytes]:
+        """List Campaign Contacts: one page, newest first, with `meta` totals."""
+        key = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not key.startswith("wbk_") or (self.api_key is not None and key != self.api_key):
+            return "answer", *_error(401, "invalid_key", "Invalid or expired API key", extra)
+        if not self.can_read:
+            return "answer", *_error(
+                403, "insufficient_permissions", "Missing campaigns:read", extra
+            )
+        refused = self._admit()
+        if refused is not None:
+            return "answer", *_error(
+                429, "rate_limited", "Rate limit exceeded", {**extra, **refused[1]}
+            )
+        extra.update(self._quota_headers())
+        if campaign not in self.state.campaigns:
+            return "answer", *_error(404, "campaign_not_found", "No campaign with this ID", extra)
+        asked = dict(part.partition("=")[::2] for part in query.split("&") if part)
+        page = _whole(asked.get("page"), 1, 1_000_000)
+        per_page = _whole(asked.get("per_page"), 50, 100)
+        if page is None or per_page is None:
+            return "answer", *_error(400, "invalid_parameter", "page or per_page", extra)
+        if page > 1:
+            self._second_client(campaign, (page - 1) * per_page)
+        contacts = self._enrolled_newest_first(campaign)
+        chunk = contacts[(page - 1) * per_page : page * per_page]
+        body = {
+            "data": {
+                "contacts": [_contact(c, self.state.enrolled_at[(campaign, c)]) for c in chunk]
+            },
+            "meta": {
+                "page": page,
+                "per_page": per_page,
+                "total": len(contacts),
+                "total_pages": max(1, math.ceil(len(contacts) / per_page)),
+            },
+        }
+        self.state.pages += 1
+        json_type = {**extra, "Content-Type": "application/json"}
+        return "answer", 200, json_type, json.dumps(body).encode()
+
+    def _enrolled_newest_first(self, campaign: str) -> list[str]:
+        st = self.state
+        pairs = [p for p in st.enrolled if p[0] == campaign]
+        for pair in sorted(p for p in pairs if p not in st.enrolled_at):
+            self._stamp(pair)
+        pairs.sort(key=st.enrolled_at.__getitem__, reverse=True)
+        return [contact for _, contact in pairs]
+
+    def _second_client(self, campaign: str, read: int) -> None:
+        """`churn`: another client either removes one of the `read` newest enrollments (a
+        reader that does not notice skips the contact crossing the page boundary) or enrolls
+        a contact at the front (pushing one contact onto the next page): one it removed
+        before, or a new one."""
+        st, rnd = self.state, self._random
+        if rnd.random() >= self.churn:
+            return
+        ahead = self._enrolled_newest_first(campaign)[:read]
+        if ahead and rnd.random() < 0.5:
+            pair = (campaign, rnd.choice(ahead))
+            st.enrolled.discard(pair)
+            st.enrolled_at.pop(pair)
+            st.churned_out.add(pair)
+        else:
+            back = sorted(p for p in st.churned_out - st.enrolled if p[0] == campaign)
+            pair = rnd.choice(back) if back else (campaign, f"churn-{self._next_added:08d}")
+            st.enrolled.add(pair)
+            self._stamp(pair)
+            st.churned_in.add(pair)
+
+    def _stamp(self, pair: Pair) -> None:
+        """Enrolled now: the newest in its campaign's list."""
+        self.state.enrolled_at[pair] = self._next_added
+        self._next_added += 1
+
+
+def enrolled_in_order(enrolled: Iterable[Pair]) -> list[Pair]:
+    """The order enrollments were added in: as given, or sorted when given as a set."""
+    pairs = list(enrolled)
+    return sorted(pairs) if isinstance(enrolled, set | frozenset) else pairs
+
+
+def _whole(text: str | None, default: int, most: int) -> int | None:
+    if text is None:
+        return default
+    return int(text) if text.isdigit() and 1 <= int(text) <= most else None
+
+
+def _contact(contact_id: str, added: int) -> dict[str, Any]:
+    """An item as the docs describe it; the names and times are made up from the id."""
+    added_at = datetime.fromtimestamp(1_700_000_000 + added, UTC).isoformat()
+    return {
+        "contact_id": contact_id,
+        "full_name": f"Contact {contact_id[:8]}",
+        "email": f"{contact_id[:8]}@example.com",
+        "status": "active",
+        "current_step": 1,
+        "added_at": added_at.replace("+00:00", "Z"),
+        "last_sent_at": None,
+    }
 
 
 def _reset_header(reset_at: int, form: str) -> str:
@@ -556,6 +685,8 @@ def build_from_options(read: ReadOptions, **kw: Any) -> Sandbox:
         seed=kw["seed"],
         wrong_route=kw.get("wrong_route") or "not_found",
         unknown_campaign_code=kw.get("unknown_campaign_code") or "campaign_not_found",
+        can_read=not kw.get("no_campaigns_read"),
+        churn=kw.get("churn") or 0.0,
     )
     return api
 

@@ -1,13 +1,14 @@
-"""One request (a pair's DELETE, a campaign's Add Contacts POST), and the pure tables that turn
-its answer into an outcome, a retry or an abort."""
+"""One request (a pair's DELETE, a campaign's Add Contacts POST, a page of a campaign's
+enrollments), and the pure tables that turn its answer into an outcome, a retry or an abort."""
 
 from __future__ import annotations
 
 import json
+import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from urllib.parse import quote
@@ -385,3 +386,109 @@ async def _exchange(
     except httpx.HTTPError as exc:  # e.g. a body that fails to decode: the answer is lost
         return Answer(None, error=f"unreadable answer ({type(exc).__name__})", maybe_applied=True)
     return _parse(response, anyio.current_time() - started, adding=adding)
+
+
+# -- List Campaign Contacts: GET /v1/campaigns/{id}/contacts?page=N&per_page=M ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a campaign's enrollments, newest first, as one answer saw them."""
+
+    contact_ids: tuple[str, ...]
+    """Trimmed and lower-cased, like the input's contact ids (UUIDs)."""
+    total: int | None
+    """The campaign's enrollments when this page was read (`meta`); None: the answer said not."""
+
+
+def page_url(base_url: str, campaign_id: str, page: int, per_page: int) -> str:
+    campaign = quote(campaign_id, safe="")
+    return (
+        f"{base_url.rstrip('/')}/v1/campaigns/{campaign}/contacts?page={page}&per_page={per_page}"
+    )
+
+
+def classify_page(answer: Answer) -> Verdict:
+    """The listing's table. Unlike a DELETE's, a 403 (the key lacks campaigns:read) and any
+    404 end the listing, not the run: the rows go to their DELETEs as if never listed. The
+    rest (401, 429, 5xx, lost answers) means what it means for a DELETE."""
+    status = answer.status
+    if status is not None and 200 <= status < 300:
+        return Verdict(Action.DONE, detail="listed", route_exists=True)
+    if status == 403:
+        return Verdict(
+            Action.DONE,
+            Outcome.REJECTED,
+            f"the API key cannot list campaign contacts (403 "
+            f"{answer.code or 'insufficient_permissions'}): it lacks campaigns:read",
+        )
+    if status == 404:
+        known = answer.code in CAMPAIGN_NOT_FOUND
+        return Verdict(Action.DONE, Outcome.REJECTED, said_404(answer), route_exists=known)
+    return classify(answer)
+
+
+async def get_page(
+    client: httpx.AsyncClient,
+    base_url: str,
+    campaign_id: str,
+    page: int,
+    per_page: int,
+    timeout: float,
+) -> tuple[Answer, Page | None]:
+    """Read one page. Never raises for the network. A 2xx whose body is no page comes back
+    as an unreadable answer (status None, so it is retried), the headers kept for the quota."""
+    url = page_url(base_url, campaign_id, page, per_page)
+    got: list[httpx.Response] = []
+
+    async def send() -> httpx.Response:
+        got.append(await client.get(url))
+        return got[-1]
+
+    answer = replace(await _exchange(client, send, timeout), maybe_applied=False)  # a GET
+    if not got or answer.status is None or not 200 <= answer.status < 300:
+        return answer, None
+    found = _page_of(got[-1].content)
+    if isinstance(found, str):
+        return replace(answer, status=None, error=f"HTTP {answer.status} with {found}"), None
+    return replace(answer, message=""), found
+
+
+def _page_of(content: bytes) -> Page | str:
+    """The page a body holds, or what it lacks."""
+    try:
+        body = json.loads(content) if content else None
+    except (ValueError, UnicodeDecodeError):
+        return "a body that is not JSON"
+    data = body.get("data") if isinstance(body, dict) else None
+    contacts = data.get("contacts") if isinstance(data, dict) else None
+    if not isinstance(contacts, list):
+        return "no data.contacts list"
+    # Lower-cased and trimmed, as the input's ids are: an id the API spells in capitals must
+    # still match its row (a mismatch would settle an enrolled pair as not enrolled).
+    ids = tuple(
+        str(c.get("contact_id") or "").strip().lower() if isinstance(c, dict) else ""
+        for c in contacts
+    )
+    if not all(ids):
+        return "a contact without a contact_id"
+    assert isinstance(body, dict)
+    return Page(ids, _total_of(body.get("meta")))
+
+
+def _total_of(meta: object) -> int | None:
+    """The enrollments' total in `meta` (`total`, `total_count`, or under `pagination`)."""
+    if isinstance(meta, dict) and isinstance(meta.get("pagination"), dict):
+        meta = meta["pagination"]
+    if not isinstance(meta, dict):
+        return None
+    for name in ("total", "total_count"):
+        value = meta.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def pages_for(total: int, per_page: int) -> int:
+    """Pages a listing of `total` enrollments takes (one, even when empty)."""
+    return max(1, math.ceil(total / per_page))

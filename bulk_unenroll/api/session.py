@@ -304,7 +304,7 @@ class Session:
             verdict = client.Verdict(client.Action.ABORT, detail=answer.setup_fault)
         self._answered = self._answered or answer.status is not None
         took = anyio.current_time() - started
-        result = AUDIT_RESULTS.get(verdict.action, str(verdict.outcome))
+        result = AUDIT_RESULTS.get(verdict.action, str(verdict.outcome or verdict.detail))
         self._audit_request(request, answer, result, attempt, left_at, took, waited)
         return answer, verdict
 

@@ -17,6 +17,7 @@ import httpx
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..api import client
+from ..api.listing import CampaignLister
 from ..api.pacing import Pacer
 from ..api.session import OVERLOADS_PER_ROW, Final, Hold, Request, Session, Stopped
 from ..config import JobConfig
@@ -26,6 +27,7 @@ from ..models import RESTORE_ONLY, Enrollment, Outcome, RowResult, StopReason, S
 from ..plan import RowAction, SendPlan, build_plan, work_batches
 from ..results.history import History
 from ..results.journal import Journal, read_history
+from .check import EnrollmentCheck
 from .claims import InputClaim
 
 __all__ = ["OVERLOADS_PER_ROW", "Job", "Progress", "run_job", "unenroll_file"]
@@ -191,13 +193,18 @@ class Job:
         return self.summary
 
     async def _send_all(self, sending: _Sending, workers: int) -> None:
-        """Send the plan's rows, one DELETE each (`restore` sends batches instead)."""
-        plan = self._plan
+        """Send the plan's rows, one DELETE each (`restore` sends batches instead); with
+        --check-enrollment, list the campaigns first (`check.py`)."""
+        plan, cfg = self._plan, self.config
         assert plan is not None
+        check = None
+        if cfg.check_enrollment:
+            lister = CampaignLister(sending.session, sending.http, cfg.base_url, cfg.timeout)
+            check = EnrollmentCheck(lister, plan.campaign_counts, self.summary, self._on_event)
         await self._run_pool(
             sending.journal,
             workers,
-            functools.partial(self._produce, plan),
+            functools.partial(self._produce, plan, check),
             functools.partial(self._settle_row, sending),
         )
 
@@ -232,11 +239,15 @@ class Job:
     async def _produce(
         self,
         plan: SendPlan,
+        check: EnrollmentCheck | None,
         work: MemoryObjectSendStream[Enrollment],
         done: MemoryObjectSendStream[list[RowResult]],
     ) -> None:
-        batches = work_batches(self.source, plan)
         async with work, done:
+            if check is not None:  # every listing before the first row: no DELETE moves a list
+                await check.list_campaigns(self._stopping.is_set)
+                await self._record_listed(check, plan, done)
+            batches = work_batches(self.source, plan)
             while not self._stopping.is_set():
                 batch = await anyio.to_thread.run_sync(next, batches, None)
                 if batch is None:
@@ -247,10 +258,34 @@ class Job:
                 for enrollment in enrollments:
                     if self._stopping.is_set():
                         return
+                    if check is not None and check.settles(enrollment):
+                        continue  # recorded from its campaign's listing
                     try:
                         await work.send(enrollment)
                     except anyio.BrokenResourceError:
                         return
+
+    async def _record_listed(
+        self,
+        check: EnrollmentCheck,
+        plan: SendPlan,
+        done: MemoryObjectSendStream[list[RowResult]],
+    ) -> None:
+        """Record the rows the listings settle, all at once, right after the listings (an
+        extra pass over the input): never hours later, behind DELETEs waiting for quota."""
+        if not check.listings:
+            return
+        batches = work_batches(self.source, plan)
+        while not self._stopping.is_set():
+            batch = await anyio.to_thread.run_sync(next, batches, None)
+            if batch is None:
+                return
+            settled = [e for e in batch[0] if check.settles(e)]
+            if settled:
+                self._finished_rows += len(settled)
+                # Their new records supersede any `failed` ones.
+                self.summary.outcomes[Outcome.FAILED] -= sum(e.failed_before for e in settled)
+                await done.send([check.record(e) for e in settled])
 
     async def _work(
         self,
