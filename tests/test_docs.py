@@ -68,7 +68,7 @@ def test_every_option_of_every_command_is_in_the_readme() -> None:
 
 def test_the_option_walk_sees_every_command() -> None:
     names = {path[-1] for path, _ in _commands(main) if path}
-    assert names == {"run", "plan", "restore", "report", "sandbox"}
+    assert names == {"run", "plan", "restore", "report", "verify", "sandbox"}
     run = main.commands["run"]
     assert "--summary-json" in {opt for p in run.params for opt in p.opts}
 

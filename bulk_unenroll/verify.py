@@ -1,0 +1,359 @@
+"""`verify`: did the removals hold? Lists each campaign of a results file through the API and
+checks that every pair recorded `removed` or `not_enrolled` is absent now.
+
+A results file records what the API answered; people who must sign off want to see the API
+agree today. Listing is read-only and costs one call per 100 enrollments, so one campaign is
+read whole (checked for drift, see `api.listing`), then all its pairs are judged at once and
+recorded in the verify file. The verify file is the resume point: a rerun skips campaigns
+whose pairs all have a verdict, and a stop loses at most the campaign being read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import polars as pl
+
+from .api import client
+from .api.listing import PER_PAGE, CampaignLister, End, Headway, Listing
+from .api.session import Hold, Session
+from .config import JobConfig
+from .errors import AuthError, ResultsFileError
+from .limits import PLANS, Plan
+from .models import Outcome, StopReason, Summary
+from .report import read_results
+from .results.journal import Lock, companion
+from .results.records import escape_cell, mend_tail, unescape
+
+CHECKED = (Outcome.REMOVED, Outcome.NOT_ENROLLED)
+"""Recorded outcomes that claim the pair is not enrolled: what verify checks."""
+HOLDS = "holds"
+ENROLLED_AGAIN = "enrolled_again"
+CAMPAIGN_GONE = "campaign_gone"
+UNCHECKED = "unchecked"
+NOT_SAMPLED = "not_sampled"
+"""Unchecked, and left out of `--sample`'s pairs to check one by one."""
+VERDICTS = (HOLDS, ENROLLED_AGAIN, CAMPAIGN_GONE, UNCHECKED, NOT_SAMPLED)
+OPEN = (UNCHECKED, NOT_SAMPLED)
+"""Verdicts a rerun tries again."""
+Verdict = tuple[str, str, str]
+"""A pair's (recorded outcome, verdict, detail)."""
+COLUMNS = ("campaign_id", "contact_id", "recorded", "verdict", "detail", "checked_at")
+
+
+@dataclass
+class VerifyPlan:
+    """What is left to check: campaign -> its (contact, recorded outcome) pairs."""
+
+    todo: dict[str, list[tuple[str, str]]]
+    pairs: int
+    """Pairs RESULTS records removed or not_enrolled."""
+    campaigns: int
+    checked_before: int
+    """Of them, pairs an earlier verify into the same file already judged."""
+
+    @property
+    def pairs_left(self) -> int:
+        return sum(map(len, self.todo.values()))
+
+    @property
+    def least_calls(self) -> int:
+        """One call per campaign left: the cost when each lists on one page."""
+        return len(self.todo)
+
+
+@dataclass
+class VerifySummary:
+    verdicts: Counter[str] = field(default_factory=Counter)
+    """Per pair, its latest verdict in the verify file (earlier verifies' included)."""
+    calls: int = 0
+    campaigns_read: int = 0
+    pairs_left: int = 0
+    """Pairs of the campaigns the run stopped before reading: a rerun checks them."""
+    stop_reason: StopReason = StopReason.COMPLETE
+    stop_detail: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """0 every removal holds; 1 some pair is enrolled again or unchecked; 75 stopped
+        early (rerun to continue); 3 the key or the setup was refused."""
+        if self.stop_reason is StopReason.ABORTED:
+            return 3
+        if self.stop_reason is not StopReason.COMPLETE:
+            return 75
+        return 1 if any(self.verdicts[v] for v in (ENROLLED_AGAIN, *OPEN)) else 0
+
+
+def default_out(results: Path) -> Path:
+    return results.with_name(results.stem + ".verify.csv")
+
+
+def again_file(out: Path) -> Path:
+    """The ready input file of the pairs found enrolled again."""
+    return companion(out, ".enrolled-again.csv")
+
+
+def unchecked_file(out: Path) -> Path:
+    return companion(out, ".unchecked.csv")
+
+
+def claimed_absent(results: Path) -> pl.DataFrame:
+    """The pairs RESULTS says are not enrolled (latest record per pair), ids as sent."""
+    frame = read_results(results).filter(pl.col("status").is_in([o.value for o in CHECKED]))
+    return frame.select(unescape("campaign_id"), unescape("contact_id"), pl.col("status"))
+
+
+def read_verdicts(out: Path) -> dict[tuple[str, str], str]:
+    """The latest verdict per pair in an earlier verify file (a torn last line is cut)."""
+    if not out.exists():
+        return {}
+    try:
+        mend_tail(out)
+        with out.open(newline="", encoding="utf-8") as f:
+            rows = csv.reader(f)
+            if tuple(next(rows, ())) != COLUMNS:
+                raise ResultsFileError(
+                    f"{out} exists but is not a verify file (its first line is not "
+                    f"{','.join(COLUMNS)}); nothing was changed: choose another --out"
+                )
+            return {(_plain(r[0]), _plain(r[1])): r[3] for r in rows if len(r) == len(COLUMNS)}
+    except OSError as exc:
+        raise ResultsFileError(f"cannot read {out}: {exc.strerror or exc}") from None
+
+
+def _plain(cell: str) -> str:
+    """An id as sent, from its escaped cell (see `records.escape_cell`)."""
+    return cell[1:] if cell.startswith("'") and escape_cell(cell[1:]) == cell else cell
+
+
+def plan(results: Path, out: Path) -> VerifyPlan:
+    frame = claimed_absent(results)
+    judged = read_verdicts(out)
+    todo: dict[str, list[tuple[str, str]]] = {}
+    before = 0
+    for campaign, contact, status in frame.iter_rows():
+        if judged.get((campaign, contact), UNCHECKED) not in OPEN:
+            before += 1
+            continue
+        todo.setdefault(campaign, []).append((contact, status))
+    campaigns = frame["campaign_id"].n_unique() if frame.height else 0
+    return VerifyPlan(todo, frame.height, campaigns, before)
+
+
+GONE = f"404 {client.CAMPAIGN_NOT_FOUND[0]}"
+"""How a listing's detail names the answer that the campaign does not exist (`said_404`)."""
+
+
+def judge(pairs: list[tuple[str, str]], listing: Listing, chosen: set[str]) -> list[Verdict]:
+    """Each pair's (recorded, verdict, detail) against what the listing found. Of a campaign
+    left unread, the `chosen` contacts are the ones to check one by one (`--sample`)."""
+    enrolled = listing.contact_ids
+    if enrolled is None:
+        reason = listing.detail or listing.end.value
+        if listing.end is End.FAILED and GONE in reason:
+            return [(status, CAMPAIGN_GONE, reason) for _, status in pairs]
+        return [
+            (status, UNCHECKED, reason)
+            if contact in chosen
+            else (status, NOT_SAMPLED, f"{reason}; not in --sample's {len(chosen):,}")
+            for contact, status in pairs
+        ]
+    return [
+        (status, ENROLLED_AGAIN, "listed as enrolled now")
+        if contact in enrolled
+        else (status, HOLDS, f"absent from the campaign's {len(enrolled):,} enrollments")
+        for contact, status in pairs
+    ]
+
+
+def worth(pairs: int) -> Callable[[Headway], bool]:
+    """A listing pays off while all its calls come to no more than the pairs it checks (each
+    would otherwise take a DELETE of its own)."""
+    return lambda headway: headway.calls + headway.calls_to_finish <= pairs
+
+
+@contextlib.contextmanager
+def holding(out: Path) -> Iterator[None]:
+    """One verify at a time reads and writes a verify file (the run's lock, on `<out>.lock`)."""
+    lock = Lock(out)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class VerdictFile:
+    """Appends one campaign's verdicts at a time, whole lines, synced before the next read."""
+
+    def __init__(self, out: Path) -> None:
+        new = not out.exists() or out.stat().st_size == 0
+        try:
+            self._file = out.open("a", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise ResultsFileError(f"cannot write {out}: {exc.strerror or exc}") from None
+        self._writer = csv.writer(self._file, lineterminator="\n")
+        if new:
+            self._writer.writerow(COLUMNS)
+
+    def write(self, campaign: str, pairs: list[tuple[str, str]], judged: list[Verdict]) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for (contact, _), (recorded, verdict, detail) in zip(pairs, judged, strict=True):
+            cells = (campaign, contact, recorded, verdict, detail, now)
+            self._writer.writerow([escape_cell(c) for c in cells])
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_followups(out: Path) -> tuple[int, int]:
+    """Rewrite the ready input files from the whole verify file: pairs enrolled again (a run
+    removes them again), pairs left unchecked. Returns their counts; an empty list's file is
+    removed, so a stale one never lingers."""
+    verdicts = read_verdicts(out)
+    counts = []
+    for path, wanted in ((again_file(out), ENROLLED_AGAIN), (unchecked_file(out), UNCHECKED)):
+        pairs = [pair for pair, verdict in verdicts.items() if verdict == wanted]
+        counts.append(len(pairs))
+        if not pairs:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        try:
+            with path.open("w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f, lineterminator="\n")
+                writer.writerow(("campaign_id", "contact_id"))
+                writer.writerows(pairs)  # valid ids, as sent (as `report --export` writes them)
+        except OSError as exc:
+            raise ResultsFileError(
+                f"cannot write {path}: {exc.strerror or exc}; the verdicts are intact in {out}"
+            ) from None
+    return counts[0], counts[1]
+
+
+def sampled(campaign: str, pairs: list[tuple[str, str]], size: int | None) -> set[str]:
+    """The campaign's contacts to check one by one if it is not worth listing: all of them,
+    or `size` chosen at random, the same on every rerun (seeded by the campaign)."""
+    contacts = sorted(contact for contact, _ in pairs)
+    if size is None or size >= len(contacts):
+        return set(contacts)
+    return set(random.Random(campaign).sample(contacts, size))
+
+
+class Verification:
+    """One `verify` invocation: plan, then read campaign after campaign."""
+
+    def __init__(
+        self, config: JobConfig, out: Path, say: Callable[[str], None], sample: int | None = None
+    ) -> None:
+        self.config = config
+        self.sample = sample
+        """--sample: at most this many pairs per campaign to check one by one."""
+        self.out = out
+        self.say = say
+        self.summary = VerifySummary()
+        self._calls = Summary()
+        self._stopping = anyio.Event()
+
+    def _stop(self, reason: StopReason, detail: str) -> None:
+        if self.summary.stop_reason is StopReason.COMPLETE:
+            self.summary.stop_reason, self.summary.stop_detail = reason, detail
+        self._stopping.set()
+
+    def _session(self) -> Session:
+        return Session(
+            self.config,
+            self._calls,
+            stopping=self._stopping,
+            stop=self._stop,
+            on_event=self.say,
+            hold=lambda _in_flight: Hold.GO,
+            workers_alive=lambda: 1,
+        )
+
+    async def run(self, todo: dict[str, list[tuple[str, str]]]) -> VerifySummary:
+        session = self._session()
+        session.open_audit()
+        verdicts = VerdictFile(self.out)
+        cfg = self.config
+        try:
+            http = client.make_client(cfg.api_key.reveal(), cfg.timeout, 1, cfg.ca_bundle)
+            async with http:
+                lister = CampaignLister(session, http, cfg.base_url, cfg.timeout)
+                self.summary.pairs_left = sum(map(len, todo.values()))
+                for campaign, pairs in todo.items():
+                    chosen = sampled(campaign, pairs, self.sample)
+                    listing = await lister.list_campaign(campaign, worth(len(chosen)))
+                    if listing.end is End.STOPPED:
+                        break
+                    if listing.end is End.REFUSED:
+                        raise AuthError(f"{listing.detail}; verify needs a key with it")
+                    verdicts.write(campaign, pairs, judge(pairs, listing, chosen))
+                    self.summary.campaigns_read += 1
+                    self.summary.pairs_left -= len(pairs)
+        finally:
+            verdicts.close()
+            session.close()
+            self.summary.calls = self._calls.calls
+        if self.summary.stop_reason is StopReason.ABORTED:
+            raise session.abort_error(self.summary.stop_detail)
+        self.summary.verdicts = Counter(read_verdicts(self.out).values())
+        return self.summary
+
+
+def cost_lines(p: VerifyPlan) -> Iterator[str]:
+    """The plan in words: what will be checked and what it costs."""
+    yield (
+        f"{p.pairs:,} pairs recorded removed or not_enrolled in {p.campaigns:,} campaigns; "
+        f"{p.checked_before:,} judged by an earlier verify into this file, "
+        f"{p.pairs_left:,} in {len(p.todo):,} campaigns to check"
+    )
+    if p.todo:
+        yield (
+            f"cost: at least {p.least_calls:,} listing calls (one per campaign); a campaign of "
+            f"E enrollments costs ceil(E/{PER_PAGE})+1 calls (the +1 re-reads its first page to "
+            "catch changes during the read), and one listed for more calls than it has pairs "
+            "here is left unchecked"
+        )
+
+
+def days_line(calls: int, plan: Plan | None) -> str:
+    """The least calls in quota days, at --plan's daily limit (else each plan's)."""
+    plans = [plan] if plan is not None else list(PLANS.values())
+    days = ", ".join(
+        f"{math.ceil(calls / p.per_day):,} day(s) of {p.name}'s {p.per_day:,} calls" for p in plans
+    )
+    return f"quota: at least {days} (a quota day spent stops verify, exit 75; rerun to continue)"
+
+
+def summary_lines(found: VerifySummary, out: Path, again: int, unchecked: int) -> Iterator[str]:
+    """What verify found, for stdout: counts, cost, follow-ups, the exit code's meaning."""
+    counts = ", ".join(f"{v} {found.verdicts[v]:,}" for v in VERDICTS if found.verdicts[v])
+    yield f"verified: {counts or 'nothing to check'} (verdicts in {out})"
+    yield f"calls: {found.calls:,} listing calls for {found.campaigns_read:,} campaigns read"
+    if again:
+        yield (
+            f"{again:,} pair(s) are enrolled again; to remove them again: bulk-unenroll run "
+            f"{again_file(out)} --out NEW_RESULTS.csv"
+        )
+    if unchecked:
+        yield (
+            f"{unchecked:,} pair(s) unchecked (see the detail in {out}); a run on "
+            f"{unchecked_file(out)} checks them one DELETE each (enrollment_not_found: it held)"
+        )
+    if found.stop_reason is not StopReason.COMPLETE:
+        yield (
+            f"stopped early ({found.stop_reason}): {found.stop_detail}; "
+            f"{found.pairs_left:,} pair(s) left to check: rerun the same command to continue"
+        )
