@@ -131,6 +131,45 @@ def read_verdicts(out: Path) -> dict[tuple[str, str], str]:
         raise ResultsFileError(f"cannot read {out}: {exc.strerror or exc}") from None
 
 
+@dataclass(frozen=True)
+class VerifyTally:
+    """A verify file in the figures a report shows (the HTML page's verification section)."""
+
+    checked_at: datetime | None
+    """The latest check."""
+    pairs_checked: int
+    """Pairs with a verdict the API gave (not unchecked, not left out of a sample)."""
+    still_absent: int
+    """`holds` and `campaign_gone`."""
+    enrolled_again: int
+    unchecked: int
+    """`unchecked` and `not_sampled`."""
+    sampled: bool
+    """Some campaign was left to a `--sample` of its pairs."""
+    again_file: str
+    """The ready input file of the pairs enrolled again ("" when there are none)."""
+
+
+def tally(out: Path) -> VerifyTally:
+    """The latest verdict per pair of a verify file, counted."""
+    latest = Counter(read_verdicts(out).values())
+    with out.open(newline="", encoding="utf-8") as f:
+        stamps = [row["checked_at"] for row in csv.DictReader(f) if row.get("checked_at")]
+    checked_at = (
+        datetime.strptime(max(stamps), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if stamps else None
+    )
+    unchecked = latest[UNCHECKED] + latest[NOT_SAMPLED]
+    return VerifyTally(
+        checked_at=checked_at,
+        pairs_checked=latest.total() - unchecked,
+        still_absent=latest[HOLDS] + latest[CAMPAIGN_GONE],
+        enrolled_again=latest[ENROLLED_AGAIN],
+        unchecked=unchecked,
+        sampled=latest[NOT_SAMPLED] > 0,
+        again_file=str(again_file(out)) if latest[ENROLLED_AGAIN] else "",
+    )
+
+
 def _plain(cell: str) -> str:
     """An id as sent, from its escaped cell (see `records.escape_cell`)."""
     return cell[1:] if cell.startswith("'") and escape_cell(cell[1:]) == cell else cell

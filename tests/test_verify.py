@@ -18,7 +18,7 @@ from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_cs
 from helpers import QUICK, QUICK_YES, Serve
 
 from bulk_unenroll.sandbox import Limits, Pair, Sandbox
-from bulk_unenroll.verify import read_verdicts
+from bulk_unenroll.verify import read_verdicts, tally
 
 
 def pairs_of(campaign: str, count: int, start: int = 0) -> list[Pair]:
@@ -75,6 +75,10 @@ def test_pairs_enrolled_again_behind_the_tools_back_are_found_and_can_be_removed
     ready = tmp_path / "results.verify.csv.enrolled-again.csv"
     assert {(r["campaign_id"], r["contact_id"]) for r in read_results(ready)} == set(again)
     assert "3 pair(s) are enrolled again" in proc.stdout
+    figures = tally(tmp_path / "results.verify.csv")  # what a report page shows
+    assert (figures.pairs_checked, figures.still_absent, figures.enrolled_again) == (150, 147, 3)
+    assert (figures.unchecked, figures.sampled, figures.again_file) == (0, False, str(ready))
+    assert figures.checked_at is not None
     assert API_KEY not in proc.stdout + proc.stderr
     assert api.state.deletes.total() == len(pairs)  # verify itself deletes nothing
 
@@ -293,6 +297,7 @@ def test_sample_leaves_a_large_campaign_to_a_random_few_checked_one_by_one(
         assert sorted(found.values()).count("unchecked") == 5
         assert sorted(found.values()).count("not_sampled") == 25
         samples.append(read_results(tmp_path / f"{name}.unchecked.csv"))
+        assert (tally(tmp_path / name).sampled, tally(tmp_path / name).unchecked) == (True, 30)
     assert samples[0] == samples[1]  # the same sample on every rerun
     assert api.state.pages - pages == 6 + 2  # one page each, then not worth it
 
