@@ -927,7 +927,7 @@ def verify(results: Path, out: Path | None, sample: int | None, **kw: Any) -> No
 
     Exit 0: every removal holds; 1: some pair is enrolled again or unchecked; 75: stopped
     early (quota, API down), rerun to continue; 3: the key lacks campaigns:read or the API
-    cannot be reached as set up.
+    cannot be reached as set up; 74: the verify file cannot be used; 130: interrupted.
     """
     console = Console()
     out = out or verify_mod.default_out(results)
