@@ -427,6 +427,13 @@ class Sandbox:
             self._stamp(pair)
             st.churned_in.add(pair)
 
+    def enroll(self, pairs: Iterable[Pair]) -> None:
+        """Enroll `pairs` now, in this order (the last the newest), as another client would:
+        a rehearsal of re-enrollments behind the tool's back."""
+        for pair in pairs:
+            self.state.enrolled.add(pair)
+            self._stamp(pair)
+
     def _stamp(self, pair: Pair) -> None:
         """Enrolled now: the newest in its campaign's list."""
         self.state.enrolled_at[pair] = self._next_added

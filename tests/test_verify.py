@@ -51,13 +51,6 @@ def after_a_run(
     return AfterARun(api, env, out)
 
 
-def enroll(api: Sandbox, pairs: list[Pair]) -> None:
-    """Enroll `pairs` now, in this order (the last is the newest), behind the tool's back."""
-    for pair in pairs:
-        api.state.enrolled.add(pair)
-        api.state.added[pair] = max(api.state.added.values(), default=0) + 1
-
-
 def verdicts(path: Path) -> dict[Pair, str]:
     return {(r["campaign_id"], r["contact_id"]): r["verdict"] for r in read_results(path)}
 
@@ -68,7 +61,7 @@ def test_pairs_enrolled_again_behind_the_tools_back_are_found_and_can_be_removed
     pairs = pairs_of("cmp_A", 120) + pairs_of("cmp_B", 30)
     api, env, results = after_a_run(tmp_path, serve, pairs)
     again = [pairs[3], pairs[119], pairs[125]]
-    enroll(api, again)  # someone re-enrolls them after the run
+    api.enroll(again)  # someone re-enrolls them after the run
 
     proc = run_cli(["verify", str(results), *QUICK], env)
 
@@ -140,7 +133,7 @@ def test_another_client_removing_someone_during_the_listing_never_hides_an_enrol
     others = pairs_of("cmp_A", 150, start=1000)
     api, env, results = after_a_run(tmp_path, serve, ours, others, Remover)
     hidden = ours[2]
-    enroll(api, [hidden, *pairs_of("cmp_A", 200, start=5000)])  # 200 newer: first of page 3
+    api.enroll([hidden, *pairs_of("cmp_A", 200, start=5000)])  # 200 newer: first of page 3
 
     proc = run_cli(["verify", str(results), *QUICK], env)
 
@@ -239,7 +232,7 @@ def test_a_verify_stopped_midway_resumes_with_the_campaigns_it_had_not_judged(
     campaigns = [f"cmp_{i:02d}" for i in range(8)]
     pairs = [p for c in campaigns for p in pairs_of(c, 3)]
     api, env, results = after_a_run(tmp_path, serve, pairs)
-    enroll(api, [pairs[-1]])
+    api.enroll([pairs[-1]])
     out = verify_file(results)
 
     stopped = stopped_midway(results, env, signum)
@@ -351,7 +344,7 @@ def test_an_id_a_spreadsheet_would_take_for_a_formula_is_kept_as_sent(
 ) -> None:
     pairs = pairs_of("-abc", 2)
     api, env, results = after_a_run(tmp_path, serve, pairs)
-    enroll(api, pairs[:1])
+    api.enroll(pairs[:1])
 
     proc = run_cli(["verify", str(results), *QUICK], env)
 
