@@ -81,8 +81,12 @@ class Tiny:
         self._server.server_close()
 
 
+StartTiny = Callable[[Callable[[int], Reply]], Tiny]
+"""The `tiny` fixture: start a tiny server answering with `reply`."""
+
+
 @pytest.fixture
-def tiny() -> Iterator[Callable[[Callable[[int], Reply]], Tiny]]:
+def tiny() -> Iterator[StartTiny]:
     started: list[Tiny] = []
 
     def start(reply: Callable[[int], Reply]) -> Tiny:
@@ -124,7 +128,7 @@ def test_a_wrong_base_url_exits_3_and_leaves_every_row_to_do(
 
 
 def test_the_library_raises_setup_error_for_a_wrong_base_url_or_a_redirect(
-    tmp_path: Path, serve: Serve, tiny: Callable
+    tmp_path: Path, serve: Serve, tiny: StartTiny
 ) -> None:
     """A wrong --base-url is the setup, not the key: `Job.run` raises `SetupError` (exit 3
     too), never `AuthError`, which says the API refused the key."""
@@ -221,7 +225,9 @@ def test_a_2xx_without_the_documented_body_is_removed_once(
     tmp_path: Path, serve: Serve, fault: str, status: str, detail: str
 ) -> None:
     rows = pairs("cmp_a", 12)
-    api = Sandbox(rows, faults=Faults(**{fault: 1.0}))
+    faults = Faults()
+    setattr(faults, fault, 1.0)
+    api = Sandbox(rows, faults=faults)
     server = serve(api)
     src, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "results.csv"
 
@@ -234,7 +240,7 @@ def test_a_2xx_without_the_documented_body_is_removed_once(
     assert sum(api.state.deletes.values()) == 12, "a 2xx was sent again"
 
 
-def test_a_server_answering_204_gets_each_pair_once(tmp_path: Path, tiny: Callable) -> None:
+def test_a_server_answering_204_gets_each_pair_once(tmp_path: Path, tiny: StartTiny) -> None:
     server = tiny(lambda _: (204, {}, b""))
     rows = pairs("cmp_a", 3)
     src, out = write_csv(tmp_path / "in.csv", rows), tmp_path / "results.csv"
@@ -359,7 +365,7 @@ def test_retry_after_is_read_as_delta_seconds_or_an_http_date() -> None:
     assert retry_after(httpx.Headers({"Retry-After": "Thu, 99 Foo 2026"})) is None
 
 
-def test_a_retry_after_date_is_honoured(tmp_path: Path, tiny: Callable) -> None:
+def test_a_retry_after_date_is_honoured(tmp_path: Path, tiny: StartTiny) -> None:
     def reply(n: int) -> Reply:
         if n == 0:
             now = time.time()
@@ -403,7 +409,7 @@ def test_the_sandbox_window_with_retry_after_dates_costs_one_429(
 
 
 def test_a_server_that_only_answers_429_stops_the_run_with_75(
-    tmp_path: Path, tiny: Callable
+    tmp_path: Path, tiny: StartTiny
 ) -> None:
     server = tiny(lambda _: (429, {}, b""))
     src, out = write_csv(tmp_path / "in.csv", pairs("cmp_a", 5)), tmp_path / "results.csv"

@@ -86,7 +86,7 @@ def test_another_campaign_on_the_same_results_file_keeps_every_record(
     assert data["rows"] == len(CONTACTS)
     assert data["to_send"] == len(failed)
     assert data["settled_before"] == len(CONTACTS) - len(failed)
-    assert data["outcomes"] == {  # type: ignore[comparison-overlap]
+    assert data["outcomes"] == {
         "removed": len(CONTACTS),
         "not_enrolled": 0,
         "rejected": 0,

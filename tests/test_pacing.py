@@ -11,6 +11,7 @@ import itertools
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -363,10 +364,10 @@ def test_rate_parse_accepts_unlimited_and_explains_nonsense() -> None:
         Rate.parse("fast")
 
 
-def config(tmp_path: Path, **kw: object) -> JobConfig:
+def config(tmp_path: Path, **kw: Any) -> JobConfig:
     return JobConfig(
         input=tmp_path / "in.csv", out=tmp_path / "out.csv", api_key=Secret(API_KEY), **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_pace_keeps_the_margin_and_flags_override_learning(tmp_path: Path) -> None:

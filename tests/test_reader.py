@@ -35,11 +35,15 @@ def pairs(path: Path, **options: str) -> list[tuple[str, str]]:
     return [tuple(row) for frame in frames for row in frame.iter_rows()]
 
 
-def plan_of(path: Path, history: History | None = None, **options: str) -> list[tuple]:
+PlannedRow = tuple[int, str, str, str, str]
+"""(row, outcome or 'send', campaign, contact, detail)"""
+
+
+def plan_of(path: Path, history: History | None = None, **options: str) -> list[PlannedRow]:
     """(row, outcome or 'send', campaign, contact, detail) for every row, from both passes."""
     source = Source(path, ReadOptions(**options))
     plan = build_plan(source, history or History())
-    out: list[tuple] = []
+    out: list[PlannedRow] = []
     for enrollments, records in work_batches(source, plan):
         out += [(e.row, "send", e.campaign_id, e.contact_id, "") for e in enrollments]
         out += [(r.row, r.outcome.value, r.campaign_id, r.contact_id, r.detail) for r in records]

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import Serve
 
 from bulk_unenroll.api.client import delete
 from bulk_unenroll.api.pacing import Quota, retry_after
@@ -74,7 +75,7 @@ def test_absurd_quota_headers_are_ignored() -> None:
 
 
 @pytest.mark.parametrize("key", ["wbk_abc\u200bdef", "wbk_abc def", "wbk_é"])
-def test_a_malformed_key_is_a_clear_usage_error(serve, tmp_path: Path, key: str) -> None:
+def test_a_malformed_key_is_a_clear_usage_error(serve: Serve, tmp_path: Path, key: str) -> None:
     pair = ("cmp_x", new_uuid(1))
     api = Sandbox([pair])
     src = write_csv(tmp_path / "in.csv", [pair])
@@ -87,7 +88,7 @@ def test_a_malformed_key_is_a_clear_usage_error(serve, tmp_path: Path, key: str)
 
 
 def test_a_row_stopped_by_the_quota_is_not_blamed_on_a_lost_answer_later(
-    serve, tmp_path: Path
+    serve: Serve, tmp_path: Path
 ) -> None:
     """Its only call got a definite quota 429: the rerun's not_enrolled is a plain one."""
     pairs = [("cmp_q", new_uuid(i)) for i in range(1, 4)]  # none of them enrolled
