@@ -191,3 +191,26 @@ def test_reset_is_told_in_utc_local_time_and_as_a_countdown() -> None:
         and duration(185, up=True) == "3m05s"
         and duration(3600, up=True) == "1h00m"
     )
+
+
+def test_a_row_stopped_by_the_quota_is_not_blamed_on_a_lost_answer_later(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """Its only call got a definite quota 429: the rerun's not_enrolled is a plain one."""
+    pairs = [("cmp_q", new_uuid(i)) for i in range(1, 4)]  # none of them enrolled
+    api = Sandbox([], campaigns=["cmp_q"], limits=Limits(per_day=0, day_seconds=3600))
+    src = write_csv(tmp_path / "in.csv", pairs)
+    out = tmp_path / "results.csv"
+    args = ["run", str(src), "--out", str(out), "--rate", "50/s", "--concurrency", "1", "--yes"]
+    env = cli_env(serve(api).base_url)
+
+    first = run_cli(args, env)
+    assert first.returncode == 75, first.stderr
+    assert api.state.quota_refused == 1  # the first row was sent and refused, definitely
+
+    api.limits.per_day = None  # the next day
+    second = run_cli(args, env)
+    assert second.returncode == 0, second.stderr
+    records = read_results(out)
+    assert [r["status"] for r in records] == ["not_enrolled"] * 3
+    assert all("earlier attempt" not in r["detail"] for r in records)
