@@ -23,7 +23,7 @@ import click
 
 from . import __version__
 from .config import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, JobConfig, ReadOptions, RetryPolicy
-from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group
+from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group, leaves
 from .input.formats import spool
 from .limits import PLANS, Rate
 from .models import StopReason, Summary
@@ -54,18 +54,11 @@ DEBUG_ENV = "BULK_UNENROLL_DEBUG"
 INTERNAL_ERROR = 70
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    """The first real exception inside (nested) exception groups from task groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def internal_error(exc: BaseException) -> NoReturn:
     """A bug: one line, never a traceback (unless asked for), never the key; exit 70."""
     if os.environ.get(DEBUG_ENV) == "1":
         click.echo(redact_message("".join(traceback.format_exception(exc))), err=True)
-    leaf = _leaf(exc)
+    leaf = next(leaves(exc))
     message = redact_message(str(leaf)).replace("\n", " ")[:500]
     click.echo(
         f"internal error: {type(leaf).__name__}: {message} — the results file is intact; "
@@ -512,7 +505,7 @@ def _execute(
             )
         elif isinstance(exc, Exception):
             unexpected, code = exc, INTERNAL_ERROR
-            error = f"internal error: {type(_leaf(exc)).__name__}"
+            error = f"internal error: {type(next(leaves(exc))).__name__}"
         else:
             raise
     command = continue_command()

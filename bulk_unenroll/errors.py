@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TypeVar
 
 E = TypeVar("E", bound=BaseException)
 
 
-def find_in_group(exc: BaseException, kind: type[E]) -> E | None:
-    """The first `kind` exception in `exc` or, depth first, in the task-group exception
-    groups around it."""
-    if isinstance(exc, kind):
-        return exc
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The real exceptions in `exc`, depth first through the (nested) exception groups that
+    task groups wrap them in; `exc` itself when it is no group."""
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = find_in_group(inner, kind)
-            if found is not None:
-                return found
-    return None
+            yield from leaves(inner)
+    else:
+        yield exc
+
+
+def find_in_group(exc: BaseException, kind: type[E]) -> E | None:
+    """The first `kind` exception among the leaves of `exc`."""
+    return next((leaf for leaf in leaves(exc) if isinstance(leaf, kind)), None)
 
 
 class BulkUnenrollError(Exception):

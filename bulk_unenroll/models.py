@@ -35,6 +35,13 @@ NEEDS_A_LOOK = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
 """Outcomes that make a finished job exit 1, and what `report --export` picks by default."""
 
 
+CAMPAIGN_NOT_FOUND = ("campaign_not_found",)
+"""The only 404 error code that settles every row of a campaign (the API client's table, the
+dead-campaign shortcut and the report's rows rejected for good share it). The campaign-start
+page spells an unknown campaign `not_found`, but gateways answer an unknown route (a wrong
+base URL) the same way: that spelling, like any other undocumented 404, settles nothing."""
+
+
 class StopReason(StrEnum):
     """Why a run stopped; decides the exit code together with the results."""
 

@@ -16,15 +16,11 @@ import anyio
 import httpx
 
 from ..errors import InputError
-from ..models import Enrollment, Outcome
+from ..models import CAMPAIGN_NOT_FOUND, Enrollment, Outcome
 from ..scrub import redact
 from .pools import PooledTransport, proxy_mounts
 
 USER_AGENT = "bulk-unenroll/0.1"
-CAMPAIGN_NOT_FOUND = ("campaign_not_found",)
-"""The only 404 that settles every row of a campaign. The campaign-start page spells an unknown
-campaign `not_found`, but gateways answer an unknown route (a wrong --base-url) the same way:
-that spelling, like any other undocumented 404, is `Action.UNCLEAR_404`."""
 MAY_FOLLOW_A_REMOVAL = frozenset({500, 502, 504, 546})
 """Answers that can come after LeadLex applied the DELETE: its own answer was lost behind a
 crash (500), a bad upstream (502), a gateway timeout (504) or a platform resource limit (546).

@@ -22,7 +22,15 @@ from ..api.session import OVERLOADS_PER_ROW, Final, Hold, Request, Session, Stop
 from ..config import JobConfig
 from ..errors import AuthError, BulkUnenrollError, InputError, ResultsFileError, find_in_group
 from ..input.source import Source
-from ..models import RESTORE_ONLY, Enrollment, Outcome, RowResult, StopReason, Summary
+from ..models import (
+    CAMPAIGN_NOT_FOUND,
+    RESTORE_ONLY,
+    Enrollment,
+    Outcome,
+    RowResult,
+    StopReason,
+    Summary,
+)
 from ..plan import RowAction, SendPlan, build_plan, work_batches
 from ..results.history import History
 from ..results.journal import Journal, read_history
@@ -433,7 +441,7 @@ class Job:
             e.contact_id,
             Outcome.REJECTED,
             http_status=None,
-            error_code="campaign_not_found",
+            error_code=CAMPAIGN_NOT_FOUND[0],
             attempts=attempts,
             detail=f"not sent: the campaign answered campaign_not_found for row {first}",
             finished_at=datetime.now(UTC),
@@ -449,7 +457,7 @@ class Job:
             earlier = ["a request in an earlier run got no definite answer (see .sent)"]
             lost_reasons = (earlier if e.attempted_before else []) + list(end.lost)
             detail = f"{MAY_HAVE_REMOVED}: " + "; ".join(dict.fromkeys(lost_reasons))
-        if outcome is Outcome.REJECTED and answer.code in client.CAMPAIGN_NOT_FOUND:
+        if outcome is Outcome.REJECTED and answer.code in CAMPAIGN_NOT_FOUND:
             self._dead_campaigns.setdefault(e.campaign_id, e.row)
         if outcome is Outcome.REMOVED:
             self._removed += 1
