@@ -27,7 +27,7 @@ from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_gro
 from .input.formats import spool
 from .limits import PLANS, Rate
 from .models import StopReason, Summary
-from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console, confirm_question
+from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console, confirm_question, flag
 from .report import (
     ROW_FORMATS,
     STDOUT,
@@ -477,6 +477,12 @@ async def _carry_out(
     return summary.exit_code
 
 
+def _word_stop(summary: Summary) -> None:
+    """The stop in the CLI's words, for the summary and its JSON: settings named as flags."""
+    if summary.stop_event is not None:
+        summary.stop_detail = summary.stop_event.describe(flag)
+
+
 def _execute(
     make_config: Callable[[], Settings],
     console: Console,
@@ -493,7 +499,7 @@ def _execute(
     except BaseException as exc:
         known = find_in_group(exc, BulkUnenrollError)
         if known is not None:
-            code, error = known.exit_code, _shown(redact_message(str(known)))
+            code, error = known.exit_code, _shown(redact_message(known.describe(flag)))
         elif find_in_group(exc, KeyboardInterrupt) is not None:
             code, error = (
                 130,
@@ -510,6 +516,7 @@ def _execute(
             raise
     command = continue_command()
     summary = session.job.summary if session.job is not None else Summary()
+    _word_stop(summary)
     if code == 130 and summary.stop_reason is StopReason.COMPLETE:
         summary.stop_reason = StopReason.SIGINT  # Ctrl-C before the signal watcher started
     data = summary_dict(
@@ -827,7 +834,7 @@ def report(
             click.echo(text, nl=False)
             _exported(figures, export)
     except BulkUnenrollError as exc:
-        console.error(str(exc))
+        console.error(exc.describe(flag))
         sys.exit(exc.exit_code)
 
 
@@ -961,7 +968,7 @@ def sandbox(**kw: Any) -> None:
     try:
         api = build_from_options(_read_options(kw), **kw)
     except BulkUnenrollError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {exc.describe(flag)}", err=True)
         sys.exit(exc.exit_code)
     try:
         anyio.run(serve_forever, api, kw["port"], kw["ready_file"], backend="asyncio")

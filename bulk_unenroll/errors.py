@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:  # events imports limits, which raises these errors
+    from .events import Event, Naming
 
 E = TypeVar("E", bound=BaseException)
 
@@ -24,9 +27,20 @@ def find_in_group(exc: BaseException, kind: type[E]) -> E | None:
 
 
 class BulkUnenrollError(Exception):
-    """A problem that stops the run; the message says what is wrong and how to fix it."""
+    """A problem that stops the run; the message says what is wrong and how to fix it. Given
+    an `Event`, it keeps it, so the CLI can word the settings it names as flags."""
 
     exit_code = 2
+
+    def __init__(self, message: str | Event) -> None:
+        self.event = None if isinstance(message, str) else message
+        super().__init__(str(message))
+
+    def describe(self, name: Naming | None = None) -> str:
+        """The message, naming settings with `name` when it came from an event."""
+        if self.event is None or name is None:
+            return str(self)
+        return self.event.describe(name)
 
 
 class InputError(BulkUnenrollError):

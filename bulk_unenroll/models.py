@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from .events import Event
+
 
 class Outcome(StrEnum):
     """How one input row ended. The value is what the results file says."""
@@ -108,6 +110,9 @@ class Summary:
     """`not_enrolled` after a lost answer: most likely removed by an earlier attempt."""
     stop_reason: StopReason = StopReason.COMPLETE
     stop_detail: str = ""
+    """The stop in words, settings named as `JobConfig` names them."""
+    stop_event: Event | None = None
+    """The stop as data, for a caller that words its settings its own way (the CLI)."""
     quota_reset_at: datetime | None = None
     learnt_rate: str | None = None
     """An unknown per-minute limit found by probing, as `--rate` takes it (`300/min`)."""

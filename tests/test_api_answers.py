@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from bulk_unenroll import AuthError, JobConfig, Secret, SetupError, unenroll_file
 from bulk_unenroll.api.pacing import RESET_HORIZON, Quota, reset_time, retry_after
+from bulk_unenroll.render import flag
 from bulk_unenroll.sandbox import RESET_FORMATS, Faults, Limits, Pair, Sandbox
 
 REMOVED_BODY = b'{"data": {"removed": true, "campaign_id": "c", "contact_id": "k"}}'
@@ -130,8 +131,9 @@ def test_a_wrong_base_url_exits_3_and_leaves_every_row_to_do(
 def test_the_library_raises_setup_error_for_a_wrong_base_url_or_a_redirect(
     tmp_path: Path, serve: Serve, tiny: StartTiny
 ) -> None:
-    """A wrong --base-url is the setup, not the key: `Job.run` raises `SetupError` (exit 3
-    too), never `AuthError`, which says the API refused the key."""
+    """A wrong base URL is the setup, not the key: `Job.run` raises `SetupError` (exit 3
+    too), never `AuthError`, which says the API refused the key. The library names the setting
+    as `JobConfig` does; the CLI words the same error with its flag."""
     rows = pairs("cmp_a", 12)
     server = serve(Sandbox(rows))
     src = write_csv(tmp_path / "in.csv", rows)
@@ -141,9 +143,11 @@ def test_the_library_raises_setup_error_for_a_wrong_base_url_or_a_redirect(
         config = JobConfig(
             src, tmp_path / f"results-{n}.csv", api_key=Secret(API_KEY), base_url=url
         )
-        with pytest.raises(SetupError, match="--base-url") as raised:
+        with pytest.raises(SetupError, match="check base_url") as raised:
             unenroll_file(config)
         assert not isinstance(raised.value, AuthError) and raised.value.exit_code == 3
+        assert "--base-url" not in str(raised.value)
+        assert "check --base-url" in raised.value.describe(flag)
 
 
 def test_once_the_route_is_known_an_unclear_404_settles_only_its_own_row(

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "bulk_unenroll"
-BOTTOM = {"models", "errors", "keys", "limits", "config", "scrub", "text"}
-"""Modules every layer may use: data, the root exception, settings, formatters."""
+BOTTOM = {"models", "errors", "events", "keys", "limits", "config", "scrub", "text"}
+"""Modules every layer may use: data, the root exception, events, settings, formatters."""
 MAY_IMPORT = {
     "bottom": {"bottom"},
     "input": {"bottom", "input"},

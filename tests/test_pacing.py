@@ -25,6 +25,7 @@ from bulk_unenroll.api.pacing import CATCH_UP, CLIMB_EVERY, LONGEST_SECOND_WAIT,
 from bulk_unenroll.api.pools import PooledTransport
 from bulk_unenroll.config import UNLIMITED_WORKERS
 from bulk_unenroll.errors import InputError
+from bulk_unenroll.events import Event, PaceChosen
 from bulk_unenroll.limits import (
     PLANS,
     SAFETY_MARGIN,
@@ -402,7 +403,7 @@ def rows_for(campaign: str, n: int, first: int = 1) -> list[tuple[str, str]]:
     return [(campaign, new_uuid(i)) for i in range(first, first + n)]
 
 
-def run_job(cfg: JobConfig, events: list[str] | None = None) -> tuple[Job, Summary]:
+def run_job(cfg: JobConfig, events: list[Event] | None = None) -> tuple[Job, Summary]:
     async def go() -> tuple[Job, Summary]:
         job = Job(cfg, on_event=(events.append if events is not None else None))
         with anyio.fail_after(60):
@@ -446,14 +447,15 @@ def test_plan_learnt_from_the_first_answer_after_a_lone_probe(tmp_path: Path, se
     api.faults.latency = 0.5
     server = serve(api)
     write_csv(tmp_path / "in.csv", rows)
-    events: list[str] = []
+    events: list[Event] = []
 
-    job, summary = run_job(config(tmp_path, base_url=server.base_url), events)
+    _, summary = run_job(config(tmp_path, base_url=server.base_url), events)
 
     assert summary.outcomes[Outcome.REMOVED] == 4
-    assert any("org plan" in e for e in events), events
-    assert job._pacer is not None
-    assert job._pacer.per_second == pytest.approx(200 * SAFETY_MARGIN / 60)
+    (chosen,) = [e for e in events if isinstance(e, PaceChosen)]
+    assert (chosen.limit, chosen.plan, chosen.climbing) == (10_000, "org", False), chosen
+    assert "org plan" in str(chosen)
+    assert summary.final_pace == pytest.approx(200 * SAFETY_MARGIN / 60)
     first, second = api.arrivals[:2]
     # The second call can only leave after the probe's answer, which took the latency.
     assert second - first >= 0.5
@@ -472,15 +474,17 @@ def test_unknown_limits_fall_back_to_adaptation(
     rows = rows_for(CAMPAIGN, 1)
     server = serve(Sandbox(rows, limits=Limits(per_day=daily)))
     write_csv(tmp_path / "in.csv", rows)
-    events: list[str] = []
+    events: list[Event] = []
 
-    job, summary = run_job(config(tmp_path, base_url=server.base_url), events)
+    _, summary = run_job(config(tmp_path, base_url=server.base_url), events)
 
     assert summary.outcomes[Outcome.REMOVED] == 1
-    assert any(expected_event in e and "doubling it every 8 s" in e for e in events), events
-    assert job._pacer is not None and job._pacer._ceiling is None, "no ceiling: adaptive"
+    chosen = [e for e in events if isinstance(e, PaceChosen)]
+    assert len(chosen) == 1 and chosen[0].climbing, "no ceiling: adaptive"
+    said = str(chosen[0])
+    assert expected_event in said and "doubling it every 8 s" in said, said
     assert isinstance(start, type(PLANS["pro"]))
-    assert job._pacer.per_second == pytest.approx(start.per_minute * SAFETY_MARGIN / 60)
+    assert summary.final_pace == pytest.approx(start.per_minute * SAFETY_MARGIN / 60)
 
 
 def test_429s_slow_the_run_without_spending_any_row_retries(tmp_path: Path, serve: Serve) -> None:
@@ -488,7 +492,7 @@ def test_429s_slow_the_run_without_spending_any_row_retries(tmp_path: Path, serv
     api = Sandbox(rows, limits=Limits(per_window=10, window=1.0))
     server = serve(api)
     write_csv(tmp_path / "in.csv", rows)
-    events: list[str] = []
+    events: list[Event] = []
     cfg = config(
         tmp_path, base_url=server.base_url, rate=Rate(25, 1), retry=RetryPolicy(max_retries=0)
     )
@@ -499,7 +503,7 @@ def test_429s_slow_the_run_without_spending_any_row_retries(tmp_path: Path, serv
     assert summary.outcomes[Outcome.REMOVED] == 40, "a 429 cost a row its only attempt"
     assert len(api.state.removed) == 40
     assert summary.rate_limited == api.state.rate_limited
-    assert any("pausing all workers" in e for e in events)
+    assert any("pausing all workers" in str(e) for e in events)
     results = read_results(tmp_path / "out.csv")
     assert {r["status"] for r in results} == {"removed"}
     assert any(int(r["attempts"]) > 1 for r in results), "the refused calls were retried"

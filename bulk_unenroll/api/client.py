@@ -16,6 +16,7 @@ import anyio
 import httpx
 
 from ..errors import InputError
+from ..events import Event, Said, Setting
 from ..models import CAMPAIGN_NOT_FOUND, Enrollment, Outcome
 from ..scrub import redact
 from .pools import PooledTransport, proxy_mounts
@@ -63,7 +64,7 @@ class Answer:
     """Transport failure (timeout, reset); empty when a response arrived."""
     maybe_applied: bool = False
     """The server may have acted without us seeing the answer."""
-    setup_fault: str = ""
+    setup_fault: Event | None = None
     """A connection that failed for a reason that points at the setup (TLS trust, host name,
     port, proxy) rather than a passing outage: the cause and what to check."""
     seconds: float = 0.0
@@ -78,7 +79,9 @@ class Verdict:
     outcome: Outcome | None = None
     detail: str = ""
     route_exists: bool = False
-    """Only LeadLex's DELETE route gives this answer, so --base-url is right."""
+    """Only LeadLex's DELETE route gives this answer, so the base URL is right."""
+    says: Event | None = None
+    """The detail as an event, when it names a setting to check."""
 
 
 def classify(answer: Answer) -> Verdict:  # noqa: C901
@@ -90,11 +93,14 @@ def classify(answer: Answer) -> Verdict:  # noqa: C901
         # Any 2xx means the enrollment is gone; the detail says what the body lacked.
         return Verdict(Action.DONE, Outcome.REMOVED, answer.message, route_exists=True)
     if 300 <= status < 400:
-        return Verdict(
-            Action.ABORT,
-            detail=f"the API answered a redirect (HTTP {status}): "
-            "check --base-url; redirects are not followed for a DELETE",
+        redirect = Said(
+            (
+                f"the API answered a redirect (HTTP {status}): check ",
+                Setting.BASE_URL,
+                "; redirects are not followed for a DELETE",
+            )
         )
+        return Verdict(Action.ABORT, detail=str(redirect), says=redirect)
     if status == 401:
         return Verdict(
             Action.ABORT,
@@ -235,8 +241,10 @@ PROXY_SETTINGS = "the proxy settings (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PRO
 
 
 def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
-    """Trust --ca-bundle if given, else SSL_CERT_FILE / SSL_CERT_DIR, else certifi's bundle."""
-    where = f"--ca-bundle {ca_bundle}" if ca_bundle is not None else "SSL_CERT_FILE/SSL_CERT_DIR"
+    """Trust the CA bundle if given, else SSL_CERT_FILE / SSL_CERT_DIR, else certifi's."""
+    where: tuple[str | Setting, ...] = ("SSL_CERT_FILE/SSL_CERT_DIR",)
+    if ca_bundle is not None:
+        where = (Setting.CA_BUNDLE, f" {ca_bundle}")
     try:
         if ca_bundle is not None:
             return ssl.create_default_context(cafile=ca_bundle)
@@ -245,8 +253,13 @@ def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
         ssl_error = isinstance(exc, ssl.SSLError)
         reason = "it holds no PEM certificate" if ssl_error else exc.strerror or str(exc)
         raise InputError(
-            f"cannot load the CA certificates of {where}: {reason}; "
-            "give a PEM file of the CA certificates to trust"
+            Said(
+                (
+                    "cannot load the CA certificates of ",
+                    *where,
+                    f": {reason}; give a PEM file of the CA certificates to trust",
+                )
+            )
         ) from None
 
 
@@ -288,7 +301,11 @@ def _root_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
-def connect_fault(exc: httpx.TransportError, proxy: httpx.URL | None) -> tuple[str, str]:
+Check = tuple[str | Setting, ...]
+"""What to check, in words and settings; empty when a retry may cure it."""
+
+
+def connect_fault(exc: httpx.TransportError, proxy: httpx.URL | None) -> tuple[str, Check]:
     """Why no connection could be made, and what to check when the cause is one a retry will
     not cure (an untrusted certificate, no TLS on the port, an unknown host name, a refused
     port, a proxy refusing the tunnel); no check for causes that may pass (unreachable)."""
@@ -298,37 +315,49 @@ def connect_fault(exc: httpx.TransportError, proxy: httpx.URL | None) -> tuple[s
     if isinstance(exc, httpx.ProxyError):
         return (
             f"the proxy {proxy} refused the tunnel to {target} ({exc})",
-            f"check {PROXY_SETTINGS} and that the proxy lets this machine reach {target}",
+            (f"check {PROXY_SETTINGS} and that the proxy lets this machine reach {target}",),
         )
     cause = _root_cause(exc)
     if isinstance(cause, ssl.SSLCertVerificationError):
         return (
             f"certificate verify failed for {target}{via} ({cause.verify_message})",
-            "if a proxy or gateway on your network inspects TLS, pass its CA certificate with "
-            "--ca-bundle PATH (or set SSL_CERT_FILE); otherwise check the host in --base-url",
+            (
+                "if a proxy or gateway on your network inspects TLS, pass its CA certificate with ",
+                Setting.CA_BUNDLE,
+                " PATH (or set SSL_CERT_FILE); otherwise check the host in ",
+                Setting.BASE_URL,
+            ),
         )
     if isinstance(cause, ssl.SSLError):
         reason = (cause.reason or "no TLS").lower().replace("_", " ")
         return (
             f"TLS handshake with {target}{via} failed ({reason})",
-            "is it a plain-HTTP port? check the scheme and port in --base-url, "
-            f"--ca-bundle and {PROXY_SETTINGS}",
+            (
+                "is it a plain-HTTP port? check the scheme and port in ",
+                Setting.BASE_URL,
+                ", ",
+                Setting.CA_BUNDLE,
+                f" and {PROXY_SETTINGS}",
+            ),
         )
     if isinstance(cause, socket.gaierror):
         host = proxy.host if proxy else url.host
         return (
             f"host name {host} not resolved ({cause.strerror})",
-            f"check the host in {f'the proxy {proxy}' if proxy else '--base-url'}, "
-            f"{PROXY_SETTINGS} and this machine's DNS",
+            (
+                "check the host in ",
+                f"the proxy {proxy}" if proxy else Setting.BASE_URL,
+                f", {PROXY_SETTINGS} and this machine's DNS",
+            ),
         )
     if isinstance(cause, ConnectionRefusedError):
         if proxy:
-            return f"connection refused by the proxy {proxy}", f"check {PROXY_SETTINGS}"
+            return f"connection refused by the proxy {proxy}", (f"check {PROXY_SETTINGS}",)
         return (
             f"connection refused by {target}",
-            f"check the host and port in --base-url and {PROXY_SETTINGS}",
+            ("check the host and port in ", Setting.BASE_URL, f" and {PROXY_SETTINGS}"),
         )
-    return f"{type(exc).__name__}: {exc}", ""
+    return f"{type(exc).__name__}: {exc}", ()
 
 
 async def delete(
@@ -369,9 +398,8 @@ async def _exchange(
         transport = client._transport_for_url(exc.request.url)  # the one httpx chose
         proxy = transport.proxy if isinstance(transport, PooledTransport) else None
         cause, check = connect_fault(exc, proxy.url if proxy else None)
-        return Answer(
-            None, error=f"could not connect: {cause}", setup_fault=check and f"{cause}: {check}"
-        )
+        fault = Said((f"{cause}: ", *check)) if check else None
+        return Answer(None, error=f"could not connect: {cause}", setup_fault=fault)
     except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         return Answer(None, error=f"could not connect ({type(exc).__name__})")
     except (httpx.TimeoutException, TimeoutError):

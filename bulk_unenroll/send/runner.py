@@ -21,6 +21,7 @@ from ..api.pacing import Pacer
 from ..api.session import OVERLOADS_PER_ROW, Final, Hold, Request, Session, Stopped
 from ..config import JobConfig
 from ..errors import AuthError, BulkUnenrollError, InputError, ResultsFileError, find_in_group
+from ..events import Event, MaxRemovalsReached, Note, SameInputShared
 from ..input.source import Source
 from ..models import (
     CAMPAIGN_NOT_FOUND,
@@ -72,7 +73,7 @@ class Job:
         config: JobConfig,
         *,
         on_progress: Callable[[Progress], None] | None = None,
-        on_event: Callable[[str], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
         handle_signals: bool = False,
     ) -> None:
         self.config = config
@@ -101,7 +102,7 @@ class Job:
         """Read and validate the input, compare with the results file; locks it unless dry."""
         self.source.columns()  # fail fast on a missing column, before any lock or pass
         if self.source.sheet_note:
-            self._on_event(self.source.sheet_note)
+            self._on_event(Note(self.source.sheet_note))
         try:
             if dry_run:
                 history = await anyio.to_thread.run_sync(read_history, self.config.out)
@@ -110,7 +111,7 @@ class Job:
                 self._journal = await anyio.to_thread.run_sync(Journal, self.config.out)
                 history = self._journal.history
                 for notice in self._journal.notices:
-                    self._on_event(notice)
+                    self._on_event(Note(notice))
             _refuse_restore_results(history, self.config.out)
             plan = await anyio.to_thread.run_sync(build_plan, self.source, history)
         except BaseException:
@@ -135,13 +136,11 @@ class Job:
         cfg = self.config
         self._claim = InputClaim(cfg.input, cfg.out, cfg.read, shared=cfg.allow_same_input)
         if self._claim.others:
-            self._on_event(
-                f"warning: another run is using {cfg.input} ({self._claim.others}); going on "
-                "as --allow-same-input asks: pairs both runs send go out twice"
-            )
+            self._on_event(SameInputShared(cfg.input, self._claim.others))
         elif self._claim.unchecked:
+            unchecked = self._claim.unchecked
             self._on_event(
-                f"warning: cannot check for another run on {cfg.input}: {self._claim.unchecked}"
+                Note(f"warning: cannot check for another run on {cfg.input}: {unchecked}")
             )
 
     def close(self) -> None:
@@ -193,9 +192,9 @@ class Job:
             self.close()
         if self.summary.stop_reason is StopReason.ABORTED:
             abort = self._session.abort_error if self._session else AuthError
-            raise abort(self.summary.stop_detail)
+            raise abort(self.summary.stop_event or self.summary.stop_detail)
         if self.summary.stop_reason is StopReason.ERROR:
-            raise InputError(self.summary.stop_detail)
+            raise InputError(self.summary.stop_event or self.summary.stop_detail)
         return self.summary
 
     async def _send_all(self, sending: _Sending, workers: int) -> None:
@@ -344,15 +343,16 @@ class Job:
         """The run's shared pace; None until `run` starts."""
         return self._session.pacer if self._session else None
 
-    def stop(self, reason: StopReason, detail: str = "") -> None:
+    def stop(self, reason: StopReason, why: Event | None = None) -> None:
         """Stop dispatching; requests already sent finish and are recorded."""
         if not self._stopping.is_set():
-            self.summary.stop_reason, self.summary.stop_detail = reason, detail
+            s = self.summary
+            s.stop_reason, s.stop_event, s.stop_detail = reason, why, str(why or "")
             self._stopping.set()
             if self._session is not None:
                 self._session.pacer.close()  # wake workers waiting for a slot, a pause or the plan
-            if detail and reason not in ENDS_WITH_AN_ERROR:
-                self._on_event(detail)  # an error is raised to the caller, who shows it once
+            if why is not None and s.stop_detail and reason not in ENDS_WITH_AN_ERROR:
+                self._on_event(why)  # an error is raised to the caller, who shows it once
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -364,10 +364,12 @@ class Job:
                     reason = StopReason.SIGINT if signum == signal.SIGINT else StopReason.SIGTERM
                     self.stop(
                         reason,
-                        f"{reason.value.upper()} received: finishing "
-                        f"{self._in_flight()} request(s) in flight "
-                        f"(up to {self.config.grace_period:g}s); "
-                        "signal again to quit at once",
+                        Note(
+                            f"{reason.value.upper()} received: finishing "
+                            f"{self._in_flight()} request(s) in flight "
+                            f"(up to {self.config.grace_period:g}s); "
+                            "signal again to quit at once"
+                        ),
                     )
                     # The grace period runs beside this loop, so a second signal is seen at once.
                     grace.start_soon(self._end_grace)
@@ -379,7 +381,7 @@ class Job:
     def _leave_now(self, signum: int) -> NoReturn:
         """Second signal: exit now. Records written so far are whole and flushed; the rows
         in flight are in the `.sent` file, so the rerun reports their outcome truthfully."""
-        self._on_event("second signal: exiting now; a rerun redoes the rows in flight")
+        self._on_event(Note("second signal: exiting now; a rerun redoes the rows in flight"))
         if self._journal is not None:
             with contextlib.suppress(ResultsFileError):
                 self._journal.sync_if_due(force=True)
@@ -397,7 +399,7 @@ class Job:
             return Hold.GO
         if self._removed < cap:
             return Hold.WAIT  # answers in flight decide whether the cap is met
-        self.stop(StopReason.MAX_REMOVALS, f"stopped after --max-removals {cap}")
+        self.stop(StopReason.MAX_REMOVALS, MaxRemovalsReached(cap))
         return Hold.STOP
 
     async def _unenroll(self, sending: _Sending, e: Enrollment) -> RowResult | None:
@@ -514,7 +516,7 @@ async def run_job(
     config: JobConfig,
     *,
     on_progress: Callable[[Progress], None] | None = None,
-    on_event: Callable[[str], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
 ) -> Summary:
     """Plan and run a job in one call (the library's async entry point)."""
     job = Job(config, on_progress=on_progress, on_event=on_event)
@@ -526,7 +528,7 @@ def unenroll_file(
     config: JobConfig,
     *,
     on_progress: Callable[[Progress], None] | None = None,
-    on_event: Callable[[str], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
 ) -> Summary:
     """Synchronous wrapper for schedulers (Airflow, Prefect) that do not run an event loop."""
     return anyio.run(
