@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
 from helpers import QUICK_YES, Serve
@@ -119,8 +120,10 @@ def test_reserve_leaves_calls_for_other_integrations(tmp_path: Path, serve: Serv
 def test_a_quota_429_is_not_retried_in_a_loop(tmp_path: Path, serve: Serve) -> None:
     rows = [("cmp_spent", new_uuid(i)) for i in range(1, 31)]
     api = Sandbox(rows, limits=Limits(per_day=5))
-    api._day = (int(time.time() // api.limits.day_seconds), 5)  # today's quota already used
     server = serve(api)
+    for i in range(5):  # another integration used today's quota
+        url = f"{server.base_url}/v1/campaigns/cmp_other/contacts/{new_uuid(100 + i)}"
+        assert httpx.delete(url, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 404
     write_csv(tmp_path / "in.csv", rows)
     cfg = JobConfig(
         input=tmp_path / "in.csv",

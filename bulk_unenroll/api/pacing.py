@@ -138,6 +138,12 @@ class Pacer:
         return self._rate
 
     @property
+    def window(self) -> tuple[int, float] | None:
+        """(calls, seconds): the whole count per window that slow answers hold calls to;
+        None when the rate names no whole count (2.5/s) or is unknown."""
+        return self._window
+
+    @property
     def learning(self) -> bool:
         return not self._learnt.is_set()
 
