@@ -84,7 +84,7 @@ class Verdict:
     """The detail as an event, when it names a setting to check."""
 
 
-def classify(answer: Answer) -> Verdict:  # noqa: C901
+def classify(answer: Answer) -> Verdict:
     """The classification table, from (HTTP status, error code) to what happens next."""
     status, code = answer.status, answer.code
     if status is None:
@@ -93,39 +93,11 @@ def classify(answer: Answer) -> Verdict:  # noqa: C901
         # Any 2xx means the enrollment is gone; the detail says what the body lacked.
         return Verdict(Action.DONE, Outcome.REMOVED, answer.message, route_exists=True)
     if 300 <= status < 400:
-        redirect = Said(
-            (
-                f"the API answered a redirect (HTTP {status}): check ",
-                Setting.BASE_URL,
-                "; redirects are not followed for a DELETE",
-            )
-        )
-        return Verdict(Action.ABORT, detail=str(redirect), says=redirect)
-    if status == 401:
-        return Verdict(
-            Action.ABORT,
-            detail="the API key was rejected (401 invalid_key): "
-            "it is invalid, expired or revoked; set a valid LEADLEX_API_KEY",
-        )
-    if status == 403:
-        return Verdict(
-            Action.ABORT,
-            detail="the API key lacks permission (403 "
-            f"{code or 'insufficient_permissions'}): give it campaigns:write",
-        )
+        return _redirected(status)
+    if status in (401, 403):
+        return _key_refused(status, code)
     if status == 404:
-        if code == "enrollment_not_found":
-            return Verdict(Action.DONE, Outcome.NOT_ENROLLED, route_exists=True)
-        if code in CAMPAIGN_NOT_FOUND:
-            return Verdict(
-                Action.DONE, Outcome.REJECTED, "no campaign with this id", route_exists=True
-            )
-        return Verdict(
-            Action.UNCLEAR_404,
-            Outcome.REJECTED,
-            f"{said_404(answer)}: no campaign with this id, or no such route; "
-            "recorded for this row only",
-        )
+        return _not_found(answer)
     if status == 429:
         if answer.headers is not None and answer.headers.get("x-ratelimit-remaining") == "0":
             return Verdict(Action.QUOTA, detail="daily quota spent")
@@ -137,6 +109,46 @@ def classify(answer: Answer) -> Verdict:  # noqa: C901
     if status in (408, 425) or status >= 500:
         return Verdict(Action.RETRY, detail=f"HTTP {status}" + (f" {code}" if code else ""))
     return Verdict(Action.DONE, Outcome.REJECTED, answer.message or f"HTTP {status}")
+
+
+def _redirected(status: int) -> Verdict:
+    redirect = Said(
+        (
+            f"the API answered a redirect (HTTP {status}): check ",
+            Setting.BASE_URL,
+            "; redirects are not followed for a DELETE",
+        )
+    )
+    return Verdict(Action.ABORT, detail=str(redirect), says=redirect)
+
+
+def _key_refused(status: int, code: str) -> Verdict:
+    """A 401 or 403: the key, not the row; the run stops."""
+    if status == 401:
+        return Verdict(
+            Action.ABORT,
+            detail="the API key was rejected (401 invalid_key): "
+            "it is invalid, expired or revoked; set a valid LEADLEX_API_KEY",
+        )
+    return Verdict(
+        Action.ABORT,
+        detail="the API key lacks permission (403 "
+        f"{code or 'insufficient_permissions'}): give it campaigns:write",
+    )
+
+
+def _not_found(answer: Answer) -> Verdict:
+    """The API's two documented 404s, and any other: unclear (see `Action.UNCLEAR_404`)."""
+    if answer.code == "enrollment_not_found":
+        return Verdict(Action.DONE, Outcome.NOT_ENROLLED, route_exists=True)
+    if answer.code in CAMPAIGN_NOT_FOUND:
+        return Verdict(Action.DONE, Outcome.REJECTED, "no campaign with this id", route_exists=True)
+    return Verdict(
+        Action.UNCLEAR_404,
+        Outcome.REJECTED,
+        f"{said_404(answer)}: no campaign with this id, or no such route; "
+        "recorded for this row only",
+    )
 
 
 def overloaded(answer: Answer) -> bool:
