@@ -415,6 +415,7 @@ def run_job(cfg: JobConfig, events: list[Event] | None = None) -> tuple[Job, Sum
     return anyio.run(go, backend="asyncio")
 
 
+@pytest.mark.solo
 def test_strict_window_at_exactly_the_rate_sees_no_429(tmp_path: Path, serve: Serve) -> None:
     rows = rows_for(CAMPAIGN, 300)
     api = Sandbox(rows, limits=Limits(per_window=40, window=1.0))
