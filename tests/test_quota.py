@@ -45,6 +45,7 @@ def wait_for_next_day() -> None:
     time.sleep(DAY - time.time() % DAY + 0.2)
 
 
+@pytest.mark.slow
 def test_quota_of_a_third_stops_with_75_and_reruns_finish_with_nothing_lost(
     tmp_path: Path, serve: Serve
 ) -> None:

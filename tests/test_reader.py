@@ -323,6 +323,7 @@ def test_quoted_newlines_keep_rows_aligned_across_read_chunks(tmp_path: Path) ->
 # -- the plan ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_million_duplicate_rows_plan_one_send(tmp_path: Path) -> None:
     path = tmp_path / "dupes.csv"
     path.write_text("campaign_id,contact_id\n" + f"cmp_a,{U1}\n" * 1_000_000, encoding="utf-8")
