@@ -177,12 +177,26 @@ def test_quota_keeps_the_freshest_count_and_ignores_yesterdays_late_answers() ->
 
 @pytest.mark.parametrize(
     ("remaining", "in_flight", "reserve", "spent"),
-    [(None, 5, 0, False), (5, 4, 0, False), (5, 5, 0, True), (25, 4, 20, False), (25, 5, 20, True)],
+    [
+        (None, 5, 0, False),
+        (None, 0, 20, False),
+        (None, 1, 20, True),  # the count unknown: one call at a time keeps the reserve
+        (5, 4, 0, False),
+        (5, 5, 0, True),
+        (25, 4, 20, False),
+        (25, 5, 20, True),
+    ],
 )
 def test_spent_counts_the_calls_in_flight_and_the_reserve(
     remaining: int | None, in_flight: int, reserve: int, spent: bool
 ) -> None:
     assert Quota(remaining=remaining).spent(in_flight, reserve) is spent
+
+
+def test_a_reserve_does_not_hold_calls_back_when_the_api_never_tells_the_count() -> None:
+    quota = Quota()
+    quota.observe({"x-request-id": "req_1"})
+    assert not quota.spent(in_flight=3, reserve=20)
 
 
 def test_reset_is_told_in_utc_local_time_and_as_a_countdown() -> None:

@@ -573,6 +573,8 @@ class Quota:
     remaining: int | None = None
     reset_at: float | None = None
     """Unix seconds."""
+    silent: bool = False
+    """An answer came without the count: the API does not report it."""
 
     def observe(self, headers: Mapping[str, str], now: float | None = None) -> None:
         limit = _int(headers, "x-ratelimit-limit")
@@ -582,6 +584,7 @@ class Quota:
         if limit is not None:
             self.limit = limit
         if remaining is None:
+            self.silent = True
             return
         if reset is not None and self.reset_at is not None:
             if reset < self.reset_at - RESET_JITTER:
@@ -596,8 +599,12 @@ class Quota:
             self.reset_at = reset
 
     def spent(self, in_flight: int, reserve: int) -> bool:
-        """True when sending one more call would eat into the reserve."""
-        return self.remaining is not None and self.remaining - in_flight <= reserve
+        """True when sending one more call would eat into the reserve. Until an answer tells
+        the count (at the start, after a reset), a run keeping a reserve sends one call at a
+        time: calls leaving at the pace before the first answer came could spend it."""
+        if self.remaining is None:
+            return reserve > 0 and in_flight > 0 and not self.silent
+        return self.remaining - in_flight <= reserve
 
     def seconds_to_reset(self) -> float | None:
         return None if self.reset_at is None else max(0.0, self.reset_at - time.time())
