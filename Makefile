@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 # Parallel test processes (pytest-xdist). Most of the suite's time is paced waiting, not CPU,
 # so more processes than cores pay; PYTEST_WORKERS=0 runs every test in one process. Tests
 # marked `solo` must reach a call rate, so they run afterwards, one at a time.
-PYTEST_WORKERS ?= 6
+PYTEST_WORKERS ?= 4
 pytest: $(STAMP)
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not gateway and not solo"
 	$(BIN)/pytest -q -m solo
