@@ -248,10 +248,10 @@ class Gated(Sandbox):
         self.gate.set()
 
     def handle(
-        self, method: str, path: str, headers: dict[str, str]
+        self, method: str, path: str, headers: dict[str, str], payload: bytes = b""
     ) -> tuple[str, int, dict[str, str], bytes]:
         assert self.gate.wait(60), "the test never opened the gate"
-        return super().handle(method, path, headers)
+        return super().handle(method, path, headers, payload)
 
 
 def test_a_symlinked_out_shares_the_lock_and_stays_a_link(tmp_path: Path, serve: Serve) -> None:

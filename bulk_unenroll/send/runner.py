@@ -21,7 +21,7 @@ from ..api.pacing import Pacer
 from ..api.session import OVERLOADS_PER_ROW, Final, Hold, Request, Session, Stopped
 from ..config import JobConfig
 from ..errors import AuthError, BulkUnenrollError, InputError, ResultsFileError, find_in_group
-from ..events import Event, MaxRemovalsReached, Note, SameInputShared
+from ..events import Event, MaxRemovalsReached, Note, Said, SameInputShared, Setting
 from ..input.source import Source
 from ..models import (
     CAMPAIGN_NOT_FOUND,
@@ -491,8 +491,13 @@ def _refuse_restore_results(history: History, out: Path) -> None:
     """A restore's results file as --out would skip every pair it restored, unsent."""
     if history.outcomes_recorded() & RESTORE_ONLY:
         raise InputError(
-            f"--out {out} records re-enrollments: it is a restore's results file, not a run's. "
-            "Give the run a results file of its own (a new path)"
+            Said(
+                (
+                    Setting.OUT,
+                    f" {out} records re-enrollments: it is a restore's results file, not a "
+                    "run's. Give the run a results file of its own (a new path)",
+                )
+            )
         )
 
 
