@@ -35,8 +35,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Parallel test processes (pytest-xdist). Most of the suite's time is paced waiting, not CPU,
+# so more processes than cores pay; PYTEST_WORKERS=0 runs every test in one process. Tests
+# marked `solo` must reach a call rate, so they run afterwards, one at a time.
+PYTEST_WORKERS ?= 4
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not gateway and not solo"
+	$(BIN)/pytest -q -m solo
 
 # A real nginx (Debian's nginx-light, limit_req at 10/s) in front of the sandbox; about a
 # minute, so not part of `make test` (.ci/run calls both). Installs nginx-light with apt-get

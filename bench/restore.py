@@ -28,7 +28,7 @@ SIZES = "9000,6000,3500,1500"
 
 def write_results(path: Path, campaigns: list[int]) -> list[tuple[str, str]]:
     """A run's results file marking every pair removed; the pairs it holds."""
-    removed = []
+    removed: list[tuple[str, str]] = []
     for index, size in enumerate(campaigns):
         campaign = f"cmp_bench_{index}"
         removed += [(campaign, contact) for _, contact in pairs(size, start=len(removed))]

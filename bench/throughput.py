@@ -108,9 +108,9 @@ def measure(rows: int, concurrency: int, rounds: int) -> dict[str, Any]:
                     ],
                     env,
                 )
-                figures = json.loads(lib.stdout)
-                assert figures["calls"] == rows, figures
-                keep("tool, library Job.run()", figures["wall"], figures["cpu"])
+                child = json.loads(lib.stdout)
+                assert child["calls"] == rows, child
+                keep("tool, library Job.run()", child["wall"], child["cpu"])
                 start += rows
 
                 loop = floor(start)
@@ -131,8 +131,8 @@ def measure(rows: int, concurrency: int, rounds: int) -> dict[str, Any]:
         figures[f"{name}: req/s"] = per_second(rows, wall)
         figures[f"{name}: CPU s per 1,000 req"] = cpu / rows * 1000
     tool = best["tool, library Job.run()"][0]
-    floor = best["floor, httpx loop"][0]
-    figures["ratio, sending phase (library / floor loop)"] = floor / tool
+    loop_wall = best["floor, httpx loop"][0]
+    figures["ratio, sending phase (library / floor loop)"] = loop_wall / tool
     figures["ratio, end to end (CLI / floor child)"] = (
         best["floor, as a whole child"][0] / best["tool, CLI end to end"][0]
     )

@@ -24,11 +24,11 @@ import click
 from . import __version__
 from . import verify as verify_mod
 from .config import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, JobConfig, ReadOptions, RetryPolicy
-from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group
+from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group, leaves
 from .input.formats import spool
 from .limits import PLANS, Rate
 from .models import StopReason, Summary
-from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console, confirm_question
+from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console, confirm_question, flag
 from .report import (
     ROW_FORMATS,
     STDOUT,
@@ -55,18 +55,11 @@ DEBUG_ENV = "BULK_UNENROLL_DEBUG"
 INTERNAL_ERROR = 70
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    """The first real exception inside (nested) exception groups from task groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def internal_error(exc: BaseException) -> NoReturn:
     """A bug: one line, never a traceback (unless asked for), never the key; exit 70."""
     if os.environ.get(DEBUG_ENV) == "1":
         click.echo(redact_message("".join(traceback.format_exception(exc))), err=True)
-    leaf = _leaf(exc)
+    leaf = next(leaves(exc))
     message = redact_message(str(leaf)).replace("\n", " ")[:500]
     click.echo(
         f"internal error: {type(leaf).__name__}: {message} — the results file is intact; "
@@ -492,6 +485,12 @@ async def _carry_out(
     return summary.exit_code
 
 
+def _word_stop(summary: Summary) -> None:
+    """The stop in the CLI's words, for the summary and its JSON: settings named as flags."""
+    if summary.stop_event is not None:
+        summary.stop_detail = summary.stop_event.describe(flag)
+
+
 def _execute(
     make_config: Callable[[], Settings],
     console: Console,
@@ -508,7 +507,7 @@ def _execute(
     except BaseException as exc:
         known = find_in_group(exc, BulkUnenrollError)
         if known is not None:
-            code, error = known.exit_code, _shown(redact_message(str(known)))
+            code, error = known.exit_code, _shown(redact_message(known.describe(flag)))
         elif find_in_group(exc, KeyboardInterrupt) is not None:
             code, error = (
                 130,
@@ -520,11 +519,12 @@ def _execute(
             )
         elif isinstance(exc, Exception):
             unexpected, code = exc, INTERNAL_ERROR
-            error = f"internal error: {type(_leaf(exc)).__name__}"
+            error = f"internal error: {type(next(leaves(exc))).__name__}"
         else:
             raise
     command = continue_command()
     summary = session.job.summary if session.job is not None else Summary()
+    _word_stop(summary)
     if code == 130 and summary.stop_reason is StopReason.COMPLETE:
         summary.stop_reason = StopReason.SIGINT  # Ctrl-C before the signal watcher started
     data = summary_dict(
@@ -844,7 +844,7 @@ def report(
             click.echo(text, nl=False)
             _exported(figures, export)
     except BulkUnenrollError as exc:
-        console.error(str(exc))
+        console.error(exc.describe(flag))
         sys.exit(exc.exit_code)
 
 
@@ -1080,7 +1080,7 @@ def sandbox(**kw: Any) -> None:
     try:
         api = build_from_options(_read_options(kw), **kw)
     except BulkUnenrollError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {exc.describe(flag)}", err=True)
         sys.exit(exc.exit_code)
     try:
         anyio.run(serve_forever, api, kw["port"], kw["ready_file"], backend="asyncio")

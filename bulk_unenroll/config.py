@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .events import ReserveLeavesNoCalls
 from .limits import PLANS as PLANS  # re-exported: `bulk_unenroll.config.PLANS` was documented
-from .limits import SAFETY_MARGIN, Plan, Rate, reserve_leaves_no_calls
+from .limits import SAFETY_MARGIN, Plan, Rate
 from .scrub import remember
 
 DEFAULT_BASE_URL = "https://data.leadlex.com/functions/v1/api-gateway"
@@ -149,7 +150,7 @@ class JobConfig:
                 raise InputError(message)
         if self.plan is not None and self.reserve >= self.plan.per_day:
             raise InputError(
-                reserve_leaves_no_calls(
+                ReserveLeavesNoCalls(
                     self.reserve,
                     self.plan.per_day,
                     f"the {self.plan.name} plan allows {self.plan.per_day:,} calls a day",

@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:  # events imports limits, which raises these errors
+    from .events import Event, Naming
 
 E = TypeVar("E", bound=BaseException)
 
 
-def find_in_group(exc: BaseException, kind: type[E]) -> E | None:
-    """The first `kind` exception in `exc` or, depth first, in the task-group exception
-    groups around it."""
-    if isinstance(exc, kind):
-        return exc
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The real exceptions in `exc`, depth first through the (nested) exception groups that
+    task groups wrap them in; `exc` itself when it is no group."""
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = find_in_group(inner, kind)
-            if found is not None:
-                return found
-    return None
+            yield from leaves(inner)
+    else:
+        yield exc
+
+
+def find_in_group(exc: BaseException, kind: type[E]) -> E | None:
+    """The first `kind` exception among the leaves of `exc`."""
+    return next((leaf for leaf in leaves(exc) if isinstance(leaf, kind)), None)
 
 
 class BulkUnenrollError(Exception):
-    """A problem that stops the run; the message says what is wrong and how to fix it."""
+    """A problem that stops the run; the message says what is wrong and how to fix it. Given
+    an `Event`, it keeps it, so the CLI can word the settings it names as flags."""
 
     exit_code = 2
+
+    def __init__(self, message: str | Event) -> None:
+        self.event = None if isinstance(message, str) else message
+        super().__init__(str(message))
+
+    def describe(self, name: Naming | None = None) -> str:
+        """The message, naming settings with `name` when it came from an event."""
+        if self.event is None or name is None:
+            return str(self)
+        return self.event.describe(name)
 
 
 class InputError(BulkUnenrollError):

@@ -85,15 +85,6 @@ def is_published_plan(limit: int) -> bool:
     return any(p.per_day == limit for p in PLANS.values())
 
 
-def reserve_leaves_no_calls(reserve: int, per_day: int, source: str) -> str:
-    """The usage error for a --reserve of the whole daily quota: every run would stop (exit 75)
-    after at most one call, night after night. `source` says where `per_day` comes from."""
-    return (
-        f"--reserve {reserve:,} leaves no calls: {source}; "
-        f"keep fewer than {per_day:,} in reserve (for example --reserve {per_day // 10:,})"
-    )
-
-
 def days_needed(calls: int, per_day: int, reserve: int = 0) -> int | None:
     """Quota days a job of `calls` calls spans at `per_day`, keeping `reserve`; None if never."""
     usable = per_day - reserve

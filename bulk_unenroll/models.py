@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from .events import Event
+
 
 class Outcome(StrEnum):
     """How one input row ended. The value is what the results file says."""
@@ -33,6 +35,13 @@ RESTORE_ONLY = frozenset(RESTORE_OUTCOMES[:2])
 
 NEEDS_A_LOOK = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
 """Outcomes that make a finished job exit 1, and what `report --export` picks by default."""
+
+
+CAMPAIGN_NOT_FOUND = ("campaign_not_found",)
+"""The only 404 error code that settles every row of a campaign (the API client's table, the
+dead-campaign shortcut and the report's rows rejected for good share it). The campaign-start
+page spells an unknown campaign `not_found`, but gateways answer an unknown route (a wrong
+base URL) the same way: that spelling, like any other undocumented 404, settles nothing."""
 
 
 class StopReason(StrEnum):
@@ -105,6 +114,9 @@ class Summary:
     """`not_enrolled` after a lost answer: most likely removed by an earlier attempt."""
     stop_reason: StopReason = StopReason.COMPLETE
     stop_detail: str = ""
+    """The stop in words, settings named as `JobConfig` names them."""
+    stop_event: Event | None = None
+    """The stop as data, for a caller that words its settings its own way (the CLI)."""
     quota_reset_at: datetime | None = None
     learnt_rate: str | None = None
     """An unknown per-minute limit found by probing, as `--rate` takes it (`300/min`)."""

@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .api.session import WAITING_FOR_QUOTA
+from .events import Event, Setting
 from .limits import SAFETY_MARGIN
 from .models import Outcome, StopReason, Summary
 from .report import CheckFigures, Estimate, PlanFigures, ResultsReport
@@ -55,6 +56,11 @@ EXIT_MEANINGS = {
     130: "interrupted: rerun to continue",
     143: "terminated: rerun to continue",
 }
+
+
+def flag(setting: Setting) -> str:
+    """The CLI's name for a setting the library's events name: its flag (`--max-429-wait`)."""
+    return "--" + setting.value.replace("_", "-")
 
 
 def _n(value: int) -> str:
@@ -452,9 +458,10 @@ class Console:
         else:
             click.echo(redact(f"error: {message}"), err=True)
 
-    def event(self, message: str) -> None:
+    def event(self, event: Event) -> None:
         if self.quiet:
             return
+        message = event.describe(flag)
         if self.json:
             self.emit("event", message=message)
         else:

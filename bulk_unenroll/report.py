@@ -15,12 +15,12 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from .api.client import CAMPAIGN_NOT_FOUND
 from .config import JobConfig
 from .errors import InputError, ResultsFileError
 from .input.ids import TOKEN_RE
 from .limits import PLANS, Plan, days_needed
 from .models import (
+    CAMPAIGN_NOT_FOUND,
     NEEDS_A_LOOK,
     RESTORE_ONLY,
     RESTORE_OUTCOMES,

@@ -38,6 +38,12 @@ def read_results(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow scenarios first (stable otherwise): parallel workers (`make pytest`) start them
+    at once, so the run does not end with one worker still on a long scenario."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_claims(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Runs claim their input in this session's own folder (inherited by `cli_env`): another

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
@@ -44,7 +45,7 @@ def mixed_input(tmp_path: Path) -> tuple[Path, Sandbox]:
     return src, Sandbox(enrolled)
 
 
-def _json_lines(text: str) -> list[dict[str, object]]:
+def _json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -111,7 +112,7 @@ def test_plan_estimates_time_and_quota_days(tmp_path: Path) -> None:
     every = run_cli(["plan", str(src), "--log-format", "json"], env)
     assert every.returncode == 0, every.stderr
     (plan,) = [line for line in _json_lines(every.stderr) if line["type"] == "plan"]
-    days = {e["label"]: e["quota_days"] for e in plan["estimates"]}  # type: ignore[index, union-attr]
+    days = {e["label"]: e["quota_days"] for e in plan["estimates"]}
     assert days == {"starter": 25, "pro": 3, "org": 1}
 
     pro = run_cli(["plan", str(src), "--plan", "pro", "--reserve", "500"], env)
@@ -261,7 +262,7 @@ def test_json_log_lines_parse_and_match_the_summary_file(tmp_path: Path, serve: 
     assert {"rows_done", "rows_total", "eta_seconds", "outcomes", "pacer_state"} <= set(progress)
     summary = {k: v for k, v in lines[-1].items() if k not in ("type", "time")}
     assert summary == json.loads(summary_file.read_text())
-    assert summary["outcomes"]["removed"] == 20  # type: ignore[index]
+    assert summary["outcomes"]["removed"] == 20
 
 
 def test_quiet_prints_only_the_summary(tmp_path: Path, serve: Serve) -> None:

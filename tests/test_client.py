@@ -7,7 +7,6 @@ import httpx
 import pytest
 
 from bulk_unenroll.api.client import (
-    CAMPAIGN_NOT_FOUND,
     QUICK_ANSWER,
     Action,
     Answer,
@@ -16,7 +15,7 @@ from bulk_unenroll.api.client import (
     said_404,
     url_for,
 )
-from bulk_unenroll.models import Enrollment, Outcome
+from bulk_unenroll.models import CAMPAIGN_NOT_FOUND, Enrollment, Outcome
 
 PAIR = Enrollment(1, "cmp_x", "123e4567-e89b-12d3-a456-426614174000")
 

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 from helpers import Serve
 from hypothesis import HealthCheck, given, settings
@@ -122,6 +123,7 @@ def test_lost_answers_across_a_kill_are_reported_as_such(tmp_path: Path, serve: 
     assert not api.state.enrolled
 
 
+@pytest.mark.slow
 def test_five_kills_then_a_rerun_end_right(tmp_path: Path, serve: Serve) -> None:
     mixed = mixed_file(tmp_path / "in.csv", 1000, seed=23)
     api = mixed.sandbox(Faults(latency=0.005))
@@ -147,6 +149,7 @@ def test_five_kills_then_a_rerun_end_right(tmp_path: Path, serve: Serve) -> None
     assert len(in_flight_at_kills) <= 5 * CONCURRENCY
 
 
+@pytest.mark.slow
 @settings(
     max_examples=8,
     deadline=None,
@@ -216,6 +219,7 @@ def pair_of(line: str) -> Pair:
     return record[1], record[2]
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(
     steps=st.lists(

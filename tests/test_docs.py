@@ -26,6 +26,7 @@ from bulk_unenroll import (
     unenroll_file,
 )
 from bulk_unenroll.cli import main
+from bulk_unenroll.events import Event
 from bulk_unenroll.report import summary_dict
 from bulk_unenroll.sandbox import Sandbox
 
@@ -120,7 +121,7 @@ def _job(tmp_path: Path, serve: Serve) -> tuple[JobConfig, Sandbox]:
 def test_unenroll_file_with_a_progress_callback(tmp_path: Path, serve: Serve) -> None:
     config, api = _job(tmp_path, serve)
     seen: list[Progress] = []
-    events: list[str] = []
+    events: list[Event] = []
     summary = unenroll_file(config, on_progress=seen.append, on_event=events.append)
     assert summary.outcomes[Outcome.REMOVED] == 30 == len(api.state.removed)
     assert summary.outcomes[Outcome.NOT_ENROLLED] == 1

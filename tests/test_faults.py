@@ -18,6 +18,7 @@ from bulk_unenroll.limits import Rate
 from bulk_unenroll.sandbox import Faults, Sandbox
 
 
+@pytest.mark.slow
 def test_clean_api_mixed_file_each_pair_sent_once(tmp_path: Path, serve: Serve) -> None:
     mixed = mixed_file(tmp_path / "in.csv", 2000)
     api = mixed.sandbox()
@@ -43,6 +44,7 @@ def read_companions(out: Path) -> list[str]:
     return [p.read_text() for p in out.parent.glob(out.name + ".*")]
 
 
+@pytest.mark.slow
 def test_wire_faults_end_truthful_after_one_rerun(tmp_path: Path, serve: Serve) -> None:
 
     mixed = mixed_file(tmp_path / "in.csv", 2000, seed=11)

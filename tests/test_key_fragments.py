@@ -1,5 +1,6 @@
 """No piece of the API key reaches the results, the terminal or the summary, however a
-server echoes it back: whole, cut off at any point, in a code, a message or a request id."""
+server echoes it back: whole, cut off at any point, in a code, a message or a request id; a
+malformed key is a usage error that does not show it."""
 
 from __future__ import annotations
 
@@ -14,15 +15,18 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import cli_env, new_uuid, run_cli, write_csv
+from helpers import Serve
 
 from bulk_unenroll.api.client import delete
 from bulk_unenroll.models import Enrollment
 from bulk_unenroll.results.records import COLUMNS
+from bulk_unenroll.sandbox import Sandbox
 from bulk_unenroll.scrub import FRAGMENT, redact
 
 KEY = "wbk_live_" + "".join(random.Random(12).choices(string.ascii_letters + string.digits, k=32))
 TAIL = KEY[-11:]
 PAIR = Enrollment(1, "cmp_a", new_uuid(5))
+ECHO_PAIR = Enrollment(1, "cmp_x", new_uuid(1))
 
 # What the server says for each row, in order: (status, error code, message, request id).
 # Every one holds a piece of the key that a whole-key replace misses.
@@ -149,3 +153,32 @@ def test_report_scrubs_a_results_file_written_before(tmp_path: Path, as_json: bo
     assert result.returncode == 0, result.stderr
     assert "bad_***" in result.stdout
     assert not leaks(result.stdout + result.stderr), result.stdout
+
+
+@pytest.mark.asyncio
+async def test_a_server_that_echoes_the_key_does_not_get_it_into_the_results() -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        said = request.headers["authorization"]
+        body = {"error": {"code": "bad_request", "message": f"rejected header {said}"}}
+        return httpx.Response(400, json=body, headers={"X-Request-ID": said})
+
+    key = "wbk_secret_123"
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(transport=httpx.MockTransport(echo), headers=headers) as client:
+        answer = await delete(client, "https://api.example/gw", ECHO_PAIR, 5.0)
+    assert answer.status == 400
+    assert "***" in answer.message
+    assert key not in answer.message + answer.request_id + answer.code
+
+
+@pytest.mark.parametrize("key", ["wbk_abc\u200bdef", "wbk_abc def", "wbk_é"])
+def test_a_malformed_key_is_a_clear_usage_error(serve: Serve, tmp_path: Path, key: str) -> None:
+    pair = ("cmp_x", new_uuid(1))
+    api = Sandbox([pair])
+    src = write_csv(tmp_path / "in.csv", [pair])
+    env = {**cli_env(serve(api).base_url), "LEADLEX_API_KEY": key}
+    result = run_cli(["run", str(src), "--out", str(tmp_path / "r.csv"), "--yes"], env)
+    assert result.returncode == 2
+    assert "contains a space, line break or non-ASCII character" in result.stderr
+    assert key not in result.stderr + result.stdout
+    assert api.state.calls == 0

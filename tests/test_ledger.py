@@ -14,8 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
@@ -86,7 +88,7 @@ def test_another_campaign_on_the_same_results_file_keeps_every_record(
     assert data["rows"] == len(CONTACTS)
     assert data["to_send"] == len(failed)
     assert data["settled_before"] == len(CONTACTS) - len(failed)
-    assert data["outcomes"] == {  # type: ignore[comparison-overlap]
+    assert data["outcomes"] == {
         "removed": len(CONTACTS),
         "not_enrolled": 0,
         "rejected": 0,
@@ -236,9 +238,25 @@ def test_a_file_that_is_no_results_file_is_refused_untouched(tmp_path: Path, ser
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "notes.csv"]  # no .lock
 
 
+class Gated(Sandbox):
+    """A sandbox whose answers wait while its gate is shut: a run holds its lock until the
+    test opens it, however slowly the machine starts the other processes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def handle(
+        self, method: str, path: str, headers: dict[str, str], payload: bytes = b""
+    ) -> tuple[str, int, dict[str, str], bytes]:
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().handle(method, path, headers, payload)
+
+
 def test_a_symlinked_out_shares_the_lock_and_stays_a_link(tmp_path: Path, serve: Serve) -> None:
     pairs = [("cmp_a", c) for c in CONTACTS[:6]]
-    api = Sandbox(pairs, faults=Faults(html_500=0.4), seed=2)
+    api = Gated(pairs, faults=Faults(html_500=0.4), seed=2)
     server = serve(api)
     env = cli_env(server.base_url)
     inp = write_csv(tmp_path / "in.csv", pairs)
@@ -247,7 +265,8 @@ def test_a_symlinked_out_shares_the_lock_and_stays_a_link(tmp_path: Path, serve:
     first = run_cli(run_args(inp, link, "--max-retries", "0"), env)
     assert first.returncode == 1, first.stdout + first.stderr
     assert any(r["status"] == "failed" for r in read_results(target))
-    api.faults = Faults(latency=0.5)
+    api.faults = Faults()
+    api.gate.clear()
 
     other = write_csv(tmp_path / "other.csv", [("cmp_b", c) for c in CONTACTS[:20]])
     slow = spawn_cli(run_args(inp, target, "--concurrency", "1"), env, tmp_path / "logs")
@@ -256,6 +275,7 @@ def test_a_symlinked_out_shares_the_lock_and_stays_a_link(tmp_path: Path, serve:
         second = run_cli(run_args(other, link), env)
         assert second.returncode == 74 and "another run is using" in second.stderr
     finally:
+        api.gate.set()
         assert slow.wait(60) == 0
 
     assert link.is_symlink() and os.readlink(link) == target.name  # compaction kept the link

@@ -44,7 +44,9 @@ def _relay(a: socket.socket, b: socket.socket) -> None:
     """Copy bytes both ways until either side closes (or 10 s of silence)."""
     socks = [a, b]
     while True:
-        ready = [s for s in socks if isinstance(s, ssl.SSLSocket) and s.pending()]
+        ready: list[socket.socket] = [
+            s for s in socks if isinstance(s, ssl.SSLSocket) and s.pending()
+        ]
         ready = ready or select.select(socks, [], [], 10)[0]
         if not ready:
             return

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -129,7 +130,7 @@ def rows(n: int) -> list[tuple[str, str]]:
 
 def run(
     tmp_path: Path, base_url: str, pairs: list[tuple[str, str]], *extra: str
-) -> tuple[int, str, dict[str, object]]:
+) -> tuple[int, str, dict[str, Any]]:
     src = write_csv(tmp_path / "in.csv", pairs)
     out, summary = tmp_path / "results.csv", tmp_path / "summary.json"
     done = run_cli(

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -24,6 +27,7 @@ from bulk_unenroll.api.pacing import CATCH_UP, CLIMB_EVERY, LONGEST_SECOND_WAIT,
 from bulk_unenroll.api.pools import PooledTransport
 from bulk_unenroll.config import UNLIMITED_WORKERS
 from bulk_unenroll.errors import InputError
+from bulk_unenroll.events import Event, PaceChosen
 from bulk_unenroll.limits import (
     PLANS,
     SAFETY_MARGIN,
@@ -93,7 +97,7 @@ async def test_a_fractional_rate_is_paced_without_a_window_guard() -> None:
     sent = await pacer.acquire()
     await anyio.sleep(0.05)
     pacer.answered(sent)
-    assert pacer._holds == []
+    assert pacer.per_second is not None and pacer.window is None
 
 
 @pytest.mark.asyncio
@@ -363,10 +367,10 @@ def test_rate_parse_accepts_unlimited_and_explains_nonsense() -> None:
         Rate.parse("fast")
 
 
-def config(tmp_path: Path, **kw: object) -> JobConfig:
+def config(tmp_path: Path, **kw: Any) -> JobConfig:
     return JobConfig(
         input=tmp_path / "in.csv", out=tmp_path / "out.csv", api_key=Secret(API_KEY), **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_pace_keeps_the_margin_and_flags_override_learning(tmp_path: Path) -> None:
@@ -401,7 +405,7 @@ def rows_for(campaign: str, n: int, first: int = 1) -> list[tuple[str, str]]:
     return [(campaign, new_uuid(i)) for i in range(first, first + n)]
 
 
-def run_job(cfg: JobConfig, events: list[str] | None = None) -> tuple[Job, Summary]:
+def run_job(cfg: JobConfig, events: list[Event] | None = None) -> tuple[Job, Summary]:
     async def go() -> tuple[Job, Summary]:
         job = Job(cfg, on_event=(events.append if events is not None else None))
         with anyio.fail_after(60):
@@ -411,6 +415,7 @@ def run_job(cfg: JobConfig, events: list[str] | None = None) -> tuple[Job, Summa
     return anyio.run(go, backend="asyncio")
 
 
+@pytest.mark.solo
 def test_strict_window_at_exactly_the_rate_sees_no_429(tmp_path: Path, serve: Serve) -> None:
     rows = rows_for(CAMPAIGN, 300)
     api = Sandbox(rows, limits=Limits(per_window=40, window=1.0))
@@ -445,14 +450,15 @@ def test_plan_learnt_from_the_first_answer_after_a_lone_probe(tmp_path: Path, se
     api.faults.latency = 0.5
     server = serve(api)
     write_csv(tmp_path / "in.csv", rows)
-    events: list[str] = []
+    events: list[Event] = []
 
-    job, summary = run_job(config(tmp_path, base_url=server.base_url), events)
+    _, summary = run_job(config(tmp_path, base_url=server.base_url), events)
 
     assert summary.outcomes[Outcome.REMOVED] == 4
-    assert any("org plan" in e for e in events), events
-    assert job._pacer is not None
-    assert job._pacer.per_second == pytest.approx(200 * SAFETY_MARGIN / 60)
+    (chosen,) = [e for e in events if isinstance(e, PaceChosen)]
+    assert (chosen.limit, chosen.plan, chosen.climbing) == (10_000, "org", False), chosen
+    assert "org plan" in str(chosen)
+    assert summary.final_pace == pytest.approx(200 * SAFETY_MARGIN / 60)
     first, second = api.arrivals[:2]
     # The second call can only leave after the probe's answer, which took the latency.
     assert second - first >= 0.5
@@ -471,15 +477,17 @@ def test_unknown_limits_fall_back_to_adaptation(
     rows = rows_for(CAMPAIGN, 1)
     server = serve(Sandbox(rows, limits=Limits(per_day=daily)))
     write_csv(tmp_path / "in.csv", rows)
-    events: list[str] = []
+    events: list[Event] = []
 
-    job, summary = run_job(config(tmp_path, base_url=server.base_url), events)
+    _, summary = run_job(config(tmp_path, base_url=server.base_url), events)
 
     assert summary.outcomes[Outcome.REMOVED] == 1
-    assert any(expected_event in e and "doubling it every 8 s" in e for e in events), events
-    assert job._pacer is not None and job._pacer._ceiling is None, "no ceiling: adaptive"
+    chosen = [e for e in events if isinstance(e, PaceChosen)]
+    assert len(chosen) == 1 and chosen[0].climbing, "no ceiling: adaptive"
+    said = str(chosen[0])
+    assert expected_event in said and "doubling it every 8 s" in said, said
     assert isinstance(start, type(PLANS["pro"]))
-    assert job._pacer.per_second == pytest.approx(start.per_minute * SAFETY_MARGIN / 60)
+    assert summary.final_pace == pytest.approx(start.per_minute * SAFETY_MARGIN / 60)
 
 
 def test_429s_slow_the_run_without_spending_any_row_retries(tmp_path: Path, serve: Serve) -> None:
@@ -487,7 +495,7 @@ def test_429s_slow_the_run_without_spending_any_row_retries(tmp_path: Path, serv
     api = Sandbox(rows, limits=Limits(per_window=10, window=1.0))
     server = serve(api)
     write_csv(tmp_path / "in.csv", rows)
-    events: list[str] = []
+    events: list[Event] = []
     cfg = config(
         tmp_path, base_url=server.base_url, rate=Rate(25, 1), retry=RetryPolicy(max_retries=0)
     )
@@ -498,7 +506,7 @@ def test_429s_slow_the_run_without_spending_any_row_retries(tmp_path: Path, serv
     assert summary.outcomes[Outcome.REMOVED] == 40, "a 429 cost a row its only attempt"
     assert len(api.state.removed) == 40
     assert summary.rate_limited == api.state.rate_limited
-    assert any("pausing all workers" in e for e in events)
+    assert any("pausing all workers" in str(e) for e in events)
     results = read_results(tmp_path / "out.csv")
     assert {r["status"] for r in results} == {"removed"}
     assert any(int(r["attempts"]) > 1 for r in results), "the refused calls were retried"
@@ -541,26 +549,61 @@ def test_calls_per_settled_row_in_clean_conditions(tmp_path: Path, serve: Serve)
     assert summary.calls_per_settled_row <= 1.01
 
 
-def connections(transport: PooledTransport) -> int:
-    return sum(len(pool._pool.connections) for pool in transport._pools)
+class CountingServer:
+    """A keep-alive HTTP/1.1 server on 127.0.0.1 that answers 200 after `delay` seconds and
+    counts the connections clients opened to it."""
+
+    def __init__(self) -> None:
+        counted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with counted.lock:
+                    counted.connections += 1
+
+            def do_DELETE(self) -> None:
+                time.sleep(counted.delay)
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.delay = 0.0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.mark.asyncio
-async def test_a_light_load_keeps_one_connection_and_a_heavy_one_spreads(serve: Serve) -> None:
-    rows = rows_for(CAMPAIGN, 40)
-    server = serve(Sandbox(rows))
-    urls = [f"{server.base_url}/v1/campaigns/{c}/contacts/{p}" for c, p in rows]
+async def test_a_light_load_keeps_one_connection_and_a_heavy_one_spreads() -> None:
+    server = CountingServer()
     transport = PooledTransport(16)
-    headers = {"Authorization": f"Bearer {API_KEY}"}
 
-    with anyio.fail_after(30):
-        async with httpx.AsyncClient(transport=transport, headers=headers) as http:
-            for url in urls[:20]:  # one at a time, as a paced run on a fast API sends them
-                assert (await http.delete(url)).status_code == 200
-            assert connections(transport) == 1, "a light load opened idle connections"
+    try:
+        with anyio.fail_after(30):
+            async with httpx.AsyncClient(transport=transport) as http:
+                for _ in range(20):  # one at a time, as a paced run on a fast API sends them
+                    assert (await http.delete(server.url)).status_code == 200
+                assert server.connections == 1, "a light load opened idle connections"
 
-            async with anyio.create_task_group() as tg:
-                for url in urls[20:28]:
-                    tg.start_soon(http.delete, url)
-            assert connections(transport) == 8, "eight at once need eight connections"
-            assert sorted(transport._free) == list(range(16)), "a connection was not given back"
+                server.delay = 0.2  # eight at once are all in flight together
+                async with anyio.create_task_group() as tg:
+                    for _ in range(8):
+                        tg.start_soon(http.delete, server.url)
+                assert server.connections == 8, "eight at once need eight connections"
+                assert transport.in_use == 0, "a connection was not given back"
+    finally:
+        server.close()

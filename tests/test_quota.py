@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from conftest import API_KEY, cli_env, new_uuid, read_results, run_cli, write_csv
 from helpers import QUICK_YES, Serve
@@ -44,6 +45,7 @@ def wait_for_next_day() -> None:
     time.sleep(DAY - time.time() % DAY + 0.2)
 
 
+@pytest.mark.slow
 def test_quota_of_a_third_stops_with_75_and_reruns_finish_with_nothing_lost(
     tmp_path: Path, serve: Serve
 ) -> None:
@@ -119,8 +121,10 @@ def test_reserve_leaves_calls_for_other_integrations(tmp_path: Path, serve: Serv
 def test_a_quota_429_is_not_retried_in_a_loop(tmp_path: Path, serve: Serve) -> None:
     rows = [("cmp_spent", new_uuid(i)) for i in range(1, 31)]
     api = Sandbox(rows, limits=Limits(per_day=5))
-    api._day = (int(time.time() // api.limits.day_seconds), 5)  # today's quota already used
     server = serve(api)
+    for i in range(5):  # another integration used today's quota
+        url = f"{server.base_url}/v1/campaigns/cmp_other/contacts/{new_uuid(100 + i)}"
+        assert httpx.delete(url, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 404
     write_csv(tmp_path / "in.csv", rows)
     cfg = JobConfig(
         input=tmp_path / "in.csv",
@@ -173,12 +177,26 @@ def test_quota_keeps_the_freshest_count_and_ignores_yesterdays_late_answers() ->
 
 @pytest.mark.parametrize(
     ("remaining", "in_flight", "reserve", "spent"),
-    [(None, 5, 0, False), (5, 4, 0, False), (5, 5, 0, True), (25, 4, 20, False), (25, 5, 20, True)],
+    [
+        (None, 5, 0, False),
+        (None, 0, 20, False),
+        (None, 1, 20, True),  # the count unknown: one call at a time keeps the reserve
+        (5, 4, 0, False),
+        (5, 5, 0, True),
+        (25, 4, 20, False),
+        (25, 5, 20, True),
+    ],
 )
 def test_spent_counts_the_calls_in_flight_and_the_reserve(
     remaining: int | None, in_flight: int, reserve: int, spent: bool
 ) -> None:
     assert Quota(remaining=remaining).spent(in_flight, reserve) is spent
+
+
+def test_a_reserve_does_not_hold_calls_back_when_the_api_never_tells_the_count() -> None:
+    quota = Quota()
+    quota.observe({"x-request-id": "req_1"})
+    assert not quota.spent(in_flight=3, reserve=20)
 
 
 def test_reset_is_told_in_utc_local_time_and_as_a_countdown() -> None:
@@ -191,3 +209,26 @@ def test_reset_is_told_in_utc_local_time_and_as_a_countdown() -> None:
         and duration(185, up=True) == "3m05s"
         and duration(3600, up=True) == "1h00m"
     )
+
+
+def test_a_row_stopped_by_the_quota_is_not_blamed_on_a_lost_answer_later(
+    serve: Serve, tmp_path: Path
+) -> None:
+    """Its only call got a definite quota 429: the rerun's not_enrolled is a plain one."""
+    pairs = [("cmp_q", new_uuid(i)) for i in range(1, 4)]  # none of them enrolled
+    api = Sandbox([], campaigns=["cmp_q"], limits=Limits(per_day=0, day_seconds=3600))
+    src = write_csv(tmp_path / "in.csv", pairs)
+    out = tmp_path / "results.csv"
+    args = ["run", str(src), "--out", str(out), "--rate", "50/s", "--concurrency", "1", "--yes"]
+    env = cli_env(serve(api).base_url)
+
+    first = run_cli(args, env)
+    assert first.returncode == 75, first.stderr
+    assert api.state.quota_refused == 1  # the first row was sent and refused, definitely
+
+    api.limits.per_day = None  # the next day
+    second = run_cli(args, env)
+    assert second.returncode == 0, second.stderr
+    records = read_results(out)
+    assert [r["status"] for r in records] == ["not_enrolled"] * 3
+    assert all("earlier attempt" not in r["detail"] for r in records)

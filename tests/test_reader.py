@@ -35,11 +35,15 @@ def pairs(path: Path, **options: str) -> list[tuple[str, str]]:
     return [tuple(row) for frame in frames for row in frame.iter_rows()]
 
 
-def plan_of(path: Path, history: History | None = None, **options: str) -> list[tuple]:
+PlannedRow = tuple[int, str, str, str, str]
+"""(row, outcome or 'send', campaign, contact, detail)"""
+
+
+def plan_of(path: Path, history: History | None = None, **options: str) -> list[PlannedRow]:
     """(row, outcome or 'send', campaign, contact, detail) for every row, from both passes."""
     source = Source(path, ReadOptions(**options))
     plan = build_plan(source, history or History())
-    out: list[tuple] = []
+    out: list[PlannedRow] = []
     for enrollments, records in work_batches(source, plan):
         out += [(e.row, "send", e.campaign_id, e.contact_id, "") for e in enrollments]
         out += [(r.row, r.outcome.value, r.campaign_id, r.contact_id, r.detail) for r in records]
@@ -319,6 +323,7 @@ def test_quoted_newlines_keep_rows_aligned_across_read_chunks(tmp_path: Path) ->
 # -- the plan ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_million_duplicate_rows_plan_one_send(tmp_path: Path) -> None:
     path = tmp_path / "dupes.csv"
     path.write_text("campaign_id,contact_id\n" + f"cmp_a,{U1}\n" * 1_000_000, encoding="utf-8")

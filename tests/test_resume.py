@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
+from helpers import Serve
 
 from bulk_unenroll.sandbox import Faults, Sandbox
 
@@ -16,7 +17,7 @@ def pairs(n: int, campaign: str = "cmp_resume") -> list[tuple[str, str]]:
 
 
 def test_failed_rows_are_retried_and_the_file_keeps_one_record_per_row(
-    serve, tmp_path: Path
+    serve: Serve, tmp_path: Path
 ) -> None:
     rows = pairs(20)  # fewer than the circuit breaker's threshold of failures in a row
     api = Sandbox(rows, faults=Faults(html_500=1.0))
@@ -39,7 +40,7 @@ def test_failed_rows_are_retried_and_the_file_keeps_one_record_per_row(
     assert set(api.state.removed) == set(rows)
 
 
-def test_settled_pairs_are_never_sent_again(serve, tmp_path: Path) -> None:
+def test_settled_pairs_are_never_sent_again(serve: Serve, tmp_path: Path) -> None:
     rows = pairs(30)
     api = Sandbox(rows[:20])
     server = serve(api)
@@ -56,7 +57,9 @@ def test_settled_pairs_are_never_sent_again(serve, tmp_path: Path) -> None:
     assert len(read_results(out)) == 30
 
 
-def test_rows_added_to_the_input_later_are_sent_on_the_next_run(serve, tmp_path: Path) -> None:
+def test_rows_added_to_the_input_later_are_sent_on_the_next_run(
+    serve: Serve, tmp_path: Path
+) -> None:
     rows = pairs(30)
     api = Sandbox(rows)
     server = serve(api)
@@ -73,7 +76,7 @@ def test_rows_added_to_the_input_later_are_sent_on_the_next_run(serve, tmp_path:
     assert Counter(r["status"] for r in read_results(out)) == {"removed": 30}
 
 
-def test_dry_run_compares_with_the_results_and_sends_nothing(serve, tmp_path: Path) -> None:
+def test_dry_run_compares_with_the_results_and_sends_nothing(serve: Serve, tmp_path: Path) -> None:
     rows = pairs(10)
     api = Sandbox(rows)
     server = serve(api)
@@ -87,7 +90,7 @@ def test_dry_run_compares_with_the_results_and_sends_nothing(serve, tmp_path: Pa
 
 
 def test_failed_rows_a_stopped_rerun_did_not_reach_still_count_as_failed(
-    serve, tmp_path: Path
+    serve: Serve, tmp_path: Path
 ) -> None:
     """The summary says what the results file says, even when the rerun stops early."""
     rows = pairs(12)

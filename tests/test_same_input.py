@@ -30,6 +30,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(10)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_input_is_refused_however_it_is_named(
     tmp_path: Path, serve: Serve
 ) -> None:

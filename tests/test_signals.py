@@ -23,8 +23,15 @@ from bulk_unenroll.results.records import COLUMNS
 from bulk_unenroll.sandbox import Faults
 
 ROWS = 600
-GRACE = next(f.default for f in fields(JobConfig) if f.name == "grace_period")
-assert isinstance(GRACE, float)
+
+
+def _default_grace() -> float:
+    default = next(f.default for f in fields(JobConfig) if f.name == "grace_period")
+    assert isinstance(default, float)
+    return default
+
+
+GRACE = _default_grace()
 
 
 def args_for(inp: Path, out: Path) -> list[str]:

@@ -105,7 +105,32 @@ def latest(records: Iterable[dict[str, str]]) -> dict[int, dict[str, str]]:
     return {int(r["row"]): r for r in records}
 
 
-def check_truth(  # noqa: C901
+def check_record(row: int, kind: str, record: dict[str, str], removed: bool) -> None:
+    """One settled row's record is what its kind of pair must end as (`removed`: the API
+    removed the pair)."""
+    status, detail = record["status"], record["detail"]
+    if status == "removed":
+        assert removed, f"row {row} claims a removal the API never made"
+        assert kind == ENROLLED
+        assert record["http_status"] == "200" and record["request_id"].startswith("req_")
+    elif kind == ENROLLED:
+        # The answer to the removal was lost; a later attempt found nothing to remove.
+        assert status == "not_enrolled", f"row {row}: {record}"
+        assert LOST in detail, f"row {row}: {record}"
+        assert removed
+    elif kind == NOT_ENROLLED:
+        assert status == "not_enrolled", f"row {row}: {record}"
+        assert record["error_code"] == "enrollment_not_found"
+    elif kind == UNKNOWN_CAMPAIGN:
+        assert status == "rejected", f"row {row}: {record}"
+        assert record["error_code"] == "campaign_not_found"
+    elif kind == MALFORMED:
+        assert status == "invalid", f"row {row}: {record}"
+    else:
+        assert status == "duplicate", f"row {row}: {record}"
+
+
+def check_truth(
     mixed: Mixed,
     results: Path,
     sandbox: Sandbox,
@@ -133,25 +158,7 @@ def check_truth(  # noqa: C901
             assert allow_failed, f"row {row} failed: {record}"
             assert kind not in (MALFORMED, DUPLICATE)
             continue
-        if status == "removed":
-            assert pair in removed_by_api, f"row {row} claims a removal the API never made"
-            assert kind == ENROLLED
-            assert record["http_status"] == "200" and record["request_id"].startswith("req_")
-        elif kind == ENROLLED:
-            # The answer to the removal was lost; a later attempt found nothing to remove.
-            assert status == "not_enrolled", f"row {row}: {record}"
-            assert LOST in detail, f"row {row}: {record}"
-            assert pair in removed_by_api
-        elif kind == NOT_ENROLLED:
-            assert status == "not_enrolled", f"row {row}: {record}"
-            assert record["error_code"] == "enrollment_not_found"
-        elif kind == UNKNOWN_CAMPAIGN:
-            assert status == "rejected", f"row {row}: {record}"
-            assert record["error_code"] == "campaign_not_found"
-        elif kind == MALFORMED:
-            assert status == "invalid", f"row {row}: {record}"
-        else:
-            assert status == "duplicate", f"row {row}: {record}"
+        check_record(row, kind, record, removed=pair in removed_by_api)
         if status == "not_enrolled" and LOST in detail:
             counts["lost"] += 1
     # Nothing the API removed goes unreported as anything but removed or lost-then-not-found.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import ResultsFileError
+from ..events import Said, Setting
 from .pacing import Waits
 
 WAITS = ("pace", "rate_limit_pause", "retry_backoff", "quota", "other")
@@ -36,8 +37,13 @@ class AuditLog:
 
     def _fail(self, action: str, exc: OSError) -> ResultsFileError:
         return ResultsFileError(
-            f"cannot {action} --audit-log {self.path}: {exc.strerror or exc}; "
-            "the results file is intact"
+            Said(
+                (
+                    f"cannot {action} ",
+                    Setting.AUDIT_LOG,
+                    f" {self.path}: {exc.strerror or exc}; the results file is intact",
+                )
+            )
         )
 
     def request(

@@ -17,15 +17,12 @@ import anyio
 import httpx
 
 from ..errors import InputError
-from ..models import Enrollment, Outcome
+from ..events import Event, Said, Setting
+from ..models import CAMPAIGN_NOT_FOUND, Enrollment, Outcome
 from ..scrub import redact
 from .pools import PooledTransport, proxy_mounts
 
 USER_AGENT = "bulk-unenroll/0.1"
-CAMPAIGN_NOT_FOUND = ("campaign_not_found",)
-"""The only 404 that settles every row of a campaign. The campaign-start page spells an unknown
-campaign `not_found`, but gateways answer an unknown route (a wrong --base-url) the same way:
-that spelling, like any other undocumented 404, is `Action.UNCLEAR_404`."""
 MAY_FOLLOW_A_REMOVAL = frozenset({500, 502, 504, 546})
 """Answers that can come after LeadLex applied the DELETE: its own answer was lost behind a
 crash (500), a bad upstream (502), a gateway timeout (504) or a platform resource limit (546).
@@ -68,7 +65,7 @@ class Answer:
     """Transport failure (timeout, reset); empty when a response arrived."""
     maybe_applied: bool = False
     """The server may have acted without us seeing the answer."""
-    setup_fault: str = ""
+    setup_fault: Event | None = None
     """A connection that failed for a reason that points at the setup (TLS trust, host name,
     port, proxy) rather than a passing outage: the cause and what to check."""
     seconds: float = 0.0
@@ -83,10 +80,12 @@ class Verdict:
     outcome: Outcome | None = None
     detail: str = ""
     route_exists: bool = False
-    """Only LeadLex's DELETE route gives this answer, so --base-url is right."""
+    """Only LeadLex's DELETE route gives this answer, so the base URL is right."""
+    says: Event | None = None
+    """The detail as an event, when it names a setting to check."""
 
 
-def classify(answer: Answer) -> Verdict:  # noqa: C901
+def classify(answer: Answer) -> Verdict:
     """The classification table, from (HTTP status, error code) to what happens next."""
     status, code = answer.status, answer.code
     if status is None:
@@ -95,36 +94,11 @@ def classify(answer: Answer) -> Verdict:  # noqa: C901
         # Any 2xx means the enrollment is gone; the detail says what the body lacked.
         return Verdict(Action.DONE, Outcome.REMOVED, answer.message, route_exists=True)
     if 300 <= status < 400:
-        return Verdict(
-            Action.ABORT,
-            detail=f"the API answered a redirect (HTTP {status}): "
-            "check --base-url; redirects are not followed for a DELETE",
-        )
-    if status == 401:
-        return Verdict(
-            Action.ABORT,
-            detail="the API key was rejected (401 invalid_key): "
-            "it is invalid, expired or revoked; set a valid LEADLEX_API_KEY",
-        )
-    if status == 403:
-        return Verdict(
-            Action.ABORT,
-            detail="the API key lacks permission (403 "
-            f"{code or 'insufficient_permissions'}): give it campaigns:write",
-        )
+        return _redirected(status)
+    if status in (401, 403):
+        return _key_refused(status, code)
     if status == 404:
-        if code == "enrollment_not_found":
-            return Verdict(Action.DONE, Outcome.NOT_ENROLLED, route_exists=True)
-        if code in CAMPAIGN_NOT_FOUND:
-            return Verdict(
-                Action.DONE, Outcome.REJECTED, "no campaign with this id", route_exists=True
-            )
-        return Verdict(
-            Action.UNCLEAR_404,
-            Outcome.REJECTED,
-            f"{said_404(answer)}: no campaign with this id, or no such route; "
-            "recorded for this row only",
-        )
+        return _not_found(answer)
     if status == 429:
         if answer.headers is not None and answer.headers.get("x-ratelimit-remaining") == "0":
             return Verdict(Action.QUOTA, detail="daily quota spent")
@@ -136,6 +110,46 @@ def classify(answer: Answer) -> Verdict:  # noqa: C901
     if status in (408, 425) or status >= 500:
         return Verdict(Action.RETRY, detail=f"HTTP {status}" + (f" {code}" if code else ""))
     return Verdict(Action.DONE, Outcome.REJECTED, answer.message or f"HTTP {status}")
+
+
+def _redirected(status: int) -> Verdict:
+    redirect = Said(
+        (
+            f"the API answered a redirect (HTTP {status}): check ",
+            Setting.BASE_URL,
+            "; redirects are not followed for a DELETE",
+        )
+    )
+    return Verdict(Action.ABORT, detail=str(redirect), says=redirect)
+
+
+def _key_refused(status: int, code: str) -> Verdict:
+    """A 401 or 403: the key, not the row; the run stops."""
+    if status == 401:
+        return Verdict(
+            Action.ABORT,
+            detail="the API key was rejected (401 invalid_key): "
+            "it is invalid, expired or revoked; set a valid LEADLEX_API_KEY",
+        )
+    return Verdict(
+        Action.ABORT,
+        detail="the API key lacks permission (403 "
+        f"{code or 'insufficient_permissions'}): give it campaigns:write",
+    )
+
+
+def _not_found(answer: Answer) -> Verdict:
+    """The API's two documented 404s, and any other: unclear (see `Action.UNCLEAR_404`)."""
+    if answer.code == "enrollment_not_found":
+        return Verdict(Action.DONE, Outcome.NOT_ENROLLED, route_exists=True)
+    if answer.code in CAMPAIGN_NOT_FOUND:
+        return Verdict(Action.DONE, Outcome.REJECTED, "no campaign with this id", route_exists=True)
+    return Verdict(
+        Action.UNCLEAR_404,
+        Outcome.REJECTED,
+        f"{said_404(answer)}: no campaign with this id, or no such route; "
+        "recorded for this row only",
+    )
 
 
 def overloaded(answer: Answer) -> bool:
@@ -240,8 +254,10 @@ PROXY_SETTINGS = "the proxy settings (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PRO
 
 
 def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
-    """Trust --ca-bundle if given, else SSL_CERT_FILE / SSL_CERT_DIR, else certifi's bundle."""
-    where = f"--ca-bundle {ca_bundle}" if ca_bundle is not None else "SSL_CERT_FILE/SSL_CERT_DIR"
+    """Trust the CA bundle if given, else SSL_CERT_FILE / SSL_CERT_DIR, else certifi's."""
+    where: tuple[str | Setting, ...] = ("SSL_CERT_FILE/SSL_CERT_DIR",)
+    if ca_bundle is not None:
+        where = (Setting.CA_BUNDLE, f" {ca_bundle}")
     try:
         if ca_bundle is not None:
             return ssl.create_default_context(cafile=ca_bundle)
@@ -250,8 +266,13 @@ def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
         ssl_error = isinstance(exc, ssl.SSLError)
         reason = "it holds no PEM certificate" if ssl_error else exc.strerror or str(exc)
         raise InputError(
-            f"cannot load the CA certificates of {where}: {reason}; "
-            "give a PEM file of the CA certificates to trust"
+            Said(
+                (
+                    "cannot load the CA certificates of ",
+                    *where,
+                    f": {reason}; give a PEM file of the CA certificates to trust",
+                )
+            )
         ) from None
 
 
@@ -293,7 +314,11 @@ def _root_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
-def connect_fault(exc: httpx.TransportError, proxy: httpx.URL | None) -> tuple[str, str]:
+Check = tuple[str | Setting, ...]
+"""What to check, in words and settings; empty when a retry may cure it."""
+
+
+def connect_fault(exc: httpx.TransportError, proxy: httpx.URL | None) -> tuple[str, Check]:
     """Why no connection could be made, and what to check when the cause is one a retry will
     not cure (an untrusted certificate, no TLS on the port, an unknown host name, a refused
     port, a proxy refusing the tunnel); no check for causes that may pass (unreachable)."""
@@ -303,37 +328,49 @@ def connect_fault(exc: httpx.TransportError, proxy: httpx.URL | None) -> tuple[s
     if isinstance(exc, httpx.ProxyError):
         return (
             f"the proxy {proxy} refused the tunnel to {target} ({exc})",
-            f"check {PROXY_SETTINGS} and that the proxy lets this machine reach {target}",
+            (f"check {PROXY_SETTINGS} and that the proxy lets this machine reach {target}",),
         )
     cause = _root_cause(exc)
     if isinstance(cause, ssl.SSLCertVerificationError):
         return (
             f"certificate verify failed for {target}{via} ({cause.verify_message})",
-            "if a proxy or gateway on your network inspects TLS, pass its CA certificate with "
-            "--ca-bundle PATH (or set SSL_CERT_FILE); otherwise check the host in --base-url",
+            (
+                "if a proxy or gateway on your network inspects TLS, pass its CA certificate with ",
+                Setting.CA_BUNDLE,
+                " PATH (or set SSL_CERT_FILE); otherwise check the host in ",
+                Setting.BASE_URL,
+            ),
         )
     if isinstance(cause, ssl.SSLError):
         reason = (cause.reason or "no TLS").lower().replace("_", " ")
         return (
             f"TLS handshake with {target}{via} failed ({reason})",
-            "is it a plain-HTTP port? check the scheme and port in --base-url, "
-            f"--ca-bundle and {PROXY_SETTINGS}",
+            (
+                "is it a plain-HTTP port? check the scheme and port in ",
+                Setting.BASE_URL,
+                ", ",
+                Setting.CA_BUNDLE,
+                f" and {PROXY_SETTINGS}",
+            ),
         )
     if isinstance(cause, socket.gaierror):
         host = proxy.host if proxy else url.host
         return (
             f"host name {host} not resolved ({cause.strerror})",
-            f"check the host in {f'the proxy {proxy}' if proxy else '--base-url'}, "
-            f"{PROXY_SETTINGS} and this machine's DNS",
+            (
+                "check the host in ",
+                f"the proxy {proxy}" if proxy else Setting.BASE_URL,
+                f", {PROXY_SETTINGS} and this machine's DNS",
+            ),
         )
     if isinstance(cause, ConnectionRefusedError):
         if proxy:
-            return f"connection refused by the proxy {proxy}", f"check {PROXY_SETTINGS}"
+            return f"connection refused by the proxy {proxy}", (f"check {PROXY_SETTINGS}",)
         return (
             f"connection refused by {target}",
-            f"check the host and port in --base-url and {PROXY_SETTINGS}",
+            ("check the host and port in ", Setting.BASE_URL, f" and {PROXY_SETTINGS}"),
         )
-    return f"{type(exc).__name__}: {exc}", ""
+    return f"{type(exc).__name__}: {exc}", ()
 
 
 async def delete(
@@ -374,9 +411,8 @@ async def _exchange(
         transport = client._transport_for_url(exc.request.url)  # the one httpx chose
         proxy = transport.proxy if isinstance(transport, PooledTransport) else None
         cause, check = connect_fault(exc, proxy.url if proxy else None)
-        return Answer(
-            None, error=f"could not connect: {cause}", setup_fault=check and f"{cause}: {check}"
-        )
+        fault = Said((f"{cause}: ", *check)) if check else None
+        return Answer(None, error=f"could not connect: {cause}", setup_fault=fault)
     except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         return Answer(None, error=f"could not connect ({type(exc).__name__})")
     except (httpx.TimeoutException, TimeoutError):

@@ -138,6 +138,12 @@ class Pacer:
         return self._rate
 
     @property
+    def window(self) -> tuple[int, float] | None:
+        """(calls, seconds): the whole count per window that slow answers hold calls to;
+        None when the rate names no whole count (2.5/s) or is unknown."""
+        return self._window
+
+    @property
     def learning(self) -> bool:
         return not self._learnt.is_set()
 
@@ -399,30 +405,44 @@ class Pacer:
         for i, sent in enumerate(counted):
             heapq.heappush(self._holds, (self._issued + free + i, sent + window))
 
-    def succeeded(self, sent_at: float = math.inf) -> None:  # noqa: C901
+    def succeeded(self, sent_at: float = math.inf) -> None:
         """Climb back toward the ceiling slowly after a slow-down; probe an unknown limit."""
         now = anyio.current_time()
         if self._probing or self._refused_at is not None:
-            # Every accepted call counts in the API's window, however late its answer came.
-            self._accepted.append(min(sent_at, now))
-            while self._accepted[0] <= now - 2 * self._limit_window:
-                self._accepted.popleft()
-            if self._trial is not None and self._trial[0] == sent_at:
-                self._trial_answered.set()
-                if self._trial[1]:
-                    self._hold(self._counts[0], SHORT_WINDOW)  # the minute was no limit
+            self._count_accepted(sent_at, now)
         if sent_at < self._slowed_at:
             return
         self._backoffs = 0
         if self._refused_at is not None:
             return  # trials set the pace until they tell the window
         if self._probing and self._rate:
-            if self._stepped_at == -math.inf:
-                self._stepped_at = now
-            elif self._bound and now - self._stepped_at >= self._limit_window / PROBE_STEPS:
-                self._stepped_at = now
-                self._set(self._rate * PROBE_GROWTH)
-            return
+            self._probe_step(now, self._rate)
+        else:
+            self._climb()
+
+    def _count_accepted(self, sent_at: float, now: float) -> None:
+        """While the limit is unknown, every accepted call counts in the API's window, however
+        late its answer came; an accepted trial the minute's count would refuse tells that
+        the minute was no limit."""
+        self._accepted.append(min(sent_at, now))
+        while self._accepted[0] <= now - 2 * self._limit_window:
+            self._accepted.popleft()
+        if self._trial is not None and self._trial[0] == sent_at:
+            self._trial_answered.set()
+            if self._trial[1]:
+                self._hold(self._counts[0], SHORT_WINDOW)
+
+    def _probe_step(self, now: float, rate: float) -> None:
+        """Probing: grow the pace a step at a time, while the pace is what holds the run back."""
+        if self._stepped_at == -math.inf:
+            self._stepped_at = now
+        elif self._bound and now - self._stepped_at >= self._limit_window / PROBE_STEPS:
+            self._stepped_at = now
+            self._set(rate * PROBE_GROWTH)
+
+    def _climb(self) -> None:
+        """After a slow-down: a tenth more every CLIMB_EVERY answers, up to the ceiling (with
+        no known limit, only while the pace is what holds the run back)."""
         rate, ceiling = self._rate, self._ceiling
         if not rate or (ceiling is not None and rate >= ceiling):
             return
@@ -553,6 +573,8 @@ class Quota:
     remaining: int | None = None
     reset_at: float | None = None
     """Unix seconds."""
+    silent: bool = False
+    """An answer came without the count: the API does not report it."""
 
     def observe(self, headers: Mapping[str, str], now: float | None = None) -> None:
         limit = _int(headers, "x-ratelimit-limit")
@@ -562,6 +584,7 @@ class Quota:
         if limit is not None:
             self.limit = limit
         if remaining is None:
+            self.silent = True
             return
         if reset is not None and self.reset_at is not None:
             if reset < self.reset_at - RESET_JITTER:
@@ -576,8 +599,12 @@ class Quota:
             self.reset_at = reset
 
     def spent(self, in_flight: int, reserve: int) -> bool:
-        """True when sending one more call would eat into the reserve."""
-        return self.remaining is not None and self.remaining - in_flight <= reserve
+        """True when sending one more call would eat into the reserve. Until an answer tells
+        the count (at the start, after a reset), a run keeping a reserve sends one call at a
+        time: calls leaving at the pace before the first answer came could spend it."""
+        if self.remaining is None:
+            return reserve > 0 and in_flight > 0 and not self.silent
+        return self.remaining - in_flight <= reserve
 
     def seconds_to_reset(self) -> float | None:
         return None if self.reset_at is None else max(0.0, self.reset_at - time.time())

@@ -46,6 +46,11 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._free = list(range(count))  # a heap: the lowest free pool first
         self._overflow = itertools.cycle(range(count))
 
+    @property
+    def in_use(self) -> int:
+        """Pools a request holds now (until its body is read and closed)."""
+        return len(self._pools) - len(self._free)
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._free:
             index = heapq.heappop(self._free)

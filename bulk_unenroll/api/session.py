@@ -21,9 +21,19 @@ import httpx
 
 from ..config import JobConfig
 from ..errors import AuthError, BulkUnenrollError, SetupError
-from ..limits import PLANS, Rate, is_published_plan, plan_for_daily_limit, reserve_leaves_no_calls
+from ..events import (
+    Event,
+    LimitFound,
+    Note,
+    PaceChosen,
+    QuotaSpent,
+    RateLimitedTooLong,
+    ReserveLeavesNoCalls,
+    RouteUnknown,
+)
+from ..limits import PLANS, Rate, is_published_plan, plan_for_daily_limit
 from ..models import Enrollment, StopReason, Summary
-from ..text import describe_reset, duration, pace_text
+from ..text import pace_text
 from . import client
 from .audit import AuditLog
 from .pacing import PACE, RATE_LIMITED, Pacer, Quota, Waits, add_wait, retry_after, time_scale
@@ -147,8 +157,8 @@ class Session:
         summary: Summary,
         *,
         stopping: anyio.Event,
-        stop: Callable[[StopReason, str], None],
-        on_event: Callable[[str], None],
+        stop: Callable[[StopReason, Event], None],
+        on_event: Callable[[Event], None],
         hold: Callable[[int], Hold],
         workers_alive: Callable[[], int],
     ) -> None:
@@ -298,10 +308,11 @@ class Session:
         finally:
             self.in_flight -= 1
         verdict = request.classify(answer)
-        if answer.setup_fault and not self._answered:
+        if answer.setup_fault is not None and not self._answered:
             # Nothing has answered yet: a refused port, an unknown host or an untrusted
             # certificate is the setup, not an outage. Once answers came, it may pass.
-            verdict = client.Verdict(client.Action.ABORT, detail=answer.setup_fault)
+            fault = answer.setup_fault
+            verdict = client.Verdict(client.Action.ABORT, detail=str(fault), says=fault)
         self._answered = self._answered or answer.status is not None
         took = anyio.current_time() - started
         result = AUDIT_RESULTS.get(verdict.action, str(verdict.outcome or verdict.detail))
@@ -397,22 +408,16 @@ class Session:
         if left is not None:
             reset_at = datetime.fromtimestamp(self.quota.reset_at or 0, UTC)
             self.summary.quota_reset_at = reset_at
-        spent = "daily quota spent" + (
-            f" (keeping --reserve {self.config.reserve})" if self.config.reserve else ""
-        )
+        now = datetime.now(UTC)
         if not self.config.wait_for_quota:
-            when = f"; it resets {describe_reset(reset_at)}" if reset_at else ""
-            self._stop(StopReason.QUOTA, spent + when)
+            self._stop(StopReason.QUOTA, QuotaSpent(self.config.reserve, reset_at, now))
             return False
         if left is None or left <= 0:
             left = 60.0  # reset unknown or already due: look again in a minute
         state, _ = self.pacer.state()
         if state != WAITING_FOR_QUOTA:
-            until = datetime.now(UTC) + timedelta(seconds=left)
-            self._on_event(
-                f"{spent}: waiting until the reset at {describe_reset(until)}, "
-                "then carrying on (--wait-for-quota)"
-            )
+            until = now + timedelta(seconds=left)
+            self._on_event(QuotaSpent(self.config.reserve, reset_at, now, waiting_until=until))
         self.pacer.pause(left + 1.0, WAITING_FOR_QUOTA)
         self.quota.start_new_window()
         return True
@@ -422,7 +427,7 @@ class Session:
     def _abort(self, answer: client.Answer, verdict: client.Verdict) -> None:
         if not self._stopping.is_set():  # only the key's own refusals are AuthError
             self.abort_error = AuthError if answer.status in (401, 403) else SetupError
-        self._stop(StopReason.ABORTED, verdict.detail)
+        self._stop(StopReason.ABORTED, verdict.says or Note(verdict.detail))
 
     def _slowed_down(self, answer: client.Answer, sent_at: float) -> bool:
         """A 429: pause every worker. False when the run stops instead (--max-429-wait)."""
@@ -433,8 +438,10 @@ class Session:
             return False
         if pause is not None:
             self._on_event(
-                f"429 rate limited: pausing all workers {pause:.1f}s, "
-                f"then {pace_text(pacer.per_second)}"
+                Note(
+                    f"429 rate limited: pausing all workers {pause:.1f}s, "
+                    f"then {pace_text(pacer.per_second)}"
+                )
             )
         self._say_limit_found()
         return True
@@ -446,8 +453,10 @@ class Session:
             return True
         self._stop(
             StopReason.API_DOWN,
-            f"the API looks down: {self._consecutive_transient} attempts in a row failed "
-            f"(last: {verdict.detail}); stopped sending, rerun later",
+            Note(
+                f"the API looks down: {self._consecutive_transient} attempts in a row failed "
+                f"(last: {verdict.detail}); stopped sending, rerun later"
+            ),
         )
         return False
 
@@ -457,8 +466,10 @@ class Session:
         pacer = self.pacer
         if pacer.overloaded(retry_after(answer.headers or httpx.Headers()), sent_at):
             self._on_event(
-                f"gateway overloaded ({verdict.detail}): slowing all workers to "
-                f"{pace_text(pacer.per_second)}"
+                Note(
+                    f"gateway overloaded ({verdict.detail}): slowing all workers to "
+                    f"{pace_text(pacer.per_second)}"
+                )
             )
         return self._still_up(verdict)
 
@@ -473,15 +484,8 @@ class Session:
                 campaigns = list(self._unclear)[:UNCLEAR_CAMPAIGNS]
                 if not self._stopping.is_set():
                     self.abort_error = SetupError  # a wrong --base-url, not a refused key
-                self._stop(
-                    StopReason.ABORTED,
-                    f"the API answered {self._unclear[campaigns[0]]} for "
-                    f"campaign{'s' if len(campaigns) > 1 else ''} {', '.join(campaigns)}, "
-                    "and no answer has shown that --base-url serves the API's routes: check "
-                    "--base-url (it should end in /api-gateway). Nothing was recorded for "
-                    "these rows. If the URL is right, these campaigns do not exist: take "
-                    "their rows out.",
-                )
+                said = self._unclear[campaigns[0]]
+                self._stop(StopReason.ABORTED, RouteUnknown(said, tuple(campaigns)))
                 return False
             await anyio.sleep(0.05)
         return True
@@ -501,17 +505,8 @@ class Session:
             self._limited_since = now
         if now + pause - self._limited_since <= longest:
             return False
-        past = f"past --max-429-wait {longest:g}s"
         self._stop(
-            StopReason.API_DOWN,
-            "the API answered nothing but 429 (too many requests) for "
-            + duration(now - self._limited_since, up=True)
-            + (
-                f", and the next pause ({duration(pause, up=True)}) would go {past}"
-                if pause
-                else f", {past}"
-            )
-            + ": stopped sending, rerun later",
+            StopReason.API_DOWN, RateLimitedTooLong(now - self._limited_since, pause, longest)
         )
         return True
 
@@ -525,21 +520,15 @@ class Session:
             source = f"the API reports a daily limit of {limit:,} calls"
             if is_published_plan(limit):
                 source += f" (the {plan_for_daily_limit(limit).name} plan)"
-            self._stop(StopReason.ERROR, reserve_leaves_no_calls(reserve, limit, source))
+            self._stop(StopReason.ERROR, ReserveLeavesNoCalls(reserve, limit, source))
 
     def _say_limit_found(self) -> None:
         """Once probing found an unknown limit: say it, and the --rate that skips the probe."""
         pacer = self.pacer
         if pacer.learnt is None or self.summary.learnt_rate is not None:
             return
-        learnt = pacer.learnt
-        self.summary.learnt_rate = str(learnt)
-        window = duration(learnt.period, up=True)
-        self._on_event(
-            f"found the limit: the API accepted {learnt.calls:g} calls in {window} "
-            f"before its first 429; pacing at {pace_text(pacer.per_second)} from now on "
-            f"(next time pass --rate {learnt})"
-        )
+        self.summary.learnt_rate = str(pacer.learnt)
+        self._on_event(LimitFound(pacer.learnt, pacer.per_second))
 
     def _learn_plan(self, answer: client.Answer, verdict: client.Verdict) -> None:
         """Pace at the plan the first X-RateLimit-Limit reveals, unless told a rate."""
@@ -553,14 +542,9 @@ class Session:
             return
         self._plan_learnt = True
         limit = self.quota.limit
-        climbing = (
-            "and doubling it every 8 s until a 429 shows the limit (--plan or --rate sets it)"
-        )
         if limit is None:
             pace = self.config.pace(PLANS["starter"])
-            self._on_event(
-                f"the API did not report its daily limit: starting at Starter's {pace} {climbing}"
-            )
+            self._on_event(PaceChosen(None, "Starter", str(pace), climbing=True))
             pacer.learn(pace, adaptive=True)
             return
         plan = plan_for_daily_limit(limit)
@@ -570,15 +554,9 @@ class Session:
         if pace is not None and scale is not None:
             pace = Rate(pace.calls, pace.period / scale)
             shown = f"{pace_text(pace.per_second)} (the sandbox runs time {scale:g}x faster)"
-        if is_published_plan(limit):
-            self._on_event(f"daily limit {limit:,}: {plan.name} plan, pacing at {shown}")
-            pacer.learn(pace)
-        else:
-            self._on_event(
-                f"daily limit {limit:,} is no published plan: starting at {plan.name}'s "
-                f"{shown} {climbing}"
-            )
-            pacer.learn(pace, adaptive=True)
+        published = is_published_plan(limit)
+        self._on_event(PaceChosen(limit, plan.name, shown, climbing=not published))
+        pacer.learn(pace, adaptive=not published)
 
 
 def _uncertain(answer: client.Answer, detail: str) -> str:

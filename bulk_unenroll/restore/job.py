@@ -18,7 +18,8 @@ from ..api import client
 from ..api.session import Final, Request, Stopped
 from ..config import JobConfig
 from ..errors import InputError
-from ..models import RESTORE_OUTCOMES, Enrollment, Outcome, RowResult
+from ..events import Event, Note
+from ..models import CAMPAIGN_NOT_FOUND, RESTORE_OUTCOMES, Enrollment, Outcome, RowResult
 from ..results.journal import Journal, read_history
 from ..send.runner import Job, Progress, Results, _failed, _Sending
 from .select import Batch, Filters, RestorePlan, build_restore_plan, check_restore_file
@@ -47,7 +48,7 @@ class RestoreJob(Job):
         options: RestoreOptions,
         *,
         on_progress: Callable[[Progress], None] | None = None,
-        on_event: Callable[[str], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
         handle_signals: bool = False,
     ) -> None:
         super().__init__(
@@ -72,7 +73,7 @@ class RestoreJob(Job):
                 self._journal = await anyio.to_thread.run_sync(Journal, out)
                 history = self._journal.history
                 for notice in self._journal.notices:
-                    self._on_event(notice)
+                    self._on_event(Note(notice))
             check_restore_file(history, out)
             plan = await anyio.to_thread.run_sync(
                 build_restore_plan, opts.results, history, opts.filters
@@ -160,7 +161,7 @@ class RestoreJob(Job):
         """A definite answer settles every pair of the batch: `restored` if the answer names
         it among the newly added, `already_enrolled` if skipped, `rejected` for the batch."""
         answer, outcome = end.answer, end.verdict.outcome
-        if outcome is Outcome.REJECTED and answer.code in client.CAMPAIGN_NOT_FOUND:
+        if outcome is Outcome.REJECTED and answer.code in CAMPAIGN_NOT_FOUND:
             self._dead_campaigns.setdefault(batch.campaign_id, batch.pairs[0].row)
         added = None if answer.added is None else frozenset(answer.added)
         results = []

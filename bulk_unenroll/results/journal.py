@@ -27,6 +27,7 @@ from typing import IO
 import polars as pl
 
 from ..errors import ResultsFileError
+from ..events import Said, Setting
 from ..keys import CAMPAIGN, CONTACT, OUTCOME_CODE, pair_key
 from ..models import Enrollment, Outcome, RowResult
 from ..scrub import redact
@@ -216,10 +217,12 @@ class Journal:
     def __init__(self, out: Path) -> None:
         if out.is_dir():
             raise ResultsFileError(
-                f"--out {out} is a directory; give a file path such as results.csv"
+                Said((Setting.OUT, f" {out} is a directory; give a file path such as results.csv"))
             )
         if not out.parent.exists():
-            raise ResultsFileError(f"--out {out}: folder {out.parent} does not exist")
+            raise ResultsFileError(
+                Said((Setting.OUT, f" {out}: folder {out.parent} does not exist"))
+            )
         self.out = out = Path(os.path.realpath(out))
         self.sent_path = companion(out, ".sent")
         self.notices: list[str] = []

@@ -23,6 +23,7 @@ from typing import IO
 import polars as pl
 
 from ..errors import ResultsFileError
+from ..events import Said, Setting
 from ..models import Outcome
 
 COLUMNS = (
@@ -105,11 +106,17 @@ def dialect(path: Path) -> Dialect:
         if set(names) >= REQUIRED and all(names.count(c) == 1 for c in REQUIRED):
             return Dialect(separator, bom, names, canonical=False)
     raise ResultsFileError(
-        f"{path} exists but is not a bulk_unenroll results file: its first line is "
-        f"{line[:80]!r}, and a results file's first line names the columns "
-        f"{','.join(COLUMNS)}. Nothing was changed. If it is the results file of earlier runs "
-        "that someone edited, put that header line back and rerun (its records are kept and "
-        "nothing they settled is sent again); if it is another file, choose a new --out"
+        Said(
+            (
+                f"{path} exists but is not a bulk_unenroll results file: its first line is "
+                f"{line[:80]!r}, and a results file's first line names the columns "
+                f"{','.join(COLUMNS)}. Nothing was changed. If it is the results file of "
+                "earlier runs that someone edited, put that header line back and rerun (its "
+                "records are kept and nothing they settled is sent again); if it is another "
+                "file, choose a new ",
+                Setting.OUT,
+            )
+        )
     )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..config import ReadOptions
 from ..errors import ResultsFileError
+from ..events import Said, Setting
 from ..results.journal import holder_in_words
 
 DIR_ENV = "BULK_UNENROLL_RUNTIME_DIR"
@@ -123,9 +124,15 @@ class InputClaim:
         if self.others and not shared:
             self.release()
             raise ResultsFileError(
-                f"another run is using {input_path} ({self.others}): two runs on one input "
-                "send every pair twice. Wait for it to finish or stop it, then rerun; "
-                "--allow-same-input runs anyway"
+                Said(
+                    (
+                        f"another run is using {input_path} ({self.others}): two runs on one "
+                        "input send every pair twice. Wait for it to finish or stop it, then "
+                        "rerun; ",
+                        Setting.ALLOW_SAME_INPUT,
+                        " runs anyway",
+                    )
+                )
             )
 
     def release(self) -> None:

@@ -22,8 +22,17 @@ from ..api.pacing import Pacer
 from ..api.session import OVERLOADS_PER_ROW, Final, Hold, Request, Session, Stopped
 from ..config import JobConfig
 from ..errors import AuthError, BulkUnenrollError, InputError, ResultsFileError, find_in_group
+from ..events import Event, MaxRemovalsReached, Note, Said, SameInputShared, Setting
 from ..input.source import Source
-from ..models import RESTORE_ONLY, Enrollment, Outcome, RowResult, StopReason, Summary
+from ..models import (
+    CAMPAIGN_NOT_FOUND,
+    RESTORE_ONLY,
+    Enrollment,
+    Outcome,
+    RowResult,
+    StopReason,
+    Summary,
+)
 from ..plan import RowAction, SendPlan, build_plan, work_batches
 from ..results.history import History
 from ..results.journal import Journal, read_history
@@ -66,7 +75,7 @@ class Job:
         config: JobConfig,
         *,
         on_progress: Callable[[Progress], None] | None = None,
-        on_event: Callable[[str], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
         handle_signals: bool = False,
     ) -> None:
         self.config = config
@@ -95,7 +104,7 @@ class Job:
         """Read and validate the input, compare with the results file; locks it unless dry."""
         self.source.columns()  # fail fast on a missing column, before any lock or pass
         if self.source.sheet_note:
-            self._on_event(self.source.sheet_note)
+            self._on_event(Note(self.source.sheet_note))
         try:
             if dry_run:
                 history = await anyio.to_thread.run_sync(read_history, self.config.out)
@@ -104,7 +113,7 @@ class Job:
                 self._journal = await anyio.to_thread.run_sync(Journal, self.config.out)
                 history = self._journal.history
                 for notice in self._journal.notices:
-                    self._on_event(notice)
+                    self._on_event(Note(notice))
             _refuse_restore_results(history, self.config.out)
             plan = await anyio.to_thread.run_sync(build_plan, self.source, history)
         except BaseException:
@@ -129,13 +138,11 @@ class Job:
         cfg = self.config
         self._claim = InputClaim(cfg.input, cfg.out, cfg.read, shared=cfg.allow_same_input)
         if self._claim.others:
-            self._on_event(
-                f"warning: another run is using {cfg.input} ({self._claim.others}); going on "
-                "as --allow-same-input asks: pairs both runs send go out twice"
-            )
+            self._on_event(SameInputShared(cfg.input, self._claim.others))
         elif self._claim.unchecked:
+            unchecked = self._claim.unchecked
             self._on_event(
-                f"warning: cannot check for another run on {cfg.input}: {self._claim.unchecked}"
+                Note(f"warning: cannot check for another run on {cfg.input}: {unchecked}")
             )
 
     def close(self) -> None:
@@ -187,9 +194,9 @@ class Job:
             self.close()
         if self.summary.stop_reason is StopReason.ABORTED:
             abort = self._session.abort_error if self._session else AuthError
-            raise abort(self.summary.stop_detail)
+            raise abort(self.summary.stop_event or self.summary.stop_detail)
         if self.summary.stop_reason is StopReason.ERROR:
-            raise InputError(self.summary.stop_detail)
+            raise InputError(self.summary.stop_event or self.summary.stop_detail)
         return self.summary
 
     async def _send_all(self, sending: _Sending, workers: int) -> None:
@@ -371,15 +378,16 @@ class Job:
         """The run's shared pace; None until `run` starts."""
         return self._session.pacer if self._session else None
 
-    def stop(self, reason: StopReason, detail: str = "") -> None:
+    def stop(self, reason: StopReason, why: Event | None = None) -> None:
         """Stop dispatching; requests already sent finish and are recorded."""
         if not self._stopping.is_set():
-            self.summary.stop_reason, self.summary.stop_detail = reason, detail
+            s = self.summary
+            s.stop_reason, s.stop_event, s.stop_detail = reason, why, str(why or "")
             self._stopping.set()
             if self._session is not None:
                 self._session.pacer.close()  # wake workers waiting for a slot, a pause or the plan
-            if detail and reason not in ENDS_WITH_AN_ERROR:
-                self._on_event(detail)  # an error is raised to the caller, who shows it once
+            if why is not None and s.stop_detail and reason not in ENDS_WITH_AN_ERROR:
+                self._on_event(why)  # an error is raised to the caller, who shows it once
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -391,10 +399,12 @@ class Job:
                     reason = StopReason.SIGINT if signum == signal.SIGINT else StopReason.SIGTERM
                     self.stop(
                         reason,
-                        f"{reason.value.upper()} received: finishing "
-                        f"{self._in_flight()} request(s) in flight "
-                        f"(up to {self.config.grace_period:g}s); "
-                        "signal again to quit at once",
+                        Note(
+                            f"{reason.value.upper()} received: finishing "
+                            f"{self._in_flight()} request(s) in flight "
+                            f"(up to {self.config.grace_period:g}s); "
+                            "signal again to quit at once"
+                        ),
                     )
                     # The grace period runs beside this loop, so a second signal is seen at once.
                     grace.start_soon(self._end_grace)
@@ -406,7 +416,7 @@ class Job:
     def _leave_now(self, signum: int) -> NoReturn:
         """Second signal: exit now. Records written so far are whole and flushed; the rows
         in flight are in the `.sent` file, so the rerun reports their outcome truthfully."""
-        self._on_event("second signal: exiting now; a rerun redoes the rows in flight")
+        self._on_event(Note("second signal: exiting now; a rerun redoes the rows in flight"))
         if self._journal is not None:
             with contextlib.suppress(ResultsFileError):
                 self._journal.sync_if_due(force=True)
@@ -424,7 +434,7 @@ class Job:
             return Hold.GO
         if self._removed < cap:
             return Hold.WAIT  # answers in flight decide whether the cap is met
-        self.stop(StopReason.MAX_REMOVALS, f"stopped after --max-removals {cap}")
+        self.stop(StopReason.MAX_REMOVALS, MaxRemovalsReached(cap))
         return Hold.STOP
 
     async def _unenroll(self, sending: _Sending, e: Enrollment) -> RowResult | None:
@@ -468,7 +478,7 @@ class Job:
             e.contact_id,
             Outcome.REJECTED,
             http_status=None,
-            error_code="campaign_not_found",
+            error_code=CAMPAIGN_NOT_FOUND[0],
             attempts=attempts,
             detail=f"not sent: the campaign answered campaign_not_found for row {first}",
             finished_at=datetime.now(UTC),
@@ -484,7 +494,7 @@ class Job:
             earlier = ["a request in an earlier run got no definite answer (see .sent)"]
             lost_reasons = (earlier if e.attempted_before else []) + list(end.lost)
             detail = f"{MAY_HAVE_REMOVED}: " + "; ".join(dict.fromkeys(lost_reasons))
-        if outcome is Outcome.REJECTED and answer.code in client.CAMPAIGN_NOT_FOUND:
+        if outcome is Outcome.REJECTED and answer.code in CAMPAIGN_NOT_FOUND:
             self._dead_campaigns.setdefault(e.campaign_id, e.row)
         if outcome is Outcome.REMOVED:
             self._removed += 1
@@ -516,8 +526,13 @@ def _refuse_restore_results(history: History, out: Path) -> None:
     """A restore's results file as --out would skip every pair it restored, unsent."""
     if history.outcomes_recorded() & RESTORE_ONLY:
         raise InputError(
-            f"--out {out} records re-enrollments: it is a restore's results file, not a run's. "
-            "Give the run a results file of its own (a new path)"
+            Said(
+                (
+                    Setting.OUT,
+                    f" {out} records re-enrollments: it is a restore's results file, not a "
+                    "run's. Give the run a results file of its own (a new path)",
+                )
+            )
         )
 
 
@@ -541,7 +556,7 @@ async def run_job(
     config: JobConfig,
     *,
     on_progress: Callable[[Progress], None] | None = None,
-    on_event: Callable[[str], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
 ) -> Summary:
     """Plan and run a job in one call (the library's async entry point)."""
     job = Job(config, on_progress=on_progress, on_event=on_event)
@@ -553,7 +568,7 @@ def unenroll_file(
     config: JobConfig,
     *,
     on_progress: Callable[[Progress], None] | None = None,
-    on_event: Callable[[str], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
 ) -> Summary:
     """Synchronous wrapper for schedulers (Airflow, Prefect) that do not run an event loop."""
     return anyio.run(
