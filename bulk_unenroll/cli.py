@@ -25,6 +25,7 @@ from . import __version__
 from . import verify as verify_mod
 from .config import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, JobConfig, ReadOptions, RetryPolicy
 from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group, leaves
+from .events import Note
 from .input.formats import spool
 from .limits import PLANS, Rate
 from .models import StopReason, Summary
@@ -943,9 +944,9 @@ def verify(results: Path, out: Path | None, sample: int | None, **kw: Any) -> No
         with verify_mod.holding(out):
             todo = verify_mod.plan(results, out)
             for line in verify_mod.cost_lines(todo):
-                console.event(line)
+                console.event(Note(line))
             if todo.todo:
-                console.event(verify_mod.days_line(todo.least_calls, config.plan))
+                console.event(Note(verify_mod.days_line(todo.least_calls, config.plan)))
             job = verify_mod.Verification(config, out, console.event, sample)
             found = anyio.run(job.run, todo.todo, backend="asyncio")
             again, unchecked = verify_mod.write_followups(out)
@@ -955,7 +956,7 @@ def verify(results: Path, out: Path | None, sample: int | None, **kw: Any) -> No
     except KeyboardInterrupt:
         console.error(f"interrupted; the verdicts so far are in {out}, rerun to continue", 130)
         sys.exit(130)
-    for line in verify_mod.summary_lines(found, out, again, unchecked):
+    for line in verify_mod.summary_lines(found, out, again, unchecked, flag):
         click.echo(line)
     sys.exit(found.exit_code)
 

@@ -22,6 +22,7 @@ class Setting(StrEnum):
     AUDIT_LOG = "audit_log"
     BASE_URL = "base_url"
     CA_BUNDLE = "ca_bundle"
+    CHECK_ENROLLMENT = "check_enrollment"
     MAX_429_WAIT = "max_429_wait"
     MAX_REMOVALS = "max_removals"
     OUT = "out"

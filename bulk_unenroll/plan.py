@@ -346,3 +346,14 @@ def _changed(source: Source) -> InputError:
         f"{source.path} changed while it was being read (its row count differs from the "
         "plan's); nothing more was sent: rerun with the file left alone"
     )
+
+
+MIN_ROWS = 2
+"""A campaign with fewer rows to send is never listed: its first page costs as much as its
+one DELETE."""
+
+
+def listable(campaign: str, rows: int) -> bool:
+    """Worth listing: rows enough, and a name the plan knows (not `(campaign #code)`, its
+    stand-in past the campaigns it names)."""
+    return rows >= MIN_ROWS and not campaign.startswith("(campaign #")

@@ -29,11 +29,10 @@ from .models import (
     StopReason,
     Summary,
 )
-from .plan import NAMED_CAMPAIGNS_MAX, RowAction, SendPlan
+from .plan import NAMED_CAMPAIGNS_MAX, RowAction, SendPlan, listable
 from .results import records
 from .results.records import unescape
 from .scrub import redact, redact_data
-from .send.check import listable
 
 SCHEMA_VERSION = 1
 """Bumped only when a key of the summary JSON changes meaning or goes away."""

@@ -29,8 +29,9 @@ from .api.listing import PER_PAGE, CampaignLister, End, Headway, Listing
 from .api.session import Hold, Session
 from .config import JobConfig
 from .errors import AuthError, ResultsFileError
+from .events import Event, Naming, field_name
 from .limits import PLANS, Plan
-from .models import Outcome, StopReason, Summary
+from .models import CAMPAIGN_NOT_FOUND, Outcome, StopReason, Summary
 from .report import read_results
 from .results.journal import Lock, companion
 from .results.records import escape_cell, mend_tail, unescape
@@ -81,7 +82,7 @@ class VerifySummary:
     pairs_left: int = 0
     """Pairs of the campaigns the run stopped before reading: a rerun checks them."""
     stop_reason: StopReason = StopReason.COMPLETE
-    stop_detail: str = ""
+    stop_event: Event | None = None
 
     @property
     def exit_code(self) -> int:
@@ -189,7 +190,7 @@ def plan(results: Path, out: Path) -> VerifyPlan:
     return VerifyPlan(todo, frame.height, campaigns, before)
 
 
-GONE = f"404 {client.CAMPAIGN_NOT_FOUND[0]}"
+GONE = f"404 {CAMPAIGN_NOT_FOUND[0]}"
 """How a listing's detail names the answer that the campaign does not exist (`said_404`)."""
 
 
@@ -294,7 +295,7 @@ class Verification:
     """One `verify` invocation: plan, then read campaign after campaign."""
 
     def __init__(
-        self, config: JobConfig, out: Path, say: Callable[[str], None], sample: int | None = None
+        self, config: JobConfig, out: Path, say: Callable[[Event], None], sample: int | None = None
     ) -> None:
         self.config = config
         self.sample = sample
@@ -305,9 +306,9 @@ class Verification:
         self._calls = Summary()
         self._stopping = anyio.Event()
 
-    def _stop(self, reason: StopReason, detail: str) -> None:
+    def _stop(self, reason: StopReason, why: Event) -> None:
         if self.summary.stop_reason is StopReason.COMPLETE:
-            self.summary.stop_reason, self.summary.stop_detail = reason, detail
+            self.summary.stop_reason, self.summary.stop_event = reason, why
         self._stopping.set()
 
     def _session(self) -> Session:
@@ -346,7 +347,7 @@ class Verification:
             session.close()
             self.summary.calls = self._calls.calls
         if self.summary.stop_reason is StopReason.ABORTED:
-            raise session.abort_error(self.summary.stop_detail)
+            raise session.abort_error(self.summary.stop_event or str(self.summary.stop_reason))
         self.summary.verdicts = Counter(read_verdicts(self.out).values())
         return self.summary
 
@@ -376,7 +377,9 @@ def days_line(calls: int, plan: Plan | None) -> str:
     return f"quota: at least {days} (a quota day spent stops verify, exit 75; rerun to continue)"
 
 
-def summary_lines(found: VerifySummary, out: Path, again: int, unchecked: int) -> Iterator[str]:
+def summary_lines(
+    found: VerifySummary, out: Path, again: int, unchecked: int, name: Naming = field_name
+) -> Iterator[str]:
     """What verify found, for stdout: counts, cost, follow-ups, the exit code's meaning."""
     counts = ", ".join(f"{v} {found.verdicts[v]:,}" for v in VERDICTS if found.verdicts[v])
     yield f"verified: {counts or 'nothing to check'} (verdicts in {out})"
@@ -393,6 +396,7 @@ def summary_lines(found: VerifySummary, out: Path, again: int, unchecked: int) -
         )
     if found.stop_reason is not StopReason.COMPLETE:
         yield (
-            f"stopped early ({found.stop_reason}): {found.stop_detail}; "
+            f"stopped early ({found.stop_reason}): "
+            f"{found.stop_event.describe(name) if found.stop_event else ''}; "
             f"{found.pairs_left:,} pair(s) left to check: rerun the same command to continue"
         )

@@ -22,6 +22,8 @@ MAY_IMPORT = {
     # A restore reads a run's results file through report.py's reader (known debt: that reader
     # belongs in results/).
     "restore": {"bottom", "input", "plan", "results", "api", "send", "report", "restore"},
+    # verify, like restore, reads a results file through report.py's reader (the same debt).
+    "verify": {"bottom", "api", "results", "report", "verify"},
     "report": {"bottom", "input", "plan", "results"},
     "sandbox": {"bottom", "input"},
     "render": {"bottom", "input", "plan", "results", "api", "send", "report", "restore", "render"},

@@ -27,6 +27,7 @@ from bulk_unenroll.api.client import Action, Answer, classify_page
 from bulk_unenroll.api.listing import MAX_PASSES, CampaignLister, End, Headway, Listing
 from bulk_unenroll.api.session import Hold, Session
 from bulk_unenroll.config import RetryPolicy
+from bulk_unenroll.events import Event
 from bulk_unenroll.limits import Rate
 from bulk_unenroll.models import Outcome, StopReason, Summary
 from bulk_unenroll.sandbox import Limits, Pair, Sandbox
@@ -53,7 +54,7 @@ async def lister(
     )
     stopping = anyio.Event()
 
-    def stop(_reason: StopReason, _detail: str) -> None:
+    def stop(_reason: StopReason, _why: Event) -> None:
         stopping.set()
 
     session = Session(
@@ -92,7 +93,7 @@ def test_a_campaign_of_250_takes_three_pages_and_a_closing_reread(
     api = Sandbox([*enrolled(250), *enrolled(5, "cmp_other", 1000)])
     listing = list_one(serve(api).base_url, tmp_path)
     assert listing.end is End.COMPLETE
-    assert listing.contact_ids == {c for k, c in api.state.enrolled if k == CAMPAIGN}
+    assert listing.contact_ids == frozenset({c for k, c in api.state.enrolled if k == CAMPAIGN})
     assert (listing.calls, api.state.pages) == (4, 4), "pages 1-3, then page 1 again"
     assert listing.read_at is not None
 
@@ -131,7 +132,7 @@ def test_drift_never_loses_an_enrolled_contact(serve: Serve, tmp_path: Path, see
         assert listing.contact_ids is not None
         assert stayed <= listing.contact_ids
         # Nothing changes after the closing read of page 1: the list as it now stands.
-        assert listing.contact_ids == {c for _, c in api.state.enrolled}
+        assert listing.contact_ids == frozenset({c for _, c in api.state.enrolled})
     else:
         assert (listing.end, listing.contact_ids) == (End.DRIFTING, None)
         assert listing.passes == MAX_PASSES
@@ -152,7 +153,9 @@ def test_new_enrollments_alone_are_taken_in_without_a_reread(serve: Serve, tmp_p
     api = Adding(enrolled(250))
     listing = list_one(serve(api).base_url, tmp_path)
     assert (listing.end, listing.passes, listing.calls) == (End.COMPLETE, 1, 4)
-    assert listing.contact_ids == {c for _, c in api.state.enrolled}, "newcomers included"
+    assert listing.contact_ids == frozenset({c for _, c in api.state.enrolled}), (
+        "newcomers included"
+    )
 
 
 def test_more_newcomers_than_a_page_holds_make_it_read_again(serve: Serve, tmp_path: Path) -> None:
@@ -171,7 +174,7 @@ def test_more_newcomers_than_a_page_holds_make_it_read_again(serve: Serve, tmp_p
     listing = list_one(serve(api).base_url, tmp_path)
     assert (listing.end, listing.passes) == (End.COMPLETE, 2)
     assert "more new than a page holds" in listing.detail
-    assert listing.contact_ids == {c for _, c in api.state.enrolled}
+    assert listing.contact_ids == frozenset({c for _, c in api.state.enrolled})
 
 
 def test_a_list_that_keeps_shrinking_gives_up_after_max_passes(tmp_path: Path) -> None:
@@ -306,7 +309,7 @@ def odd(answer: Body, tmp_path: Path) -> tuple[Listing, list[int]]:
 def test_no_meta_a_short_single_page_is_the_whole_list(tmp_path: Path) -> None:
     listing, asked = odd(lambda page, _: (200, {"data": {"contacts": contacts(1, 30)}}), tmp_path)
     assert (listing.end, asked) == (End.COMPLETE, [1])
-    assert listing.contact_ids == {new_uuid(1 + i) for i in range(30)}
+    assert listing.contact_ids == frozenset({new_uuid(1 + i) for i in range(30)})
 
 
 def test_ids_in_capitals_match_the_inputs_lower_case_ones(tmp_path: Path) -> None:
@@ -315,7 +318,7 @@ def test_ids_in_capitals_match_the_inputs_lower_case_ones(tmp_path: Path) -> Non
         return 200, {"data": {"contacts": items}, "meta": {"total": 3}}
 
     listing, _ = odd(shouting, tmp_path)
-    assert listing.contact_ids == {new_uuid(i) for i in range(3)}
+    assert listing.contact_ids == frozenset({new_uuid(i) for i in range(3)})
 
 
 def test_no_meta_a_full_page_cannot_be_checked(tmp_path: Path) -> None:

@@ -17,17 +17,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from ..api.listing import CampaignLister, End, Headway, Listing
+from ..events import Event, Note, Said, Setting
 from ..models import Enrollment, Outcome, RowResult, Summary
-
-MIN_ROWS = 2
-"""A campaign with fewer rows to send is never listed: its first page costs as much as its
-one DELETE."""
-
-
-def listable(campaign: str, rows: int) -> bool:
-    """Worth listing: rows enough, and a name the plan knows (not `(campaign #code)`, its
-    stand-in past the campaigns it names)."""
-    return rows >= MIN_ROWS and not campaign.startswith("(campaign #")
+from ..plan import listable
 
 
 class EnrollmentCheck:
@@ -38,7 +30,7 @@ class EnrollmentCheck:
         lister: CampaignLister,
         rows_per_campaign: dict[str, int],
         summary: Summary,
-        on_event: Callable[[str], None],
+        on_event: Callable[[Event], None],
     ) -> None:
         self.lister = lister
         self.rows = {c: n for c, n in rows_per_campaign.items() if listable(c, n)}
@@ -53,8 +45,13 @@ class EnrollmentCheck:
         listed = calls = 0
         if self.rows:
             self.on_event(
-                f"--check-enrollment: listing the contacts of {len(self.rows):,} campaign(s) "
-                "before their DELETEs"
+                Said(
+                    (
+                        Setting.CHECK_ENROLLMENT,
+                        f": listing the contacts of {len(self.rows):,} campaign(s) "
+                        "before their DELETEs",
+                    )
+                )
             )
         for campaign, rows in sorted(self.rows.items(), key=lambda item: -item[1]):
             if stopping():
@@ -64,8 +61,13 @@ class EnrollmentCheck:
             self.summary.listing_calls += listing.calls
             if listing.end is End.REFUSED:
                 self.on_event(
-                    f"--check-enrollment is off for this run: {listing.detail}; every row "
-                    "gets its DELETE as usual (give the key campaigns:read to list instead)"
+                    Said(
+                        (
+                            Setting.CHECK_ENROLLMENT,
+                            f" is off for this run: {listing.detail}; every row gets its "
+                            "DELETE as usual (give the key campaigns:read to list instead)",
+                        )
+                    )
                 )
                 return
             if listing.end is End.COMPLETE:
@@ -73,12 +75,20 @@ class EnrollmentCheck:
                 self.listings[campaign] = listing
             elif listing.end is not End.STOPPED:
                 self.on_event(
-                    f"campaign {campaign} not listed ({listing.detail}): its rows get their DELETEs"
+                    Note(
+                        f"campaign {campaign} not listed ({listing.detail}): "
+                        "its rows get their DELETEs"
+                    )
                 )
         if listed:
             self.on_event(
-                f"--check-enrollment: listed {listed:,} campaign(s) in {calls:,} call(s); "
-                "rows not enrolled there are settled without a DELETE"
+                Said(
+                    (
+                        Setting.CHECK_ENROLLMENT,
+                        f": listed {listed:,} campaign(s) in {calls:,} call(s); "
+                        "rows not enrolled there are settled without a DELETE",
+                    )
+                )
             )
 
     def settles(self, e: Enrollment) -> bool:
@@ -108,7 +118,7 @@ class EnrollmentCheck:
             detail=(
                 f"not in the campaign's contact listing read at {_iso(read_at)} "
                 f"({len(listing.contact_ids):,} enrolled, {listing.calls} call(s)): "
-                "no DELETE sent (--check-enrollment)"
+                "no DELETE sent (enrollment check)"
             ),
             finished_at=datetime.now(UTC),
         )
