@@ -24,6 +24,7 @@ from ..errors import AuthError, BulkUnenrollError, InputError, ResultsFileError,
 from ..input.source import Source
 from ..models import RESTORE_ONLY, Enrollment, Outcome, RowResult, StopReason, Summary
 from ..plan import RowAction, SendPlan, build_plan, work_batches
+from ..platforms import require_posix
 from ..results.history import History
 from ..results.journal import Journal, read_history
 from .claims import InputClaim
@@ -67,6 +68,7 @@ class Job:
         on_event: Callable[[str], None] | None = None,
         handle_signals: bool = False,
     ) -> None:
+        require_posix()  # Windows: one sentence (use WSL) before anything is read or locked
         self.config = config
         self.source = Source(config.input, config.read)
         self.summary = Summary()
