@@ -14,8 +14,7 @@ import pytest
 from conftest import API_KEY, CLI_TIMEOUT, cli_env, new_uuid, read_results, write_csv
 from helpers import QUICK_YES, Serve
 
-from bulk_unenroll import JobConfig, Outcome, RowResult, Secret
-from bulk_unenroll.errors import UnsupportedPlatform
+from bulk_unenroll import JobConfig, Outcome, RowResult, Secret, UnsupportedPlatform
 from bulk_unenroll.platforms import UNSUPPORTED, missing, require_posix, unnamed_files
 from bulk_unenroll.results.journal import Journal
 from bulk_unenroll.sandbox import Sandbox
