@@ -1,20 +1,32 @@
 """Platforms, simulated: Windows (no `flock`, `pread`, `pwrite`, user ids) imports the package
 and shows --help, then every command stops with one sentence; macOS (no `O_TMPFILE`) runs and
-rewrites the results file under a temporary name instead."""
+rewrites the results file under a temporary name instead; an event loop that cannot receive
+signals runs without them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import anyio
 import pytest
 from conftest import API_KEY, CLI_TIMEOUT, cli_env, new_uuid, read_results, write_csv
 from helpers import QUICK_YES, Serve
 
-from bulk_unenroll import JobConfig, Outcome, RowResult, Secret, UnsupportedPlatform
+from bulk_unenroll import (
+    JobConfig,
+    Outcome,
+    Rate,
+    RowResult,
+    Secret,
+    Summary,
+    UnsupportedPlatform,
+)
 from bulk_unenroll.platforms import UNSUPPORTED, missing, require_posix, unnamed_files
 from bulk_unenroll.results.journal import Journal
 from bulk_unenroll.sandbox import Sandbox
@@ -153,3 +165,63 @@ def test_macos_runs_end_to_end_and_compacts(tmp_path: Path, serve: Serve) -> Non
     assert {r["status"] for r in records} == {"removed"}  # the failed record was compacted
     assert not (tmp_path / "results.csv.rewriting").exists()
     assert not (tmp_path / "results.csv.lock").exists()
+
+
+def run_watching_signals(config: JobConfig) -> tuple[Summary, list[str]]:
+    """A job as the CLI runs it (signals watched), with the events it told."""
+    events: list[str] = []
+
+    async def plan_and_run() -> Summary:
+        job = Job(config, on_event=events.append, handle_signals=True)
+        await job.plan()
+        return await job.run()
+
+    return anyio.run(plan_and_run, backend="asyncio"), events
+
+
+def signals_config(tmp_path: Path, serve: Serve) -> tuple[JobConfig, Sandbox]:
+    pairs = [("cmp_abc", new_uuid(i)) for i in range(1, 11)]
+    api = Sandbox(pairs)
+    config = JobConfig(
+        input=write_csv(tmp_path / "in.csv", pairs),
+        out=tmp_path / "results.csv",
+        api_key=Secret(API_KEY),
+        base_url=serve(api).base_url,
+        rate=Rate(200, 1),
+    )
+    return config, api
+
+
+UNWATCHED = "signals are not watched here"
+
+
+def test_a_loop_without_signal_handlers_runs_without_them(
+    tmp_path: Path, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As asyncio's loop on Windows: add_signal_handler raises NotImplementedError."""
+    monkeypatch.setattr(
+        asyncio.SelectorEventLoop, "add_signal_handler", asyncio.BaseEventLoop.add_signal_handler
+    )
+    config, api = signals_config(tmp_path, serve)
+
+    summary, events = run_watching_signals(config)
+
+    assert summary.exit_code == 0 and not api.state.enrolled
+    assert [e for e in events if UNWATCHED in e] == [
+        f"{UNWATCHED} (no signal handlers): Ctrl-C or SIGTERM stops the run at once, without "
+        "the grace period; a rerun carries on, and the rows in flight are marked in the "
+        ".sent file"
+    ]
+
+
+def test_a_job_off_the_main_thread_runs_without_signal_receivers(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """A scheduler's worker thread: only the main thread may receive signals."""
+    config, api = signals_config(tmp_path, serve)
+
+    with ThreadPoolExecutor(1) as pool:
+        summary, events = pool.submit(run_watching_signals, config).result(timeout=60)
+
+    assert summary.exit_code == 0 and not api.state.enrolled
+    assert len([e for e in events if UNWATCHED in e and "main thread" in e]) == 1

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -349,22 +349,39 @@ class Job:
                 self._on_event(detail)  # an error is raised to the caller, who shows it once
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with anyio.create_task_group() as grace:
-                async for signum in signals:
-                    if self._signalled:
-                        self._leave_now(signum)
-                    self._signalled = True
-                    reason = StopReason.SIGINT if signum == signal.SIGINT else StopReason.SIGTERM
-                    self.stop(
-                        reason,
-                        f"{reason.value.upper()} received: finishing "
-                        f"{self._in_flight()} request(s) in flight "
-                        f"(up to {self.config.grace_period:g}s); "
-                        "signal again to quit at once",
-                    )
-                    # The grace period runs beside this loop, so a second signal is seen at once.
-                    grace.start_soon(self._end_grace)
+        """SIGINT and SIGTERM stop the run gracefully; where no receiver can be set up (an
+        event loop in another thread than the main one, a loop without signal handlers)
+        the run goes on without, and says what a signal then does."""
+        with contextlib.ExitStack() as stack:
+            try:
+                signals = stack.enter_context(
+                    anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+                )
+            except (NotImplementedError, RuntimeError) as exc:
+                self._on_event(
+                    f"signals are not watched here ({str(exc) or 'no signal handlers'}): Ctrl-C "
+                    "or SIGTERM stops the run at once, without the grace period; a rerun "
+                    "carries on, and the rows in flight are marked in the .sent file"
+                )
+                return
+            await self._take_signals(signals)
+
+    async def _take_signals(self, signals: AsyncIterator[int]) -> None:
+        async with anyio.create_task_group() as grace:
+            async for signum in signals:
+                if self._signalled:
+                    self._leave_now(signum)
+                self._signalled = True
+                reason = StopReason.SIGINT if signum == signal.SIGINT else StopReason.SIGTERM
+                self.stop(
+                    reason,
+                    f"{reason.value.upper()} received: finishing "
+                    f"{self._in_flight()} request(s) in flight "
+                    f"(up to {self.config.grace_period:g}s); "
+                    "signal again to quit at once",
+                )
+                # The grace period runs beside this loop, so a second signal is seen at once.
+                grace.start_soon(self._end_grace)
 
     async def _end_grace(self) -> None:
         await anyio.sleep(self.config.grace_period)
