@@ -208,9 +208,9 @@ def test_a_loop_without_signal_handlers_runs_without_them(
 
     assert summary.exit_code == 0 and not api.state.enrolled
     assert [e for e in events if UNWATCHED in e] == [
-        f"{UNWATCHED} (no signal handlers): Ctrl-C or SIGTERM stops the run at once, without "
-        "the grace period; a rerun carries on, and the rows in flight are marked in the "
-        ".sent file"
+        f"{UNWATCHED} (no signal handlers): SIGINT and SIGTERM give the requests in flight "
+        "no grace period; however the process ends, a rerun carries on (they are marked in "
+        "the .sent file)"
     ]
 
 

@@ -351,7 +351,7 @@ class Job:
     async def _watch_signals(self) -> None:
         """SIGINT and SIGTERM stop the run gracefully; where no receiver can be set up (an
         event loop in another thread than the main one, a loop without signal handlers)
-        the run goes on without, and says what a signal then does."""
+        the run goes on without, and says so."""
         with contextlib.ExitStack() as stack:
             try:
                 signals = stack.enter_context(
@@ -359,9 +359,9 @@ class Job:
                 )
             except (NotImplementedError, RuntimeError) as exc:
                 self._on_event(
-                    f"signals are not watched here ({str(exc) or 'no signal handlers'}): Ctrl-C "
-                    "or SIGTERM stops the run at once, without the grace period; a rerun "
-                    "carries on, and the rows in flight are marked in the .sent file"
+                    f"signals are not watched here ({str(exc) or 'no signal handlers'}): "
+                    "SIGINT and SIGTERM give the requests in flight no grace period; however "
+                    "the process ends, a rerun carries on (they are marked in the .sent file)"
                 )
                 return
             await self._take_signals(signals)
