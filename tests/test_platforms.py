@@ -80,6 +80,7 @@ def test_windows_imports_and_helps_then_each_command_stops_with_one_sentence(
         ["run", str(unenroll), "--out", str(out), "--yes"],
         ["plan", str(unenroll)],
         ["report", str(out)],
+        ["restore", str(out), "--out", str(tmp_path / "restored.csv"), "--yes"],
         ["sandbox", "--enroll-from", str(unenroll)],
     ]
     for args in commands:
