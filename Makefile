@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The exact versions every venv (and so CI) installs; pyproject.toml has the compatible ranges.
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test test-gateway lint typecheck pytest bench clean constraints
+.PHONY: demo test test-all test-gateway lint typecheck pytest bench clean constraints
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not gateway and not solo"
 	$(BIN)/pytest -q -m solo
 
+# The supported Pythons (pyproject.toml's classifiers name the same): `make test` on each, in
+# its own .venv-X.Y; interpreters are found through pyenv or PATH (.ci/find-python), and one
+# that is missing fails the target. .ci/run calls it.
+PYTHONS := 3.11 3.12 3.13
+test-all:
+	MAKE="$(MAKE)" bash .ci/test-all $(PYTHONS)
+
 # A real nginx (Debian's nginx-light, limit_req at 10/s) in front of the sandbox; about a
 # minute, so not part of `make test` (.ci/run calls both). Installs nginx-light with apt-get
 # if it is missing (root or passwordless sudo); the test skips, saying so, if that fails.
@@ -63,4 +70,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output
+	rm -rf $(VENV) .venv-3.* build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output

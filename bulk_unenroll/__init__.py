@@ -3,7 +3,14 @@
 from importlib.metadata import version
 
 from .config import JobConfig, ReadOptions, RetryPolicy, Secret
-from .errors import AuthError, BulkUnenrollError, InputError, ResultsFileError, SetupError
+from .errors import (
+    AuthError,
+    BulkUnenrollError,
+    InputError,
+    ResultsFileError,
+    SetupError,
+    UnsupportedPlatform,
+)
 from .limits import Plan, Rate
 from .models import Enrollment, Outcome, RowResult, StopReason, Summary
 from .plan import SendPlan
@@ -31,6 +38,7 @@ __all__ = [
     "SetupError",
     "StopReason",
     "Summary",
+    "UnsupportedPlatform",
     "__version__",
     "run_job",
     "unenroll_file",

@@ -24,11 +24,19 @@ import click
 from . import __version__
 from . import verify as verify_mod
 from .config import BASE_URL_ENV, DEFAULT_BASE_URL, KEY_ENV, JobConfig, ReadOptions, RetryPolicy
-from .errors import BulkUnenrollError, InputError, ResultsFileError, find_in_group, leaves
+from .errors import (
+    BulkUnenrollError,
+    InputError,
+    ResultsFileError,
+    UnsupportedPlatform,
+    find_in_group,
+    leaves,
+)
 from .events import Note
 from .input.formats import spool
 from .limits import PLANS, Rate
 from .models import StopReason, Summary
+from .platforms import require_posix
 from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console, confirm_question, flag
 from .report import (
     ROW_FORMATS,
@@ -70,8 +78,23 @@ def internal_error(exc: BaseException) -> NoReturn:
     sys.exit(INTERNAL_ERROR)
 
 
+class _Command(click.Command):
+    """A command; where the tool cannot run (Windows) it stops with one sentence, after
+    `--help` (handled while parsing) and before anything else."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            require_posix()
+        except UnsupportedPlatform as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        return super().invoke(ctx)
+
+
 class _Commands(click.Group):
     """The command group; any unexpected exception becomes `internal_error`."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context) -> Any:
         # polars takes SIGINT on import, even in a process started with it ignored (`cmd &`

@@ -67,3 +67,10 @@ class SetupError(BulkUnenrollError):
     will not cure (TLS trust, host name, port, proxy); every row is left to do."""
 
     exit_code = 3
+
+
+class UnsupportedPlatform(BulkUnenrollError):
+    """The system lacks what the ledger's guarantees rest on (Windows: no `flock`); nothing
+    was read, locked or sent."""
+
+    exit_code = 2

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from ..errors import ResultsFileError
 from ..events import Said, Setting
 from ..keys import CAMPAIGN, CONTACT, OUTCOME_CODE, pair_key
 from ..models import Enrollment, Outcome, RowResult
+from ..platforms import try_lock, unnamed_files
 from ..scrub import redact
 from ..text import duration
 from . import records
@@ -71,9 +71,7 @@ class Lock:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
                 raise _fail(self.path, "create the lock file", exc) from None
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not try_lock(self._fd):
                 holder = os.pread(self._fd, 4096, 0).decode(errors="replace").strip()
                 os.close(self._fd)
                 raise ResultsFileError(
@@ -327,13 +325,13 @@ class Journal:
         """Write a new version of the results file and swap it in atomically, with `.sent`
         bound to both while the swap is under way. The new version is written unnamed
         where the system allows (Linux `O_TMPFILE`), so a kill mid-rewrite leaves nothing
-        behind; elsewhere as `.rewriting`, which the next run removes."""
+        behind; elsewhere (macOS) as `.rewriting`, which the next run removes."""
         tmp = companion(self.out, ".rewriting")
         mode = stat.S_IMODE(self.out.stat().st_mode)
-        try:
-            new = self._write_unnamed(write, tmp, mode)
-        except OSError:
-            new = None
+        new = None
+        if unnamed_files():
+            with contextlib.suppress(OSError):  # a file system without it: the named way
+                new = self._write_unnamed(write, tmp, mode)
         try:
             if new is None:
                 with tmp.open("w", encoding="utf-8", newline="") as dst:

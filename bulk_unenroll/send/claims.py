@@ -12,7 +12,6 @@ Runs of other users, on other machines, or reading a pipe are not seen.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from ..config import ReadOptions
 from ..errors import ResultsFileError
 from ..events import Said, Setting
+from ..platforms import try_lock
 from ..results.journal import holder_in_words
 
 DIR_ENV = "BULK_UNENROLL_RUNTIME_DIR"
@@ -70,9 +70,7 @@ def _take(path: Path) -> int | str:
     """The locked file descriptor, or the holder's description when another run has it."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(fd):
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
             os.close(fd)
             return holder or "holder unknown"

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ from ..models import (
     Summary,
 )
 from ..plan import RowAction, SendPlan, build_plan, work_batches
+from ..platforms import require_posix
 from ..results.history import History
 from ..results.journal import Journal, read_history
 from .check import EnrollmentCheck
@@ -78,6 +79,7 @@ class Job:
         on_event: Callable[[Event], None] | None = None,
         handle_signals: bool = False,
     ) -> None:
+        require_posix()  # Windows: one sentence (use WSL) before anything is read or locked
         self.config = config
         self.source = Source(config.input, config.read)
         self.summary = Summary()
@@ -390,24 +392,44 @@ class Job:
                 self._on_event(why)  # an error is raised to the caller, who shows it once
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with anyio.create_task_group() as grace:
-                async for signum in signals:
-                    if self._signalled:
-                        self._leave_now(signum)
-                    self._signalled = True
-                    reason = StopReason.SIGINT if signum == signal.SIGINT else StopReason.SIGTERM
-                    self.stop(
-                        reason,
-                        Note(
-                            f"{reason.value.upper()} received: finishing "
-                            f"{self._in_flight()} request(s) in flight "
-                            f"(up to {self.config.grace_period:g}s); "
-                            "signal again to quit at once"
-                        ),
+        """SIGINT and SIGTERM stop the run gracefully; where no receiver can be set up (an
+        event loop in another thread than the main one, a loop without signal handlers)
+        the run goes on without, and says so."""
+        with contextlib.ExitStack() as stack:
+            try:
+                signals = stack.enter_context(
+                    anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+                )
+            except (NotImplementedError, RuntimeError) as exc:
+                self._on_event(
+                    Note(
+                        f"signals are not watched here ({str(exc) or 'no signal handlers'}): "
+                        "SIGINT and SIGTERM give the requests in flight no grace period; "
+                        "however the process ends, a rerun carries on (they are marked in the "
+                        ".sent file)"
                     )
-                    # The grace period runs beside this loop, so a second signal is seen at once.
-                    grace.start_soon(self._end_grace)
+                )
+                return
+            await self._take_signals(signals)
+
+    async def _take_signals(self, signals: AsyncIterator[int]) -> None:
+        async with anyio.create_task_group() as grace:
+            async for signum in signals:
+                if self._signalled:
+                    self._leave_now(signum)
+                self._signalled = True
+                reason = StopReason.SIGINT if signum == signal.SIGINT else StopReason.SIGTERM
+                self.stop(
+                    reason,
+                    Note(
+                        f"{reason.value.upper()} received: finishing "
+                        f"{self._in_flight()} request(s) in flight "
+                        f"(up to {self.config.grace_period:g}s); "
+                        "signal again to quit at once"
+                    ),
+                )
+                # The grace period runs beside this loop, so a second signal is seen at once.
+                grace.start_soon(self._end_grace)
 
     async def _end_grace(self) -> None:
         await anyio.sleep(self.config.grace_period)
