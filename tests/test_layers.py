@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "bulk_unenroll"
-BOTTOM = {
-    "models", "errors", "events", "keys", "limits", "config", "scrub", "text", "platforms"
-}
+BOTTOM = {"models", "errors", "events", "keys", "limits", "config", "scrub", "text", "platforms"}
 """Modules every layer may use: data, the root exception, events, settings, formatters."""
 MAY_IMPORT = {
     "bottom": {"bottom"},

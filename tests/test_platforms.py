@@ -173,7 +173,7 @@ def run_watching_signals(config: JobConfig) -> tuple[Summary, list[str]]:
     events: list[str] = []
 
     async def plan_and_run() -> Summary:
-        job = Job(config, on_event=events.append, handle_signals=True)
+        job = Job(config, on_event=lambda event: events.append(str(event)), handle_signals=True)
         await job.plan()
         return await job.run()
 
