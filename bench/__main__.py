@@ -1,7 +1,8 @@
 """`make bench`: every benchmark, in about six minutes plus the input-scale run.
 
     python -m bench                      # all of them
-    python -m bench --only pacing idle   # some (throughput latency pacing idle check input restore)
+    python -m bench --only pacing idle   # some: throughput latency pacing idle check input
+                                         # restore results
     python -m bench --quick              # smaller sizes, for a smoke test of the suite
 
 Light, long benchmarks (the 3-minute per-minute pacing run, the searches for an unknown limit
@@ -21,7 +22,17 @@ from typing import Any
 
 from . import check_enrollment, idle, latency, pacing, restore, throughput
 
-PARTS = ("throughput", "latency", "pacing", "idle", "check", "input", "restore")
+PARTS = ("throughput", "latency", "pacing", "idle", "check", "input", "restore", "results")
+
+
+def _at_scale(only: set[str], quick: bool) -> None:
+    """Input and results files of millions of rows: heavy, so after the others, one by one."""
+    if "input" in only:
+        _input_scale(quick)
+    if "results" in only:
+        from . import results_scale
+
+        results_scale.main(["--rows", "100000", "--repeat", "1"] if quick else [])
 
 
 def main() -> None:
@@ -63,8 +74,7 @@ def main() -> None:
     if "check" in only:
         sizes = ["--campaigns", "5", "--contacts", "400"] if quick else []
         figures["check enrollment"] = check_enrollment.main(sizes)
-    if "input" in only:
-        _input_scale(quick)
+    _at_scale(only, quick)
 
     print(f"\nall benchmarks done in {time.monotonic() - started:.0f} s")
     if args.json is not None:

@@ -43,13 +43,13 @@ from .report import (
     STDOUT,
     Export,
     Figures,
-    build_report,
     export_rows,
+    open_report,
     parse_statuses,
     plan_figures,
-    shown_rows,
     summary_dict,
     write_json,
+    write_rows,
 )
 from .restore.job import RestoreJob, RestoreOptions
 from .restore.select import Filters, default_source
@@ -858,15 +858,14 @@ def report(
         if len(to_stdout) > 1:
             raise InputError(f"{' and '.join(to_stdout)} both write to stdout; choose one")
         statuses = parse_statuses(status)
-        found = build_report(results, statuses)
-        shown = "csv" if export == STDOUT else rows_format
-        console.report(found, as_json, "none" if as_json else shown)
-        if rows_format != "table":
-            click.echo(shown_rows(found.selection, rows_format), nl=False)
-        if export is not None:
-            figures, text = export_rows(found, export)
-            click.echo(text, nl=False)
-            _exported(figures, export)
+        stdout = sys.stdout.buffer
+        with open_report(results, statuses) as found:
+            shown = "csv" if export == STDOUT else rows_format
+            console.report(found, as_json, "none" if as_json else shown)
+            if rows_format != "table":
+                write_rows(found, rows_format, stdout)
+            if export is not None:
+                _exported(export_rows(found, export, stdout), export)
     except BulkUnenrollError as exc:
         console.error(exc.describe(flag))
         sys.exit(exc.exit_code)

@@ -31,7 +31,7 @@ from .api.session import WAITING_FOR_QUOTA
 from .events import Event, Setting
 from .limits import SAFETY_MARGIN
 from .models import Outcome, StopReason, Summary
-from .report import CheckFigures, Estimate, PlanFigures, ResultsReport
+from .report import TABLE_ROWS, CheckFigures, Estimate, PlanFigures, ResultsReport
 from .results.records import unescape
 from .scrub import redact, redact_data
 from .send.runner import ENDS_WITH_AN_ERROR, Progress
@@ -365,8 +365,6 @@ def summary_lines(s: Summary, command: str, exit_code: int) -> list[str]:
     return lines
 
 
-TABLE_ROWS = 100
-"""Rows a report shows as a table; `--format csv` or `jsonl` prints them all."""
 TABLE_COLUMNS = ("row", "campaign_id", "contact_id", "status", "http_status", "error_code")
 
 
@@ -379,7 +377,7 @@ def rows_table(r: ResultsReport) -> RenderableType:
         short = name in ("row", "status", "http_status")
         table.add_column("http" if name == "http_status" else name, no_wrap=short)
     table.add_column("detail")
-    shown = r.selection.head(TABLE_ROWS).with_columns(
+    shown = r.first_rows.with_columns(
         unescape(c) for c in (*TABLE_COLUMNS[1:], "detail") if c != "http_status"
     )
     for record in shown.iter_rows(named=True):

@@ -4,14 +4,16 @@ results file, and the export of chosen rows as a new input file. Rendering lives
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import polars as pl
 
@@ -32,7 +34,7 @@ from .models import (
 from .plan import NAMED_CAMPAIGNS_MAX, RowAction, SendPlan, listable
 from .results import records
 from .results.records import unescape
-from .scrub import redact, redact_data
+from .scrub import redact_column, redact_data
 
 SCHEMA_VERSION = 1
 """Bumped only when a key of the summary JSON changes meaning or goes away."""
@@ -298,7 +300,9 @@ def read_results(path: Path, columns: Sequence[str] = records.COLUMNS) -> pl.Dat
     call, in file order. Records are keyed as the run keys them: by pair for sent pairs
     (inputs change between runs), by row number and cells for invalid and duplicate rows.
     A torn last line (a killed run) is left out; a file re-saved by a spreadsheet is read.
-    `columns` (with `row`, the ids and `status`) reads only those."""
+    `columns` (with `row`, the ids and `status`) reads only those. It holds them all in
+    memory (`restore` reads six): anything that must stay flat at any size reads through
+    `records.latest`, as `report` does."""
     try:
         if not path.is_file():
             raise FileNotFoundError(errno.ENOENT, "no such file")
@@ -329,6 +333,16 @@ def read_results(path: Path, columns: Sequence[str] = records.COLUMNS) -> pl.Dat
     )
 
 
+TABLE_ROWS = 100
+"""Rows a report shows as a table; `--format csv` or `jsonl` prints them all."""
+CHUNK_ROWS = 500_000
+"""Selected rows read, sorted and written at a time: a listing's memory, whatever the size."""
+SPOOL_ROW_GROUP = 50_000
+"""Rows per Parquet row group in the spool: what its writer holds, and what a piece's read
+skips or takes at a time."""
+TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+
 @dataclass
 class ResultsReport:
     """What a results file says, whichever run wrote it."""
@@ -343,8 +357,28 @@ class ResultsReport:
     selected_rows: int = 0
     chosen: bool = False
     """The user named the statuses (--status); else the default, the rows that need a look."""
-    selection: pl.DataFrame = field(default_factory=pl.DataFrame, repr=False)
-    """The selected rows as the results file has them (cells escaped), in row order."""
+    first_rows: pl.DataFrame = field(default_factory=pl.DataFrame, repr=False)
+    """The first TABLE_ROWS selected rows as the results file has them (cells escaped)."""
+    chosen_records: pl.LazyFrame = field(default_factory=pl.LazyFrame, repr=False)
+    """Every selected record, in file order; readable while the report is open."""
+    pieces: list[tuple[int | None, int | None]] = field(default_factory=list, repr=False)
+    """Row number ranges [low, high) holding about CHUNK_ROWS selected rows each."""
+    rejected_for_good: int = 0
+    """Selected rows rejected because their campaign does not exist."""
+
+    def selection(self) -> Iterator[pl.DataFrame]:
+        """The selected rows in row order (file order among equal rows), cells escaped, piece
+        by piece: they are spooled once to a Parquet file, then each piece is read back and
+        sorted on its own. Flat memory at any size; one pass over the results file."""
+        with tempfile.TemporaryDirectory(prefix="bulk-unenroll-") as tmp:
+            spool = Path(tmp) / "selected.parquet"
+            self.chosen_records.sink_parquet(spool, row_group_size=SPOOL_ROW_GROUP)
+            for low, high in self.pieces or [(None, None)]:
+                rows = pl.col("row")
+                inside = (rows >= low if low is not None else pl.lit(True)) & (
+                    rows < high if high is not None else pl.lit(True)
+                )
+                yield pl.scan_parquet(spool).filter(inside).collect().sort("row", "i")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -361,56 +395,115 @@ class ResultsReport:
         }
 
 
-def _selection(frame: pl.DataFrame, statuses: tuple[Outcome, ...]) -> pl.DataFrame:
-    return frame.filter(pl.col("status").is_in([o.value for o in statuses]))
-
-
 def _kinds(counts: dict[str, int]) -> tuple[Outcome, ...]:
     """The statuses a report lists: a restore's when the file holds restore records."""
     return RESTORE_OUTCOMES if any(counts.get(o.value) for o in RESTORE_ONLY) else RUN_OUTCOMES
 
 
-def build_report(path: Path, statuses: tuple[Outcome, ...] | None = None) -> ResultsReport:
-    frame = read_results(path)
-    selected = statuses or NEEDS_A_LOOK
-    counts = dict(frame["status"].value_counts().iter_rows())
-    codes = frame.filter(pl.col("error_code").fill_null("") != "")["error_code"]
-    finished = frame["finished_at"].str.to_datetime(
-        "%Y-%m-%dT%H:%M:%SZ", time_zone="UTC", strict=False
+def _facts(latest: records.Latest) -> pl.DataFrame:
+    """What the figures need of every latest record: a few bytes each, read in one pass."""
+    return latest.facts(
+        pl.col("status").cast(pl.Categorical),
+        pl.col("error_code").cast(pl.Categorical),
+        pl.col("finished_at").str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False),
+        "row",
+        "i",
     )
-    first, last = finished.min(), finished.max()
+
+
+def _is_selected(statuses: tuple[Outcome, ...]) -> pl.Expr:
+    return pl.col("status").cast(pl.String).is_in([o.value for o in statuses])
+
+
+def _pieces(rows: pl.Series) -> list[tuple[int | None, int | None]]:
+    """Row ranges of about CHUNK_ROWS of these row numbers each (all of them at once when
+    they are fewer)."""
+    bounds = rows.drop_nulls().sort().gather_every(CHUNK_ROWS).unique(maintain_order=True)
+    starts = bounds.to_list()
+    if len(starts) < 2:
+        return []
+    return list(zip(starts, [*starts[1:], None], strict=True))
+
+
+def _first_rows(chosen: pl.DataFrame) -> pl.DataFrame:
+    """The TABLE_ROWS lowest (row, i) of the selection (polars' top_k over millions of
+    rows held another copy of them; the rows at or below the 100th lowest number are few)."""
+    rows = chosen.get_column("row")
+    if rows.is_empty():
+        return chosen
+    last = rows.bottom_k(TABLE_ROWS).max()
+    return chosen.filter(pl.col("row") <= last).sort("row", "i").head(TABLE_ROWS)
+
+
+def _first(moment: object) -> datetime | None:
+    return moment if isinstance(moment, datetime) else None
+
+
+def _figures(path: Path, facts: pl.DataFrame, chosen: pl.Series) -> ResultsReport:
+    """Every figure of the report, from the facts of the latest records (`chosen`: whether
+    each is selected; masks, not copies: a selection may be most of 10 million records)."""
+    counts = dict(facts.group_by("status").len().iter_rows())
+    codes = facts.filter(pl.col("error_code").cast(pl.String).fill_null("") != "")
+    finished = facts.get_column("finished_at")
     return ResultsReport(
         path=path,
-        rows=frame.height,
+        rows=facts.height,
         outcomes={o.value: int(counts.get(o.value, 0)) for o in _kinds(counts)},
-        error_codes=dict(sorted((str(k), int(v)) for k, v in codes.value_counts().iter_rows())),
-        first_finished=first if isinstance(first, datetime) else None,
-        last_finished=last if isinstance(last, datetime) else None,
-        selected=selected,
-        selected_rows=_selection(frame, selected).height,
-        chosen=statuses is not None,
-        selection=_selection(frame, selected).sort("row", maintain_order=True),
+        error_codes=dict(
+            sorted((str(k), int(v)) for k, v in codes.group_by("error_code").len().iter_rows())
+        ),
+        first_finished=_first(finished.min()),
+        last_finished=_first(finished.max()),
+        selected_rows=int(chosen.sum()),
+        pieces=_pieces(facts.get_column("row").filter(chosen)),
+        rejected_for_good=int(facts.select((_rejected_for_good() & chosen).sum()).item()),
     )
 
 
-def shown_rows(selection: pl.DataFrame, fmt: str) -> str:
+@contextlib.contextmanager
+def open_report(path: Path, statuses: tuple[Outcome, ...] | None = None) -> Iterator[ResultsReport]:
+    """The report of a results file: its figures from one streaming pass over the latest
+    record of each pair (`records.latest`), its selected rows read when asked for."""
+    selected = statuses or NEEDS_A_LOOK
+    with contextlib.ExitStack() as stack:
+        try:
+            if not path.is_file():
+                raise FileNotFoundError(errno.ENOENT, "no such file")
+            latest = stack.enter_context(records.latest(path))
+            facts = _facts(latest)
+            chosen = facts.select(_is_selected(selected)).to_series()
+            found = _figures(path, facts, chosen)
+            first = _first_rows(facts.select("row", "i").filter(chosen))
+            del facts, chosen  # a few bytes a record: gone before any row is read
+            found.first_rows = latest.read(first.get_column("i")).sort("row", "i")
+        except OSError as exc:
+            raise ResultsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except pl.exceptions.PolarsError as exc:
+            raise ResultsFileError(f"cannot read {path}: {exc}") from None
+        found.selected, found.chosen = selected, statuses is not None
+        found.chosen_records = latest.records.filter(_is_selected(selected))
+        yield found
+
+
+def write_rows(report: ResultsReport, fmt: str, out: IO[bytes]) -> None:
     """The selected rows as CSV (cells as the results file has them, a spreadsheet runs
-    none) or JSON lines (values as sent and answered, numbers as numbers)."""
-    if fmt == "csv":
-        return _scrubbed(selection.select(records.COLUMNS)).write_csv()
+    none) or JSON lines (values as sent and answered, numbers as numbers), piece by piece."""
     numbers = [pl.col(c).cast(pl.Int64, strict=False) for c in ("http_status", "attempts")]
     texts = [unescape(c) for c in records.COLUMNS if c not in ("row", "http_status", "attempts")]
-    rows = _scrubbed(selection.select(records.COLUMNS).with_columns(*numbers, *texts))
-    return rows.write_ndjson() if rows.height else ""
+    for n, chunk in enumerate(report.selection()):
+        rows = chunk.select(records.COLUMNS)
+        if fmt == "csv":
+            _scrubbed(rows).write_csv(out, include_header=n == 0)
+        elif rows.height:
+            _scrubbed(rows.with_columns(*numbers, *texts)).write_ndjson(out)
+    out.flush()
 
 
 def _scrubbed(rows: pl.DataFrame) -> pl.DataFrame:
     """Server text (error code, request id, detail) without pieces of a key: a results file
     written before scrubbing got stricter may hold some. Never the ids: they are the ledger's."""
     text = [c for c in ("error_code", "request_id", "detail") if c in rows.columns]
-    return rows.with_columns(
-        pl.col(c).map_elements(redact, return_dtype=pl.String, skip_nulls=True) for c in text
-    )
+    return rows.with_columns(redact_column(rows.get_column(c)) for c in text)
 
 
 def _rejected_for_good() -> pl.Expr:
@@ -444,30 +537,11 @@ def _exported_id(column: str, for_csv: bool) -> pl.Expr:
     )
 
 
-def export_rows(report: ResultsReport, dest: Path) -> tuple[Export, str]:
-    """Write the selected rows as a new input file (by suffix), or CSV text for `-`.
-
-    Returns the figures and the text meant for stdout (empty unless `dest` is `-`). A default
-    export (no --status) leaves out rows whose campaign does not exist: fed back, they would
-    only be rejected again.
-    """
-    suffix = ".csv" if dest == STDOUT else dest.suffix.lower()
-    if suffix not in EXPORT_SUFFIXES:
-        raise InputError(
-            f"--export {dest}: unknown file type {suffix or '(no suffix)'!r}; "
-            f"use {', '.join(EXPORT_SUFFIXES)}, or - for CSV on stdout"
-        )
-    if dest != STDOUT and dest.resolve() == report.path.resolve():
-        raise InputError(f"--export {dest} is the results file itself; choose another path")
-    frame = report.selection
-    gone = _rejected_for_good()
-    left_out = 0
+def _exported(chunk: pl.DataFrame, report: ResultsReport, for_csv: bool) -> pl.DataFrame:
+    """One piece of the selection as rows of a new input file."""
     if not report.chosen:
-        left_out = int(frame.select(gone.sum()).item())
-        frame = frame.filter(~gone)
-    for_good = int(frame.select(gone.sum()).item())
-    for_csv = suffix == ".csv"
-    rows = frame.select(
+        chunk = chunk.filter(~_rejected_for_good())
+    rows = chunk.select(
         _exported_id("campaign_id", for_csv),
         _exported_id("contact_id", for_csv),
         pl.col("row").alias("results_row"),
@@ -478,25 +552,76 @@ def export_rows(report: ResultsReport, dest: Path) -> tuple[Export, str]:
     if not for_csv:
         # Context columns are read back as stored in the results file (escaped): undo that.
         rows = rows.with_columns(unescape("error_code"), unescape("detail"))
-    rows = _scrubbed(rows)
-    figures = Export(rows.height, report.selected, left_out, for_good)
+    return _scrubbed(rows)
+
+
+def _write_pieces(pieces: Iterator[pl.DataFrame], suffix: str, out: IO[bytes]) -> int:
+    """Write CSV or JSON lines piece by piece; the rows written."""
+    written = 0
+    for n, rows in enumerate(pieces):
+        if suffix == ".csv":
+            rows.write_csv(out, include_header=n == 0)
+        else:
+            rows.write_ndjson(out)
+        written += rows.height
+    out.flush()
+    return written
+
+
+def _write_parquet(pieces: Iterator[pl.DataFrame], tmp: Path) -> int:
+    """Each piece to a part file of its own, then the parts streamed into one file."""
+    with tempfile.TemporaryDirectory(prefix="bulk-unenroll-", dir=tmp.parent) as parts:
+        written, names = 0, []
+        for n, rows in enumerate(pieces):
+            names.append(Path(parts) / f"{n:06d}.parquet")
+            rows.write_parquet(names[-1])
+            written += rows.height
+        pl.scan_parquet(names).sink_parquet(tmp)
+    return written
+
+
+def _write_whole(pieces: Iterator[pl.DataFrame], suffix: str, tmp: Path) -> int:
+    """JSON and workbooks are written whole: every exported row is held at once."""
+    rows = pl.concat(pieces)
+    if suffix == ".json":
+        rows.write_json(tmp)
+    else:
+        rows.write_excel(tmp, worksheet="rows", autofit=True)
+    return rows.height
+
+
+def export_rows(report: ResultsReport, dest: Path, stdout: IO[bytes]) -> Export:
+    """Write the selected rows as a new input file (by suffix), or as CSV to `stdout` for `-`.
+
+    A default export (no --status) leaves out rows whose campaign does not exist: fed back,
+    they would only be rejected again. CSV, JSON lines and Parquet are written piece by
+    piece (flat memory at any size); JSON and workbooks whole.
+    """
+    suffix = ".csv" if dest == STDOUT else dest.suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        raise InputError(
+            f"--export {dest}: unknown file type {suffix or '(no suffix)'!r}; "
+            f"use {', '.join(EXPORT_SUFFIXES)}, or - for CSV on stdout"
+        )
+    if dest != STDOUT and dest.resolve() == report.path.resolve():
+        raise InputError(f"--export {dest} is the results file itself; choose another path")
+    left_out = 0 if report.chosen else report.rejected_for_good
+    for_good = report.rejected_for_good if report.chosen else 0
+    pieces = (_exported(chunk, report, suffix == ".csv") for chunk in report.selection())
     if dest == STDOUT:
-        return figures, rows.write_csv()
+        return Export(_write_pieces(pieces, suffix, stdout), report.selected, left_out, for_good)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp{suffix}")
     try:
-        if suffix == ".csv":
-            rows.write_csv(tmp)
+        if suffix in (".csv", ".jsonl"):
+            with tmp.open("wb") as out:
+                written = _write_pieces(pieces, suffix, out)
         elif suffix == ".parquet":
-            rows.write_parquet(tmp)
-        elif suffix == ".jsonl":
-            rows.write_ndjson(tmp)
-        elif suffix == ".json":
-            rows.write_json(tmp)
+            written = _write_parquet(pieces, tmp)
         else:
-            rows.write_excel(tmp, worksheet="rows", autofit=True)
+            written = _write_whole(pieces, suffix, tmp)
         tmp.replace(dest)
     except (OSError, pl.exceptions.PolarsError) as exc:
         tmp.unlink(missing_ok=True)
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise InputError(f"cannot write --export {dest}: {message}") from None
-    return figures, ""
+    return Export(written, report.selected, left_out, for_good)

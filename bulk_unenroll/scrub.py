@@ -14,6 +14,8 @@ import functools
 import re
 from typing import Any
 
+import polars as pl
+
 FRAGMENT = 8
 MASK = "***"
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
@@ -81,6 +83,22 @@ def _redact(text: str, every: frozenset[str]) -> str:
             break
         text = scrubbed
     return _BEARER.sub(r"\1" + MASK, text)
+
+
+def redact_column(values: pl.Series) -> pl.Series:
+    """`redact` every value of a String column, at polars' speed: only the values that could
+    hold a key (a piece of a known key, a bearer token) go through `redact` one by one, so
+    millions of rows of request ids are scrubbed in a moment."""
+    risky = values.str.contains(r"(?i)bearer\s")
+    pieces = {k[i : i + FRAGMENT] for k in _known for i in range(len(k) - FRAGMENT + 1)}
+    pieces |= {k for k in _known if len(k) < FRAGMENT}
+    if pieces:
+        risky = risky | values.str.contains_any(sorted(pieces))
+    where = risky.fill_null(False).arg_true()
+    if where.is_empty():
+        return values
+    scrubbed = [redact(text) for text in values.gather(where)]
+    return values.clone().scatter(where, scrubbed)
 
 
 def redact_message(text: str) -> str:

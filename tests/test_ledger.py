@@ -393,12 +393,12 @@ from pathlib import Path
 from bulk_unenroll.results import records
 from bulk_unenroll.results.journal import Journal
 
-def half_then_die(path, form, dst, skip=(), expected=None):
+def half_then_die(path, dst, drop, expected):
     dst.write(records.HEADER + "1,cmp_a,half")
     dst.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 
-records.rewrite = half_then_die
+records.drop_records = half_then_die
 Journal(Path(sys.argv[1])).close()  # failed records before: closing tidies the file
 """
 

@@ -27,7 +27,7 @@ import polars as pl
 
 from ..errors import ResultsFileError
 from ..events import Said, Setting
-from ..keys import CAMPAIGN, CONTACT, OUTCOME_CODE, pair_key
+from ..keys import CAMPAIGN, CONTACT, LOW_BITS, OUTCOME_CODE, pair_key
 from ..models import Enrollment, Outcome, RowResult
 from ..platforms import try_lock, unnamed_files
 from ..scrub import redact
@@ -443,29 +443,27 @@ class Journal:
     def compact(self) -> None:
         """Drop each `failed` record that a later record of the same pair supersedes; keep
         everything else (every definite answer, every row recorded without a call) in file
-        order. Only two columns are loaded; records stream through, so memory stays flat."""
+        order. Only the pair keys are held (17 bytes a record); records are copied line by line,
+        byte for byte."""
         try:
             status = pl.col("status")
+            key = pair_key(unescape(CAMPAIGN), unescape(CONTACT))
+            answered = status.is_in([o.value for o in records.ANSWERED])
+            os.environ.setdefault("POLARS_CSV_CHUNK_SIZE", str(records.CSV_CHUNK_BYTES))
             frame = (
                 records.scan(self.out, records.Dialect())
-                .select(
-                    pair_key(unescape(CAMPAIGN), unescape(CONTACT)),
-                    status.is_in([o.value for o in records.ANSWERED]).alias("answered"),
+                .select(  # the place in this frame is the record's number
+                    pl.when(answered).then(key).alias("key"),
+                    records.key_bucket(key // pl.lit(LOW_BITS, pl.UInt128)).alias("bucket"),
                     (status == Outcome.FAILED.value).alias("failed"),
                 )
-                .with_row_index("i")
-                .collect()
+                .collect(engine="streaming")
             )
-            answered = frame.filter("answered")
-            superseded = answered.filter(pl.col("failed") & ~pl.col("key").is_last_distinct())["i"]
+            latest = records.is_latest(frame.get_column("key"), frame.get_column("bucket"))
+            superseded = (frame.get_column("failed") & ~latest).arg_true()
             if superseded.is_empty():
                 return
-            skip = set(superseded.to_list())
-            self._replace(
-                lambda dst: records.rewrite(
-                    self.out, records.Dialect(), dst, skip, expected=frame.height
-                )
-            )
+            self._replace(lambda dst: records.drop_records(self.out, dst, superseded, frame.height))
         except (OSError, pl.exceptions.PolarsError) as exc:
             raise ResultsFileError(
                 f"cannot tidy {self.out} (it is intact, `failed` records may repeat): {exc}"

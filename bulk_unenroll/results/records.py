@@ -1,9 +1,10 @@
 """The results file's format, read and written in one place.
 
 One record per line (cells never hold a line break), ten named columns. The journal writes
-it; the journal (resume, compaction) and `report` read it back. A file a person re-saved in a
-spreadsheet (a byte-order mark, semicolons, CRLF, an added or moved column) is read back by
-its column names, so opening results in Excel never costs a resend.
+it; the journal (resume, compaction) and `report` read it back, `report` through `latest`
+(the latest record per pair, streamed). A file a person re-saved in a spreadsheet (a
+byte-order mark, semicolons, CRLF, an added or moved column) is read back by its column
+names, so opening results in Excel never costs a resend.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import errno
 import os
 import re
 import shutil
@@ -213,3 +215,147 @@ def rewrite(
             raise OSError(f"it reads as {count:,} or {expected:,} records")
         dst.flush()
         os.fsync(dst.fileno())
+
+
+def drop_records(path: Path, dst: IO[str], drop: pl.Series, expected: int) -> None:
+    """Write `path`'s records to `dst` without those numbered in `drop` (sorted, 0-based,
+    header not counted). A canonical file's kept records are copied byte for byte, line by
+    line (fast, memory flat); one whose lines are not its records (a cell holding a line
+    break, as a hand edit can leave) is rewritten record by record instead (`rewrite`).
+
+    `expected`: the record count polars found; `rewrite` refuses a disagreement, so a file
+    two readers split differently is never rewritten.
+    """
+    if _copy_lines(path, dst, drop) == expected:
+        return
+    dst.seek(0)
+    dst.truncate()
+    rewrite(path, Dialect(), dst, set(drop.to_list()), expected)
+
+
+def _copy_lines(path: Path, dst: IO[str], drop: pl.Series) -> int:
+    """Copy the header and every line not numbered in `drop` (nor blank); the lines read."""
+    targets = iter(drop.to_list())
+    target = next(targets, None)
+    dst.flush()
+    with path.open("rb") as src, open(dst.fileno(), "wb", closefd=False) as out:
+        out.write(src.readline())
+        count = 0
+        for count, line in enumerate(src, start=1):
+            if count - 1 == target:
+                target = next(targets, None)
+            elif line.strip(b"\r\n"):
+                out.write(line)
+        out.flush()
+        os.fsync(out.fileno())
+    return count
+
+
+def _record_key() -> list[pl.Expr]:
+    """One UInt128 per record naming what it speaks for: a sent pair (by its ids), or a row
+    recorded without a call (by its number and cells). A later record with the same key
+    supersedes it. 128 bits of hash: a collision is out of reach (see `keys.pair_key`).
+    Beside it, the key's bucket (see `is_latest`)."""
+    without_call = pl.col("status").is_in([o.value for o in WITHOUT_CALL])
+    what = pl.struct("campaign_id", "contact_id", pl.when(without_call).then(pl.col("row")))
+    high = what.hash(seed=0).cast(pl.UInt128) * pl.lit(1 << 64, dtype=pl.UInt128)
+    low = what.hash(seed=1)
+    return [(high + low.cast(pl.UInt128)).alias("key"), key_bucket(low).alias("bucket")]
+
+
+def key_bucket(bits: pl.Expr) -> pl.Expr:
+    """Which of KEY_BUCKETS a key falls in, from hash bits of it (see `is_latest`)."""
+    return (bits % KEY_BUCKETS).cast(pl.UInt8)
+
+
+def _numbered(lazy: pl.LazyFrame) -> pl.LazyFrame:
+    """The records that are records (a row number and a status), numbered in file order."""
+    numbered = lazy.with_columns(pl.col("row").cast(pl.Int64, strict=False))
+    wanted = pl.col("row").is_not_null() & pl.col("status").is_not_null()
+    return numbered.filter(wanted).with_row_index("i")
+
+
+CSV_CHUNK_BYTES = 2 << 20
+"""polars' CSV read-ahead, as the input reader holds it (input/source.py): a few hundred MB
+less in flight on a big file, at no cost in speed."""
+KEY_BUCKETS = 8
+"""Keys are told apart bucket by bucket: each hash table holds an eighth of them."""
+
+
+def is_latest(keys: pl.Series, bucket: pl.Series) -> pl.Series:
+    """Per record, whether no later record has its key (`bucket`: `key_bucket` of the key)."""
+    latest = pl.repeat(True, len(keys), dtype=pl.Boolean, eager=True).alias("latest")
+    for b in range(KEY_BUCKETS):
+        where = (bucket == b).arg_true()
+        latest.scatter(where, keys.gather(where).is_last_distinct())
+    return latest
+
+
+def spooled(lazy: pl.LazyFrame) -> pl.DataFrame:
+    """`lazy` collected through a Parquet file: polars' streaming `collect` of a CSV scan
+    kept 1.5 GB resident to pick 300,000 rows out of a 1.4 GB file; a sink stays flat."""
+    with tempfile.TemporaryDirectory(prefix="bulk-unenroll-") as tmp:
+        spool = Path(tmp) / "rows.parquet"
+        lazy.sink_parquet(spool)
+        return pl.read_parquet(spool)
+
+
+class Latest:
+    """The records of a results file that still speak: the latest of each pair, and of each
+    row recorded without a call. See `latest`."""
+
+    def __init__(self, numbered: pl.LazyFrame) -> None:
+        self._numbered = numbered
+        self._superseded: pl.Series | None = None
+
+    def facts(self, *columns: pl.Expr | str) -> pl.DataFrame:
+        """`columns` of every latest record, in file order, from one streaming pass that also
+        finds the superseded records. Keep them narrow (codes, numbers, categoricals): they
+        are held for every record, beside one 16-byte key."""
+        os.environ.setdefault("POLARS_CSV_CHUNK_SIZE", str(CSV_CHUNK_BYTES))
+        frame = self._numbered.select(*_record_key(), *columns).collect(engine="streaming")
+        latest = is_latest(frame.get_column("key"), frame.get_column("bucket"))
+        self._superseded = latest.not_().arg_true()
+        frame = frame.drop("key", "bucket")
+        if self._superseded.is_empty():
+            return frame
+        # Column by column, each freed once copied: never two copies of the whole frame.
+        return pl.DataFrame([frame.drop_in_place(name).filter(latest) for name in frame.columns])
+
+    def read(self, at: pl.Series) -> pl.DataFrame:
+        """Every column of the records numbered `at` (a few: the file is read no further
+        than the last of them)."""
+        if at.is_empty():
+            return self._numbered.head(0).collect()
+        upto = self._numbered.head(int(at.max()) + 1)  # type: ignore[arg-type]
+        return spooled(upto.filter(pl.col("i").is_in(at.implode())))
+
+    @property
+    def records(self) -> pl.LazyFrame:
+        """Every column of the latest records, for polars' streaming engine (`i` numbers the
+        records in file order; `row` is Int64, the rest strings as stored, cells escaped)."""
+        if self._superseded is None:
+            self.facts()
+        assert self._superseded is not None
+        if self._superseded.is_empty():
+            return self._numbered
+        return self._numbered.filter(~pl.col("i").is_in(self._superseded.implode()))
+
+
+@contextlib.contextmanager
+def latest(path: Path) -> Iterator[Latest]:
+    """The latest record of each pair the API answered for, and of each row recorded without
+    a call, streamed: the one reading of a results file that report, export and any command
+    that follows share.
+
+    The rules of the file: records are keyed as the run keys them (by pair for sent pairs,
+    since inputs change between runs; by row number and cells for invalid and duplicate
+    rows); a torn last line (a killed run) is left out; a file re-saved by a spreadsheet is
+    read by its column names. Valid while the context is open (a torn file is read from a
+    mended copy). Raises OSError or PolarsError (no such file, unreadable).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such file")
+    form = dialect(path)
+    with whole(path, form) as readable:
+        yield Latest(_numbered(scan(readable, form)))
