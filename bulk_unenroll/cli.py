@@ -36,6 +36,7 @@ from .events import Note
 from .input.formats import spool
 from .limits import PLANS, Rate
 from .models import StopReason, Summary
+from .page import write_page
 from .platforms import require_posix
 from .render import EXIT_MEANINGS, LOG_FORMATS, PLAIN_EVERY, Console, confirm_question, flag
 from .report import (
@@ -815,6 +816,7 @@ def restore(results: Path, out: Path, **kw: Any) -> None:
         "bulk-unenroll report results.csv --status invalid,rejected --export fix.xlsx",
         "bulk-unenroll report results.csv --status removed --export removed.csv",
         "bulk-unenroll report results.csv --json",
+        "bulk-unenroll report results.csv --html report.html --audit-log audit.jsonl",
     )
 )
 @click.argument("results", type=click.Path(path_type=Path, dir_okay=False))
@@ -839,13 +841,36 @@ def restore(results: Path, out: Path, **kw: Any) -> None:
     "or - for CSV on stdout.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option(
+    "--html",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="Write a self-contained report page (totals, campaigns, timeline, rows that need a "
+    "look) to hand over; prints nothing else.",
+)
+@click.option(
+    "--audit-log",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE.jsonl",
+    help="With --html: the run's --audit-log, for 429 pauses, quota stops and exact calls "
+    "per minute on the page.",
+)
 def report(
-    results: Path, status: str | None, rows_format: str, export: Path | None, as_json: bool
+    results: Path,
+    status: str | None,
+    rows_format: str,
+    export: Path | None,
+    as_json: bool,
+    html: Path | None,
+    audit_log: Path | None,
 ) -> None:
     """Summarise RESULTS (any run's results file), print the selected rows, and export rows
-    to fix and feed back."""
+    to fix and feed back; or write it as a report page (--html)."""
     console = Console()
     try:
+        if html is not None or audit_log is not None:
+            _page(results, html, audit_log, status, rows_format, export, as_json)
+            return
         to_stdout = [
             name
             for name, used in (
@@ -869,6 +894,41 @@ def report(
     except BulkUnenrollError as exc:
         console.error(exc.describe(flag))
         sys.exit(exc.exit_code)
+
+
+def _page(
+    results: Path,
+    html: Path | None,
+    audit_log: Path | None,
+    status: str | None,
+    rows_format: str,
+    export: Path | None,
+    as_json: bool,
+) -> None:
+    """`report --html`: the page alone (one read of a large file, not two)."""
+    if html is None:
+        raise InputError("--audit-log is read for the report page: add --html FILE")
+    others = [
+        name
+        for name, used in (
+            ("--status", status is not None),
+            ("--format", rows_format != "table"),
+            ("--export", export is not None),
+            ("--json", as_json),
+        )
+        if used
+    ]
+    if others:
+        raise InputError(
+            f"--html writes the page alone; run `bulk-unenroll report` again for "
+            f"{' and '.join(others)}"
+        )
+    figures = write_page(results, html, audit_log)
+    click.echo(
+        f"wrote the report page {html} ({figures.rows:,} rows, {figures.needs_a_look:,} need "
+        "a look); it holds everything it shows: attach it or open it in any browser",
+        err=True,
+    )
 
 
 def _exported(figures: Export, dest: Path) -> None:

@@ -1,0 +1,327 @@
+"""The report page's figures: every number the page shows, computed in one function with
+polars lazy aggregations, so a 10M-row results file costs the page aggregates and a bounded
+number of listed rows, never the rows themselves. Rendering lives in `page.html`."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from ..errors import InputError, ResultsFileError
+from ..models import NEEDS_A_LOOK, Outcome
+from ..results import records
+from ..results.records import unescape
+from ..scrub import redact
+from .timeline import FINE_SPAN, Minute, Timeline, timeline
+
+LISTED_ROWS = 100
+"""Rows that need a look listed by name; the page gives the count of the rest."""
+LISTED_CAMPAIGNS = 50
+"""Campaigns with a table row of their own (the largest); the rest are summed in one line."""
+LISTED_CODES = 20
+DETAIL_CHARS = 200
+"""A server message longer than this is cut on the page (the results file keeps it whole)."""
+FINISHED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+AUDIT_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
+AUDIT_SCHEMA = {
+    "time": pl.String,
+    "result": pl.String,
+    "waited": pl.Struct({"rate_limit_pause": pl.Float64, "quota": pl.Float64}),
+}
+"""The audit log's fields the page reads (api/audit.py writes them); the rest are skipped."""
+
+
+@dataclass(frozen=True)
+class CampaignFigures:
+    """One campaign's rows by latest outcome."""
+
+    campaign_id: str
+    rows: int
+    outcomes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ListedRow:
+    """A row that needs a look, ids as they were sent, server text scrubbed and cut."""
+
+    row: int
+    campaign_id: str
+    contact_id: str
+    status: str
+    error_code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class VerifyFigures:
+    """What `verify` found when it checked the recorded answers against the API. The seam
+    for `verify`: it builds these from its results, the page renders them when given."""
+
+    checked_at: datetime | None
+    pairs_checked: int
+    still_absent: int
+    enrolled_again: int
+    sampled: bool = False
+    """A random sample per campaign was checked, not every pair."""
+    again_file: str = ""
+    """The input file `verify` wrote to remove the pairs found enrolled again."""
+
+
+@dataclass(frozen=True)
+class PageFigures:
+    """Everything the page shows, and nothing more (aggregates and bounded lists)."""
+
+    results_name: str
+    rows: int
+    outcomes: dict[str, int]
+    error_codes: list[tuple[str, int]]
+    error_codes_total: int
+    campaigns: list[CampaignFigures]
+    campaigns_total: int
+    other_campaign_rows: int
+    """Rows in the campaigns beyond the listed ones."""
+    listed: list[ListedRow]
+    needs_a_look: int
+    timeline: Timeline
+    audit_name: str | None = None
+    verify: VerifyFigures | None = field(default=None)
+
+    @property
+    def removed_from(self) -> int:
+        """Campaigns at least one contact was removed from."""
+        listed = sum(1 for c in self.campaigns if c.outcomes.get(Outcome.REMOVED.value))
+        return listed + (self.campaigns_total > len(self.campaigns))
+
+
+def page_figures(
+    results: Path,
+    audit_log: Path | None = None,
+    *,
+    verify: VerifyFigures | None = None,
+    listed: int = LISTED_ROWS,
+) -> PageFigures:
+    """Read the results file (and the audit log) once, in aggregates; the one place the page's
+    figures come from."""
+    with _readable(results, audit_log) as (path, audit):
+        every = _records(path)
+        latest = _latest(every)
+        status = pl.col("status")
+        by_campaign = latest.group_by("campaign_id").agg(
+            pl.len().alias("rows"), *((status == o.value).sum().alias(o.value) for o in Outcome)
+        )
+        look = latest.filter(status.is_in([o.value for o in NEEDS_A_LOOK]))
+        codes = (
+            latest.filter(pl.col("error_code").fill_null("") != "")
+            .group_by("error_code")
+            .agg(pl.len())
+        )
+        ids = (unescape("campaign_id"), unescape("contact_id"), unescape("detail"))
+        queries = [
+            latest.group_by("status").agg(pl.len()),
+            by_campaign.sort(["rows", "campaign_id"], descending=[True, False])
+            .head(LISTED_CAMPAIGNS)
+            .with_columns(unescape("campaign_id")),
+            by_campaign.select(pl.len().alias("campaigns"), pl.col("rows").sum()),
+            codes.sort(["len", "error_code"], descending=[True, False]).head(LISTED_CODES),
+            codes.select(pl.len()),
+            look.sort("row").head(listed).with_columns(*ids),
+            look.select(pl.len()),
+            _results_slots(every, "1m"),
+            *([] if audit is None else [_audit_slots(audit, "1m")]),
+        ]
+        done = _collect(queries, results, audit_log)
+        minutes = _minutes(done[-1])
+        fine = None
+        if minutes and minutes[-1].at - minutes[0].at < FINE_SPAN:  # short: read it again
+            slots = _results_slots(every, "1s") if audit is None else _audit_slots(audit, "1s")
+            fine = _minutes(_collect([slots], results, audit_log)[0])
+    counts, top, campaigns, top_codes, code_count, rows, look_count = done[:7]
+    outcomes = dict(counts.iter_rows())
+    return PageFigures(
+        results_name=results.name,
+        rows=sum(outcomes.values()),
+        outcomes={o.value: int(outcomes.get(o.value, 0)) for o in Outcome},
+        error_codes=[(redact(str(c)), int(n)) for c, n in top_codes.iter_rows()],
+        error_codes_total=int(code_count.item()),
+        campaigns=[_campaign(r) for r in top.iter_rows(named=True)],
+        campaigns_total=int(campaigns["campaigns"][0]),
+        other_campaign_rows=int(campaigns["rows"][0] or 0) - int(top["rows"].sum()),
+        listed=[_listed(r) for r in rows.iter_rows(named=True)],
+        needs_a_look=int(look_count.item()),
+        timeline=timeline(_minutes(done[7]), None if audit is None else minutes, fine),
+        audit_name=None if audit_log is None else audit_log.name,
+        verify=verify,
+    )
+
+
+def _collect(queries: list[pl.LazyFrame], results: Path, audit: Path | None) -> list[pl.DataFrame]:
+    """All the page's queries in one go (polars shares the scans they have in common)."""
+    try:
+        return pl.collect_all(queries)
+    except OSError as exc:
+        raise ResultsFileError(f"cannot read {results}: {exc.strerror or exc}") from None
+    except pl.exceptions.PolarsError as exc:
+        if audit is not None and "json" in str(exc).lower():
+            raise InputError(
+                f"cannot read --audit-log {audit}: {exc}; is it the audit log a run wrote "
+                "(--audit-log FILE.jsonl)? Leave it out to make the page from the results "
+                "file alone"
+            ) from None
+        raise ResultsFileError(f"cannot read {results}: {exc}") from None
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _readable(results: Path, audit_log: Path | None) -> Iterator[tuple[Readable, Path | None]]:
+    """Both files as they can be read without changing them (a torn last line left out)."""
+    try:
+        if not results.is_file():
+            raise FileNotFoundError(errno.ENOENT, "no such file")
+        form = records.dialect(results)
+        with records.whole(results, form) as path, _whole_lines(audit_log) as audit:
+            yield (path, form), audit
+    except OSError as exc:
+        raise ResultsFileError(f"cannot read {results}: {exc.strerror or exc}") from None
+
+
+Readable = tuple[Path, records.Dialect]
+
+
+def _records(readable: Readable) -> pl.LazyFrame:
+    """Every record of the results file, in file order, with its finish as a datetime."""
+    return (
+        records.scan(*readable)
+        .with_columns(pl.col("row").cast(pl.Int64, strict=False))
+        .filter(pl.col("row").is_not_null())
+        .with_columns(
+            pl.col("finished_at")
+            .str.to_datetime(FINISHED_FORMAT, time_zone="UTC", strict=False)
+            .alias("at"),
+            pl.col("attempts").cast(pl.Int64, strict=False).fill_null(0),
+        )
+    )
+
+
+def _latest(every: pl.LazyFrame) -> pl.LazyFrame:
+    """Each pair's latest answer and each row recorded without a call: the rows' outcomes
+    as `report` counts them (report.read_results, here lazily)."""
+    indexed = every.with_row_index("i")
+    without_call = pl.col("status").is_in([o.value for o in records.WITHOUT_CALL])
+    sent = indexed.filter(~without_call).unique(["campaign_id", "contact_id"], keep="last")
+    unsent = indexed.filter(without_call).unique(
+        ["row", "campaign_id", "contact_id"], keep="last"
+    )
+    return pl.concat([sent, unsent])
+
+
+def _results_slots(every: pl.LazyFrame, unit: str) -> pl.LazyFrame:
+    """Calls per `unit` (`1m`, `1s`) as the results file tells them: each record's attempts,
+    counted when it finished (every record, superseded `failed` ones too: they were calls)."""
+    return (
+        every.filter(pl.col("at").is_not_null())
+        .group_by(pl.col("at").dt.truncate(unit).alias("minute"))
+        .agg(
+            pl.col("attempts").sum().alias("calls"),
+            pl.lit(0, pl.UInt32).alias("rate_limited"),
+            pl.lit(0, pl.UInt32).alias("quota_spent"),
+            pl.lit(0.0).alias("paused"),
+        )
+    )
+
+
+def _audit_slots(path: Path, unit: str) -> pl.LazyFrame:
+    """Calls per `unit` as the audit log tells them: one line per request, with its answer."""
+    result = pl.col("result")
+    return (
+        pl.scan_ndjson(path, schema=AUDIT_SCHEMA)
+        .with_columns(pl.col("time").str.to_datetime(AUDIT_FORMAT, time_zone="UTC", strict=False))
+        .filter(pl.col("time").is_not_null())
+        .group_by(pl.col("time").dt.truncate(unit).alias("minute"))
+        .agg(
+            pl.len().alias("calls"),
+            (result == "rate_limited").sum().alias("rate_limited"),
+            (result == "quota_spent").sum().alias("quota_spent"),
+            pl.col("waited").struct.field("rate_limit_pause").fill_null(0).sum().alias("paused"),
+        )
+    )
+
+
+@contextlib.contextmanager
+def _whole_lines(path: Path | None) -> Iterator[Path | None]:
+    """The audit log without a torn last line (a killed run): itself, or a copy cut at the
+    last line break. The log is appended line by line, so only the last line can be torn."""
+    if path is None:
+        yield None
+        return
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 1))
+            whole = size == 0 or f.read(1) == b"\n"
+    except OSError as exc:
+        raise InputError(
+            f"cannot read --audit-log {path}: {exc.strerror or exc}; leave out --audit-log "
+            "to make the page from the results file alone"
+        ) from None
+    if whole:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="bulk-unenroll-") as tmp:
+        copy = Path(tmp) / "audit.jsonl"
+        shutil.copyfile(path, copy)
+        with copy.open("rb+") as f:
+            chunk = min(size, 1 << 20)
+            f.seek(size - chunk)
+            cut = f.read(chunk).rfind(b"\n")
+            f.truncate(size - chunk + cut + 1 if cut >= 0 else 0)
+        yield copy
+
+
+# -- shaping ---------------------------------------------------------------------------------
+
+
+def _campaign(row: dict[str, object]) -> CampaignFigures:
+    return CampaignFigures(
+        campaign_id=str(row["campaign_id"] or ""),
+        rows=int(str(row["rows"])),
+        outcomes={o.value: int(str(row[o.value])) for o in Outcome},
+    )
+
+
+def _listed(row: dict[str, object]) -> ListedRow:
+    detail = redact(str(row["detail"] or ""))
+    if len(detail) > DETAIL_CHARS:
+        detail = detail[: DETAIL_CHARS - 1] + "…"
+    return ListedRow(
+        row=int(str(row["row"])),
+        campaign_id=str(row["campaign_id"] or ""),
+        contact_id=str(row["contact_id"] or ""),
+        status=str(row["status"]),
+        error_code=redact(str(row["error_code"] or "")),
+        detail=detail,
+    )
+
+
+def _minutes(frame: pl.DataFrame) -> list[Minute]:
+    return [
+        Minute(
+            at=r["minute"],
+            calls=int(r["calls"] or 0),
+            rate_limited=int(r["rate_limited"] or 0),
+            quota_spent=int(r["quota_spent"] or 0),
+            paused=float(r["paused"] or 0.0),
+        )
+        for r in frame.sort("minute").iter_rows(named=True)
+    ]
+
