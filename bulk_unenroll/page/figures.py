@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -170,13 +171,8 @@ def _collect(queries: list[pl.LazyFrame], results: Path, audit: Path | None) -> 
     except OSError as exc:
         raise ResultsFileError(f"cannot read {results}: {exc.strerror or exc}") from None
     except pl.exceptions.PolarsError as exc:
-        if audit is not None and "json" in str(exc).lower():
-            raise InputError(
-                f"cannot read --audit-log {audit}: {exc}; is it the audit log a run wrote "
-                "(--audit-log FILE.jsonl)? Leave it out to make the page from the results "
-                "file alone"
-            ) from None
-        raise ResultsFileError(f"cannot read {results}: {exc}") from None
+        also = "" if audit is None else f" and --audit-log {audit}"
+        raise ResultsFileError(f"cannot read {results}{also}: {exc}") from None
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -266,6 +262,7 @@ def _whole_lines(path: Path | None) -> Iterator[Path | None]:
         return
     try:
         with path.open("rb") as f:
+            _check_audit(path, f.readline(64 * 1024))
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - 1))
             whole = size == 0 or f.read(1) == b"\n"
@@ -286,6 +283,22 @@ def _whole_lines(path: Path | None) -> Iterator[Path | None]:
             cut = f.read(chunk).rfind(b"\n")
             f.truncate(size - chunk + cut + 1 if cut >= 0 else 0)
         yield copy
+
+
+def _check_audit(path: Path, first: bytes) -> None:
+    """Refuse a file that is no audit log (a results file given by mistake, say)."""
+    try:
+        line = json.loads(first) if first.endswith(b"\n") else {"time": "", "result": ""}
+    except ValueError:
+        line = None
+    if not first or (isinstance(line, dict) and {"time", "result"} <= line.keys()):
+        return
+    raise InputError(
+        f"--audit-log {path} is not an audit log: its first line is "
+        f"{first[:80].decode('utf-8', 'replace')!r}, and an audit log (run --audit-log) has one "
+        "JSON object per line with `time` and `result`. Give the file the run wrote, or leave "
+        "out --audit-log to make the page from the results file alone"
+    )
 
 
 # -- shaping ---------------------------------------------------------------------------------
