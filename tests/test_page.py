@@ -45,7 +45,7 @@ def assert_self_contained(html: str) -> None:
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Sandbox]:
-    """A run that met 429s and spent its daily quota: every kind of outcome, a hostile id."""
+    """A run that met 429s: every kind of outcome, a hostile id."""
     tmp = tmp_path_factory.mktemp("page")
     live = [("cmp_a", new_uuid(i)) for i in range(1, 13)] + [("cmp_b", new_uuid(50))]
     rows = [
@@ -54,15 +54,15 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Sand
         ("cmp_gone", new_uuid(70)),  # a deleted campaign
         ("cmp_a", HOSTILE),  # invalid
         ("cmp_a", new_uuid(1)),  # a duplicate
-        *[("cmp_c", new_uuid(i)) for i in range(80, 90)],  # left for another day
+        *[("cmp_c", new_uuid(i)) for i in range(80, 90)],
     ]
     src = write_csv(tmp / "input.csv", rows)
-    api = Sandbox(live, campaigns=["cmp_b", "cmp_c"], limits=Limits(3, 1.0, per_day=20))
+    api = Sandbox(live, campaigns=["cmp_b", "cmp_c"], limits=Limits(3, 1.0))
     out, audit = tmp / "results.csv", tmp / "audit.jsonl"
     with SandboxThread(api) as server:
         args = ["run", str(src), "--out", str(out), "--audit-log", str(audit), "--yes"]
         done = run_cli([*args, "--rate", "10/s"], cli_env(server.base_url))
-    assert done.returncode == 75, done.stderr  # the daily quota ran out
+    assert done.returncode == 1, done.stderr  # rejected and invalid rows
     return out, audit, api
 
 
@@ -91,7 +91,7 @@ def test_the_page_shows_the_results_files_figures(real_run: tuple[Path, Path, Sa
     listed = page.table("needs-a-look")[1:]
     assert sorted(int(row[0]) for row in listed) == sorted(int(r["row"]) for r in look)
     assert f"Rows that need a look ({len(look)})" in page.text["needs-a-look"]
-    assert [HOSTILE] == [row[2] for row in listed if row[3] == "invalid"]
+    assert [row[2] for row in listed if row[3] == "invalid"] == [HOSTILE]
 
     lines = audit_lines(audit)
     assert len(lines) == api.state.calls
@@ -100,9 +100,10 @@ def test_the_page_shows_the_results_files_figures(real_run: tuple[Path, Path, Sa
     assert limited > 0, "the sandbox's 3-per-second window answered 429s"
     timeline = page.text["timeline"]
     assert f"{limited:,} answered 429" in timeline
-    assert f"{spent:,} said the daily quota was spent" in timeline
-    ((number, _, _, calls, rate_limited, _),) = page.table("timeline")[1:]
-    assert (number, calls, rate_limited) == ("1", str(len(lines)), str(limited))
+    assert f"{spent:,} said the daily quota was spent, and 0 left after waiting" in timeline
+    ((number, _, _, calls, rate_limited, quota),) = page.table("timeline")[1:]
+    assert (number, calls, rate_limited, quota) == ("1", str(len(lines)), str(limited), "")
+    assert sum("answered 429" in title for title in page.svg_titles) >= 1
     assert f"{statuses['removed']} contacts were removed from 2 campaigns" in page.lead
     assert f"{len(lines)} API calls" in page.lead
     assert "Not verified" in page.text["verification"]
@@ -199,7 +200,8 @@ def test_a_large_results_file_gives_a_small_page_with_counts_of_the_rest(
 def test_stretches_split_at_quiet_and_the_audit_log_gives_429s_and_quota_stops(
     tmp_path: Path,
 ) -> None:
-    """Two runs two hours apart: the first ended when the daily quota was spent."""
+    """A run that spent the daily quota, waited two hours for the reset (--wait-for-quota),
+    then carried on."""
     out, audit = tmp_path / "results.csv", tmp_path / "audit.jsonl"
     first, second = datetime(2026, 11, 30, 10, 0, tzinfo=UTC), datetime(2026, 11, 30, 12, 0)
     second = second.replace(tzinfo=UTC)
@@ -212,7 +214,7 @@ def test_stretches_split_at_quiet_and_the_audit_log_gives_429s_and_quota_stops(
             records.append(removed(i + 1, at))
     for i in range(3):
         at = second + timedelta(minutes=i, seconds=30)
-        lines.append(audit_line(at, 10 + i, "removed"))
+        lines.append(audit_line(at, 10 + i, "removed", quota=7000.0 if i == 0 else 0.0))
         records.append(removed(10 + i, at))
     out.write_text("".join(records), encoding="utf-8")
     audit.write_text("".join(lines) + '{"time": "2026-11-30T12:', encoding="utf-8")  # torn
@@ -227,14 +229,23 @@ def test_stretches_split_at_quiet_and_the_audit_log_gives_429s_and_quota_stops(
         "1",
         "daily quota spent",
     ]
-    assert stretches[1][1:] == ["2026-11-30 12:00 UTC", "2026-11-30 12:03 UTC", "3", "0", ""]
+    assert stretches[1][1:] == [
+        "2026-11-30 12:00 UTC",
+        "2026-11-30 12:03 UTC",
+        "3",
+        "0",
+        "waited for the daily quota",
+    ]
     assert any(t.startswith("stretch 2 began 2026-11-30 12:00") for t in page.svg_titles)
     assert "in 2 stretches of work and 9 API calls" in page.lead
     assert "requests paused 2s in all" in page.text["timeline"]
+    assert "1 said the daily quota was spent, and 1 left after waiting" in page.text["timeline"]
+    marked = {t.split(", ")[0] for t in page.svg_titles if "quota spent or waited for" in t}
+    assert marked == {"2026-11-30 10:04 UTC", "2026-11-30 12:00 UTC"}, "2-minute bars"
 
 
-def audit_line(at: datetime, row: int, result: str, pause: float = 0.0) -> str:
-    waited = {"pace": 0.1, "rate_limit_pause": pause, "retry_backoff": 0, "quota": 0, "other": 0}
+def audit_line(at: datetime, row: int, result: str, pause: float = 0.0, quota: float = 0.0) -> str:
+    waited = {"pace": 0.1, "rate_limit_pause": pause, "retry_backoff": 0, "quota": quota}
     stamp = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     line = {"time": stamp, "row": row, "campaign_id": "cmp_a", "result": result, "waited": waited}
     return json.dumps(line) + "\n"

@@ -85,7 +85,8 @@ def timeline_chart(t: Timeline) -> str:
     for i, (bar, rate) in enumerate(zip(t.bars, per_minute, strict=True)):
         body.append(_bar(bar, rate, LEFT + i * step, step, top, plot_h, t.bar_seconds))
     body.extend(_stretch_lines(t, step, plot_h))
-    return _svg("timeline", "Calls per minute over the run", _timeline_desc(t), "".join(body), HEIGHT)
+    title = "Calls per minute over the run"
+    return _svg("timeline", title, _timeline_desc(t), "".join(body), HEIGHT)
 
 
 def _axes(top: int, t: Timeline, plot_w: float, plot_h: float) -> str:
@@ -108,8 +109,8 @@ def _bar(bar: Bar, rate: float, x: float, step: float, top: int, plot_h: float, 
     what = f"{_when(bar.at, w < 60)} UTC, {span}: {bar.calls:,} calls"
     if bar.rate_limited:
         what += f", {bar.rate_limited:,} answered 429"
-    if bar.quota_spent:
-        what += f", {bar.quota_spent:,} answered quota spent"
+    if bar.quota:
+        what += f", {bar.quota:,} quota spent or waited for"
     parts = [
         f'<rect x="{x:.2f}" y="{TOP + plot_h - height:.2f}" width="{max(step - 0.5, 0.5):.2f}" '
         f'height="{height:.2f}" fill="{CALLS}"><title>{e(what)}</title></rect>'
@@ -117,7 +118,7 @@ def _bar(bar: Bar, rate: float, x: float, step: float, top: int, plot_h: float, 
     mark_w = max(step - 0.5, 2.0)
     if bar.rate_limited:
         parts.append(_mark(x, TOP + plot_h + 2, mark_w, LIMITED, what))
-    if bar.quota_spent:
+    if bar.quota:
         parts.append(_mark(x, TOP + plot_h + 8, mark_w, QUOTA, what))
     return "".join(parts)
 
@@ -153,7 +154,8 @@ def _timeline_desc(t: Timeline) -> str:
     if t.from_audit:
         parts.append(
             f"{_count(t.rate_limited, 'answer')} 429 (rate limited); "
-            f"{_count(t.quota_spent, 'answer')} daily quota spent."
+            f"{_count(t.quota_spent, 'answer')} daily quota spent; "
+            f"{_count(t.quota_waits, 'request')} waited for the quota to reset."
         )
     return " ".join(parts)
 
@@ -162,6 +164,15 @@ def _count(n: int, noun: str, plural: str | None = None) -> str:
     if n == 1:
         return f"1 {noun}"
     return f"{n:,} {plural or (noun + 'es' if noun.endswith('ch') else noun + 's')}"
+
+
+def _quota_note(s: Stretch) -> str:
+    notes = []
+    if s.quota_waits:
+        notes.append("waited for the daily quota")
+    if s.quota_spent:
+        notes.append("daily quota spent")
+    return ", ".join(notes)
 
 
 def stretch_rows(stretches: Sequence[Stretch]) -> list[tuple[str, ...]]:
@@ -173,7 +184,7 @@ def stretch_rows(stretches: Sequence[Stretch]) -> list[tuple[str, ...]]:
             f"{_when(s.end)} UTC",
             f"{s.calls:,}",
             f"{s.rate_limited:,}",
-            "daily quota spent" if s.quota_stop else "",
+            _quota_note(s),
         )
         for i, s in enumerate(stretches, start=1)
     ]

@@ -33,10 +33,10 @@ DETAIL_CHARS = 200
 """A server message longer than this is cut on the page (the results file keeps it whole)."""
 FINISHED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 AUDIT_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
-AUDIT_SCHEMA = {
-    "time": pl.String,
-    "result": pl.String,
-    "waited": pl.Struct({"rate_limit_pause": pl.Float64, "quota": pl.Float64}),
+AUDIT_SCHEMA: dict[str, pl.DataType] = {
+    "time": pl.String(),
+    "result": pl.String(),
+    "waited": pl.Struct({"rate_limit_pause": pl.Float64(), "quota": pl.Float64()}),
 }
 """The audit log's fields the page reads (api/audit.py writes them); the rest are skipped."""
 
@@ -215,9 +215,7 @@ def _latest(every: pl.LazyFrame) -> pl.LazyFrame:
     indexed = every.with_row_index("i")
     without_call = pl.col("status").is_in([o.value for o in records.WITHOUT_CALL])
     sent = indexed.filter(~without_call).unique(["campaign_id", "contact_id"], keep="last")
-    unsent = indexed.filter(without_call).unique(
-        ["row", "campaign_id", "contact_id"], keep="last"
-    )
+    unsent = indexed.filter(without_call).unique(["row", "campaign_id", "contact_id"], keep="last")
     return pl.concat([sent, unsent])
 
 
@@ -232,13 +230,15 @@ def _results_slots(every: pl.LazyFrame, unit: str) -> pl.LazyFrame:
             pl.lit(0, pl.UInt32).alias("rate_limited"),
             pl.lit(0, pl.UInt32).alias("quota_spent"),
             pl.lit(0.0).alias("paused"),
+            pl.lit(0, pl.UInt32).alias("quota_waits"),
         )
     )
 
 
 def _audit_slots(path: Path, unit: str) -> pl.LazyFrame:
-    """Calls per `unit` as the audit log tells them: one line per request, with its answer."""
-    result = pl.col("result")
+    """Calls per `unit` as the audit log tells them: one line per request, with its answer
+    and what it waited for (a second or more for the quota: it waited for the reset)."""
+    result, waited = pl.col("result"), pl.col("waited")
     return (
         pl.scan_ndjson(path, schema=AUDIT_SCHEMA)
         .with_columns(pl.col("time").str.to_datetime(AUDIT_FORMAT, time_zone="UTC", strict=False))
@@ -248,7 +248,8 @@ def _audit_slots(path: Path, unit: str) -> pl.LazyFrame:
             pl.len().alias("calls"),
             (result == "rate_limited").sum().alias("rate_limited"),
             (result == "quota_spent").sum().alias("quota_spent"),
-            pl.col("waited").struct.field("rate_limit_pause").fill_null(0).sum().alias("paused"),
+            waited.struct.field("rate_limit_pause").fill_null(0).sum().alias("paused"),
+            (waited.struct.field("quota").fill_null(0) >= 1).sum().alias("quota_waits"),
         )
     )
 
@@ -334,7 +335,7 @@ def _minutes(frame: pl.DataFrame) -> list[Minute]:
             rate_limited=int(r["rate_limited"] or 0),
             quota_spent=int(r["quota_spent"] or 0),
             paused=float(r["paused"] or 0.0),
+            quota_waits=int(r["quota_waits"] or 0),
         )
         for r in frame.sort("minute").iter_rows(named=True)
     ]
-

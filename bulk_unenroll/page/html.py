@@ -58,7 +58,7 @@ def render(f: PageFigures, made_at: datetime | None = None) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>Unenrollment report: {e(f.results_name)}</title><style>{STYLE}</style>"
-        f"</head><body><main>{''.join(sections)}</main><footer><p class=\"muted\">"
+        f'</head><body><main>{"".join(sections)}</main><footer><p class="muted">'
         f"Made by bulk-unenroll {e(__version__)} on {made:%Y-%m-%d %H:%M} UTC from "
         f"{e(f.results_name)}{_audit_note(f)}. This page holds everything it shows: no "
         "network is needed to open or print it.</p></footer></body></html>\n"
@@ -144,8 +144,7 @@ def _verification(v: VerifyFigures | None, outcomes: dict[str, int]) -> str:
         ("recorded removed", f"{outcomes.get(Outcome.REMOVED.value, 0):,}"),
     ]
     return (
-        f"{head}<p>Checked {how}{e(when)}.</p>{verdict}"
-        f"{_table(('', 'pairs'), rows, {1})}</section>"
+        f"{head}<p>Checked {how}{e(when)}.</p>{verdict}{_table(('', 'pairs'), rows, {1})}</section>"
     )
 
 
@@ -197,7 +196,9 @@ def _timeline(f: PageFigures) -> str:
         source = (
             f"From the audit log: every request when it left. {t.rate_limited:,} answered "
             f"429 (rate limited; requests paused {duration(t.paused)} in all), "
-            f"{t.quota_spent:,} said the daily quota was spent."
+            f"{t.quota_spent:,} said the daily quota was spent, and {t.quota_waits:,} left "
+            "after waiting for it to reset. A run that stopped at the quota (exit 75) leaves "
+            "no line: it shows as the end of a stretch."
         )
     else:
         source = (
@@ -208,13 +209,14 @@ def _timeline(f: PageFigures) -> str:
     width = "" if t.bar_seconds == 60 else f" (each bar: {duration(t.bar_seconds)}, as a rate)"
     legend = (
         f'<span class="swatch" style="background:{LIMITED}"></span>answered 429 '
-        f'<span class="swatch" style="background:{QUOTA}"></span>daily quota spent '
+        f'<span class="swatch" style="background:{QUOTA}"></span>daily quota spent or waited '
+        "for "
         "- - a new stretch of work began (a restart, or the end of a wait)"
     )
     more = t.stretches_total - len(t.stretches)
     rest = f'<p class="muted">and {more:,} more stretches.</p>' if more > 0 else ""
     table = _table(
-        ("stretch", "from", "to", "calls", "429s", "ended with"),
+        ("stretch", "from", "to", "calls", "429s", "daily quota"),
         stretch_rows(t.stretches),
         {0, 3, 4},
     )

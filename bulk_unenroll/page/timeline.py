@@ -29,6 +29,8 @@ class Minute:
     quota_spent: int = 0
     paused: float = 0.0
     """Seconds requests spent waiting out 429 pauses (summed over requests)."""
+    quota_waits: int = 0
+    """Requests that left after waiting for the daily quota to reset (--wait-for-quota)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,8 @@ class Bar:
     at: datetime
     calls: int
     rate_limited: int
-    quota_spent: int
+    quota: int
+    """Quota-spent answers, and requests that left after a wait for the quota."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,8 @@ class Stretch:
     calls: int
     rate_limited: int
     quota_spent: int
-
-    @property
-    def quota_stop(self) -> bool:
-        """It ended with the daily quota spent (from the audit log's answers)."""
-        return self.quota_spent > 0
+    quota_waits: int
+    """Requests in it that had waited for the daily quota (the wait is a stop inside it)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class Timeline:
     calls: int = 0
     rate_limited: int = 0
     quota_spent: int = 0
+    quota_waits: int = 0
     paused: float = 0.0
     peak: int = 0
     """Most calls in one minute."""
@@ -82,10 +83,6 @@ class Timeline:
     @property
     def end(self) -> datetime | None:
         return self.bars[-1].at + timedelta(seconds=self.bar_seconds) if self.bars else None
-
-    @property
-    def quota_stops(self) -> int:
-        return sum(s.quota_stop for s in self.stretches)
 
 
 def timeline(
@@ -111,6 +108,7 @@ def timeline(
         calls=sum(m.calls for m in counted),
         rate_limited=sum(m.rate_limited for m in counted),
         quota_spent=sum(m.quota_spent for m in counted),
+        quota_waits=sum(m.quota_waits for m in counted),
         paused=sum(m.paused for m in counted),
         peak=max((m.calls for m in counted), default=0),
     )
@@ -132,7 +130,7 @@ def _bars(first: datetime, last: datetime, slots: list[Minute], width: int) -> t
         i = min(count - 1, max(0, int((m.at - first) / step)))
         calls[i] += m.calls
         limited[i] += m.rate_limited
-        spent[i] += m.quota_spent
+        spent[i] += m.quota_spent + m.quota_waits
     return tuple(Bar(first + i * step, calls[i], limited[i], spent[i]) for i in range(count))
 
 
@@ -147,12 +145,19 @@ def _stretches(active: list[datetime], counted: list[Minute]) -> list[Stretch]:
     found = []
     i = 0
     for start, last in bounds:
-        calls = limited = spent = 0
+        inside = []
         while i < len(counted) and counted[i].at <= last:
             if counted[i].at >= start:
-                calls += counted[i].calls
-                limited += counted[i].rate_limited
-                spent += counted[i].quota_spent
+                inside.append(counted[i])
             i += 1
-        found.append(Stretch(start, last + MINUTE, calls, limited, spent))
+        found.append(
+            Stretch(
+                start,
+                last + MINUTE,
+                calls=sum(m.calls for m in inside),
+                rate_limited=sum(m.rate_limited for m in inside),
+                quota_spent=sum(m.quota_spent for m in inside),
+                quota_waits=sum(m.quota_waits for m in inside),
+            )
+        )
     return found
