@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The exact versions every venv (and so CI) installs; pyproject.toml has the compatible ranges.
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test test-all test-gateway lint typecheck pytest bench clean constraints
+.PHONY: demo test test-all test-gateway test-page lint typecheck pytest bench clean constraints
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,21 @@ test-gateway: $(STAMP)
 	       && $$SUDO apt-get install -y -q --no-install-recommends nginx-light >/dev/null; } \
 	  || echo "could not install nginx-light: the gateway test will skip"; }
 	$(BIN)/pytest -q -rs -s -m gateway tests/test_gateway.py
+
+# The report page (report --html) as a person sees it: Debian's chromium renders it headless
+# (its DOM checked against the results file, a screenshot, a PDF print). Not part of
+# `make test` (.ci/run calls both). Installs chromium with apt-get if it is missing (root or
+# passwordless sudo); the tests skip, saying so, if that fails.
+test-page: $(STAMP)
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  echo "installing chromium (apt-get) for the report page's browser test"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null \
+	  || { $$SUDO apt-get update -q >/dev/null \
+	       && $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; } \
+	  || echo "could not install chromium: the page's browser tests will skip"; }
+	$(BIN)/pytest -q -rs -m page tests/test_page_browser.py
 
 # Never part of `make test`. One part: make bench BENCH="--only pacing" (see bench/__main__.py).
 bench: $(STAMP)

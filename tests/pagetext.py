@@ -5,12 +5,53 @@ Also the truth the page is checked against, read from the results file with the 
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+from conftest import cli_env, new_uuid, run_cli, write_csv
+
+from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
+
 WITHOUT_CALL = ("invalid", "duplicate")
+HOSTILE = '<script>alert("x")</script>'
+
+
+def run_with_429s(tmp: Path) -> tuple[Path, Path, Sandbox]:
+    """A real run (results file, audit log, the sandbox) that met 429s: every kind of
+    outcome but failed, and a hostile id."""
+    live = [("cmp_a", new_uuid(i)) for i in range(1, 13)] + [("cmp_b", new_uuid(50))]
+    rows = [
+        *live,
+        ("cmp_b", new_uuid(60)),  # not enrolled
+        ("cmp_gone", new_uuid(70)),  # a deleted campaign
+        ("cmp_a", HOSTILE),  # invalid
+        ("cmp_a", new_uuid(1)),  # a duplicate
+        *[("cmp_c", new_uuid(i)) for i in range(80, 83)],
+    ]
+    src = write_csv(tmp / "input.csv", rows)
+    api = Sandbox(live, campaigns=["cmp_b", "cmp_c"], limits=Limits(3, 1.0))
+    out, audit = tmp / "results.csv", tmp / "audit.jsonl"
+    with SandboxThread(api) as server:
+        args = ["run", str(src), "--out", str(out), "--audit-log", str(audit), "--yes"]
+        done = run_cli([*args, "--rate", "10/s"], cli_env(server.base_url))
+    assert done.returncode == 1, done.stderr  # rejected and invalid rows
+    return out, audit, api
+
+
+def make_page(results: Path, *extra: str) -> tuple[str, str]:
+    """The page's HTML and the command's stderr, the command run as a user runs it."""
+    page = results.with_name("page.html")
+    done = run_cli(["report", str(results), "--html", str(page), *extra], cli_env("http://x"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    return page.read_text(encoding="utf-8"), done.stderr
+
+
+def audit_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @dataclass

@@ -11,29 +11,15 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import API_KEY, cli_env, new_uuid, run_cli, write_csv
-from pagetext import latest_records, read_page
+from conftest import API_KEY, cli_env, new_uuid, run_cli
+from pagetext import HOSTILE, audit_lines, latest_records, make_page, read_page, run_with_429s
 
 from bulk_unenroll.page import VerifyFigures, page_figures, render
 from bulk_unenroll.page.timeline import MAX_BARS, Minute, timeline
 from bulk_unenroll.results.records import HEADER
-from bulk_unenroll.sandbox import Limits, Sandbox, SandboxThread
+from bulk_unenroll.sandbox import Sandbox
 
-HOSTILE = '<script>alert("x")</script>'
 ATTRIBUTE = '" onmouseover="alert(1)'
-
-
-def make_page(results: Path, *extra: str) -> tuple[str, str]:
-    """The page's HTML and the command's stderr, the command run as a user runs it."""
-    page = results.with_name("page.html")
-    done = run_cli(["report", str(results), "--html", str(page), *extra], cli_env("http://x"))
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == ""
-    return page.read_text(encoding="utf-8"), done.stderr
-
-
-def audit_lines(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def assert_self_contained(html: str) -> None:
@@ -45,25 +31,7 @@ def assert_self_contained(html: str) -> None:
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Sandbox]:
-    """A run that met 429s: every kind of outcome, a hostile id."""
-    tmp = tmp_path_factory.mktemp("page")
-    live = [("cmp_a", new_uuid(i)) for i in range(1, 13)] + [("cmp_b", new_uuid(50))]
-    rows = [
-        *live,
-        ("cmp_b", new_uuid(60)),  # not enrolled
-        ("cmp_gone", new_uuid(70)),  # a deleted campaign
-        ("cmp_a", HOSTILE),  # invalid
-        ("cmp_a", new_uuid(1)),  # a duplicate
-        *[("cmp_c", new_uuid(i)) for i in range(80, 90)],
-    ]
-    src = write_csv(tmp / "input.csv", rows)
-    api = Sandbox(live, campaigns=["cmp_b", "cmp_c"], limits=Limits(3, 1.0))
-    out, audit = tmp / "results.csv", tmp / "audit.jsonl"
-    with SandboxThread(api) as server:
-        args = ["run", str(src), "--out", str(out), "--audit-log", str(audit), "--yes"]
-        done = run_cli([*args, "--rate", "10/s"], cli_env(server.base_url))
-    assert done.returncode == 1, done.stderr  # rejected and invalid rows
-    return out, audit, api
+    return run_with_429s(tmp_path_factory.mktemp("page"))
 
 
 def test_the_page_shows_the_results_files_figures(real_run: tuple[Path, Path, Sandbox]) -> None:
@@ -159,23 +127,21 @@ def test_a_large_results_file_gives_a_small_page_with_counts_of_the_rest(
 ) -> None:
     n = 200_000
     start = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
-    statuses = ["removed"] * 8 + ["not_enrolled", "failed"]
-    frame = pl.DataFrame(
-        {
-            "row": range(1, n + 1),
-            "campaign_id": [f"cmp_{i % 300:03d}" for i in range(n)],
-            "contact_id": [new_uuid(i + 1) for i in range(n)],
-            "status": [statuses[i % 10] for i in range(n)],
-            "http_status": ["204"] * n,
-            "error_code": [""] * n,
-            "attempts": ["1"] * n,
-            "request_id": [""] * n,
-            "detail": [""] * n,
-            "finished_at": [
-                (start + timedelta(seconds=i * 0.3)).strftime("%Y-%m-%dT%H:%M:%SZ")
-                for i in range(n)
-            ],
-        }
+    i = pl.int_range(n)
+    statuses = pl.Series(["removed"] * 8 + ["not_enrolled", "failed"])
+    frame = pl.select(
+        row=i + 1,
+        campaign_id=pl.format("cmp_{}", (i % 300).cast(pl.String).str.zfill(3)),
+        contact_id=pl.format("00000000-0000-4000-8000-{}", i.cast(pl.String).str.zfill(12)),
+        status=pl.lit(statuses).gather(i % 10),
+        http_status=pl.lit("204"),
+        error_code=pl.lit(""),
+        attempts=pl.lit("1"),
+        request_id=pl.lit(""),
+        detail=pl.lit(""),
+        finished_at=(pl.lit(start) + pl.duration(milliseconds=i * 300)).dt.strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        ),
     )
     out = tmp_path / "results.csv"
     frame.write_csv(out)
