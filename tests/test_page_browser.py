@@ -64,6 +64,7 @@ def browse(page: Path, tmp: Path, *action: str) -> subprocess.CompletedProcess[s
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The page of a real run that met 429s, and its results file."""
+    chromium()  # skip before the run when there is no browser
     tmp = tmp_path_factory.mktemp("browser")
     out, audit, _ = run_with_429s(tmp)
     make_page(out, "--audit-log", str(audit))
