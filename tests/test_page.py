@@ -221,6 +221,15 @@ def removed(row: int, at: datetime) -> str:
     return f"{row},cmp_a,{new_uuid(row)},removed,204,,1,req,,{at:%Y-%m-%dT%H:%M:%SZ}\n"
 
 
+def test_an_empty_audit_log_counts_no_calls(tmp_path: Path) -> None:
+    out, audit = tmp_path / "results.csv", tmp_path / "audit.jsonl"
+    out.write_text(HEADER + removed(1, datetime(2026, 11, 30, tzinfo=UTC)), encoding="utf-8")
+    audit.write_bytes(b"")
+    page = read_page(make_page(out, "--audit-log", str(audit))[0])
+    assert page.table("timeline")[1][3] == "0", "the audit log saw no request"
+    assert page.rows_by_first_cell("totals")["removed"][1] == "1"
+
+
 def test_a_month_long_job_still_draws_at_most_the_bars_a_chart_holds() -> None:
     start = datetime(2026, 11, 1, tzinfo=UTC)
     minutes = [Minute(start + timedelta(hours=h), 10) for h in range(0, 24 * 30, 7)]

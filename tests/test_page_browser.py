@@ -129,9 +129,7 @@ def png_pixels(data: bytes) -> list[tuple[int, int, int]]:
     assert depth == 8 and colour in (2, 6), "8-bit RGB or RGBA"
     step = 3 if colour == 2 else 4
     rows = _unfiltered(zlib.decompress(bytes(idat)), width * step, height, step)
-    return [
-        (row[x], row[x + 1], row[x + 2]) for row in rows for x in range(0, width * step, step)
-    ]
+    return [(row[x], row[x + 1], row[x + 2]) for row in rows for x in range(0, width * step, step)]
 
 
 def _unfiltered(raw: bytes, stride: int, height: int, bpp: int) -> list[bytearray]:

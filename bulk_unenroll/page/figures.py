@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from ..errors import InputError, ResultsFileError
+from ..keys import CAMPAIGN, CONTACT, pair_key
 from ..models import NEEDS_A_LOOK, Outcome
 from ..results import records
 from ..results.records import unescape
@@ -33,12 +34,11 @@ DETAIL_CHARS = 200
 """A server message longer than this is cut on the page (the results file keeps it whole)."""
 FINISHED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 AUDIT_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
-AUDIT_SCHEMA: dict[str, pl.DataType] = {
-    "time": pl.String(),
-    "result": pl.String(),
-    "waited": pl.Struct({"rate_limit_pause": pl.Float64(), "quota": pl.Float64()}),
-}
-"""The audit log's fields the page reads (api/audit.py writes them); the rest are skipped."""
+LISTED_COLUMNS = ("row", CAMPAIGN, CONTACT, "status", "error_code", "detail")
+_KEY = pair_key(pl.col(CAMPAIGN), pl.col(CONTACT))
+LINE_ONLY = "\x1f"
+"""A separator no audit line holds (JSON escapes control characters): one column, the line."""
+NUMBER = r"(-?[0-9.]+(?:[eE][-+]?[0-9]+)?)"
 
 
 @dataclass(frozen=True)
@@ -110,69 +110,95 @@ def page_figures(
     verify: VerifyFigures | None = None,
     listed: int = LISTED_ROWS,
 ) -> PageFigures:
-    """Read the results file (and the audit log) once, in aggregates; the one place the page's
-    figures come from."""
+    """The one place the page's figures come from: a few streaming passes over the results
+    file (and the audit log), each keeping only aggregates or a bounded list."""
     with _readable(results, audit_log) as (path, audit):
+        fail = _failing(results, audit_log)
         every = _records(path)
-        latest = _latest(every)
-        status = pl.col("status")
-        by_campaign = latest.group_by("campaign_id").agg(
-            pl.len().alias("rows"), *((status == o.value).sum().alias(o.value) for o in Outcome)
-        )
-        look = latest.filter(status.is_in([o.value for o in NEEDS_A_LOOK]))
-        codes = (
-            latest.filter(pl.col("error_code").fill_null("") != "")
-            .group_by("error_code")
-            .agg(pl.len())
-        )
+        latest = _latest(every, fail(_once_failed(every)))
+        groups = fail(latest.group_by("campaign_id", "status", "error_code").agg(pl.len()))
         ids = (unescape("campaign_id"), unescape("contact_id"), unescape("detail"))
-        queries = [
-            latest.group_by("status").agg(pl.len()),
-            by_campaign.sort(["rows", "campaign_id"], descending=[True, False])
-            .head(LISTED_CAMPAIGNS)
-            .with_columns(unescape("campaign_id")),
-            by_campaign.select(pl.len().alias("campaigns"), pl.col("rows").sum()),
-            codes.sort(["len", "error_code"], descending=[True, False]).head(LISTED_CODES),
-            codes.select(pl.len()),
-            look.sort("row").head(listed).with_columns(*ids),
-            look.select(pl.len()),
-            _results_slots(every, "1m"),
-            *([] if audit is None else [_audit_slots(audit, "1m")]),
-        ]
-        done = _collect(queries, results, audit_log)
-        minutes = _minutes(done[-1])
+        look = latest.filter(pl.col("status").is_in([o.value for o in NEEDS_A_LOOK]))
+        rows = fail(look.select(LISTED_COLUMNS).sort("row").head(listed).with_columns(*ids))
+        minutes = fail(_results_slots(every, "1m"))
+        counted = minutes if audit is None else fail(_audit_slots(audit, "1m"))
         fine = None
-        if minutes and minutes[-1].at - minutes[0].at < FINE_SPAN:  # short: read it again
+        if _short(counted):
             slots = _results_slots(every, "1s") if audit is None else _audit_slots(audit, "1s")
-            fine = _minutes(_collect([slots], results, audit_log)[0])
-    counts, top, campaigns, top_codes, code_count, rows, look_count = done[:7]
-    outcomes = dict(counts.iter_rows())
-    return PageFigures(
-        results_name=results.name,
-        rows=sum(outcomes.values()),
-        outcomes={o.value: int(outcomes.get(o.value, 0)) for o in Outcome},
-        error_codes=[(redact(str(c)), int(n)) for c, n in top_codes.iter_rows()],
-        error_codes_total=int(code_count.item()),
-        campaigns=[_campaign(r) for r in top.iter_rows(named=True)],
-        campaigns_total=int(campaigns["campaigns"][0]),
-        other_campaign_rows=int(campaigns["rows"][0] or 0) - int(top["rows"].sum()),
-        listed=[_listed(r) for r in rows.iter_rows(named=True)],
-        needs_a_look=int(look_count.item()),
-        timeline=timeline(_minutes(done[7]), None if audit is None else minutes, fine),
+            fine = _minutes(fail(slots))  # bars narrower than a minute
+    return _figures(
+        results.name,
+        groups,
+        rows,
+        timeline(_minutes(minutes), None if audit is None else _minutes(counted), fine),
         audit_name=None if audit_log is None else audit_log.name,
         verify=verify,
     )
 
 
-def _collect(queries: list[pl.LazyFrame], results: Path, audit: Path | None) -> list[pl.DataFrame]:
-    """All the page's queries in one go (polars shares the scans they have in common)."""
-    try:
-        return pl.collect_all(queries)
-    except OSError as exc:
-        raise ResultsFileError(f"cannot read {results}: {exc.strerror or exc}") from None
-    except pl.exceptions.PolarsError as exc:
-        also = "" if audit is None else f" and --audit-log {audit}"
-        raise ResultsFileError(f"cannot read {results}{also}: {exc}") from None
+def _short(minutes: pl.DataFrame) -> bool:
+    """A run shorter than `FINE_SPAN`: its chart gets bars narrower than a minute."""
+    first, last = minutes["minute"].min(), minutes["minute"].max()
+    return isinstance(first, datetime) and isinstance(last, datetime) and last - first < FINE_SPAN
+
+
+def _figures(
+    name: str,
+    groups: pl.DataFrame,
+    rows: pl.DataFrame,
+    drawn: Timeline,
+    *,
+    audit_name: str | None,
+    verify: VerifyFigures | None,
+) -> PageFigures:
+    """The page's figures from the aggregates: rows per (campaign, outcome, error code)."""
+    status = pl.col("status")
+    outcomes = dict(groups.group_by("status").agg(pl.col("len").sum()).iter_rows())
+    by_campaign = groups.group_by("campaign_id").agg(
+        pl.col("len").sum().alias("rows"),
+        *(pl.col("len").filter(status == o.value).sum().alias(o.value) for o in Outcome),
+    )
+    top = by_campaign.sort(["rows", "campaign_id"], descending=[True, False]).head(LISTED_CAMPAIGNS)
+    codes = (
+        groups.filter(pl.col("error_code").fill_null("") != "")
+        .group_by("error_code")
+        .agg(pl.col("len").sum())
+        .sort(["len", "error_code"], descending=[True, False])
+    )
+    return PageFigures(
+        results_name=name,
+        rows=sum(outcomes.values()),
+        outcomes={o.value: int(outcomes.get(o.value, 0)) for o in Outcome},
+        error_codes=[(redact(str(c)), int(n)) for c, n in codes.head(LISTED_CODES).iter_rows()],
+        error_codes_total=codes.height,
+        campaigns=[
+            _campaign(r) for r in top.with_columns(unescape("campaign_id")).iter_rows(named=True)
+        ],
+        campaigns_total=by_campaign.height,
+        other_campaign_rows=int(by_campaign["rows"].sum()) - int(top["rows"].sum()),
+        listed=[_listed(r) for r in rows.iter_rows(named=True)],
+        needs_a_look=sum(int(outcomes.get(o.value, 0)) for o in NEEDS_A_LOOK),
+        timeline=drawn,
+        audit_name=audit_name,
+        verify=verify,
+    )
+
+
+def _failing(results: Path, audit: Path | None) -> Callable[[pl.LazyFrame], pl.DataFrame]:
+    """Collect one query with the streaming engine (memory stays flat at any size), a read
+    error becoming a clear one. One query at a time: run side by side, each would hold its
+    own buffers, and a plan shared between them is held whole in memory."""
+
+    def collect(query: pl.LazyFrame) -> pl.DataFrame:
+        try:
+            return query.collect(engine="streaming")
+        except OSError as exc:
+            raise ResultsFileError(f"cannot read {results}: {exc.strerror or exc}") from None
+        except pl.exceptions.PolarsError as exc:
+            also = "" if audit is None else f" and --audit-log {audit}"
+            raise ResultsFileError(f"cannot read {results}{also}: {exc}") from None
+
+    return collect
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -209,14 +235,29 @@ def _records(readable: Readable) -> pl.LazyFrame:
     )
 
 
-def _latest(every: pl.LazyFrame) -> pl.LazyFrame:
+def _once_failed(every: pl.LazyFrame) -> pl.LazyFrame:
+    """The keys of the pairs with a `failed` record: the only ones a later record may
+    supersede (a settled pair is never sent again). Few, unless the API was down."""
+    return every.filter(pl.col("status") == Outcome.FAILED.value).select(_KEY).unique()
+
+
+def _latest(every: pl.LazyFrame, once_failed: pl.DataFrame) -> pl.LazyFrame:
     """Each pair's latest answer and each row recorded without a call: the rows' outcomes
-    as `report` counts them (report.read_results, here lazily)."""
-    indexed = every.with_row_index("i")
+    as `report` counts them. Only the pairs that once failed are deduplicated (by their
+    keys, a small set), so no pass holds a table of every pair."""
     without_call = pl.col("status").is_in([o.value for o in records.WITHOUT_CALL])
-    sent = indexed.filter(~without_call).unique(["campaign_id", "contact_id"], keep="last")
-    unsent = indexed.filter(without_call).unique(["row", "campaign_id", "contact_id"], keep="last")
-    return pl.concat([sent, unsent])
+    unsent = every.filter(without_call).unique(["row", CAMPAIGN, CONTACT], keep="last")
+    sent = every.filter(~without_call)
+    if once_failed.is_empty():
+        return pl.concat([sent, unsent])
+    again = _KEY.is_in(once_failed["key"].implode())
+    return pl.concat(
+        [
+            sent.filter(~again),
+            sent.filter(again).unique([CAMPAIGN, CONTACT], keep="last"),
+            unsent,
+        ]
+    )
 
 
 def _results_slots(every: pl.LazyFrame, unit: str) -> pl.LazyFrame:
@@ -237,21 +278,39 @@ def _results_slots(every: pl.LazyFrame, unit: str) -> pl.LazyFrame:
 
 def _audit_slots(path: Path, unit: str) -> pl.LazyFrame:
     """Calls per `unit` as the audit log tells them: one line per request, with its answer
-    and what it waited for (a second or more for the quota: it waited for the reset)."""
-    result, waited = pl.col("result"), pl.col("waited")
+    and what it waited for (a second or more for the quota: it waited for the reset).
+
+    Each line is read as text and its few fields picked out by name: polars' JSON-lines
+    reader holds the whole file in memory (2 GiB for 10M requests), the CSV reader streams.
+    Ids and server text are JSON strings, so a quote inside them is escaped and never
+    matches a field's name; a line that is not one of the log's is left out."""
+    line = pl.col("line")
     return (
-        pl.scan_ndjson(path, schema=AUDIT_SCHEMA)
-        .with_columns(pl.col("time").str.to_datetime(AUDIT_FORMAT, time_zone="UTC", strict=False))
+        pl.scan_csv(
+            path, has_header=False, separator=LINE_ONLY, quote_char=None, schema={"line": pl.String}
+        )
+        .select(
+            _field(line, "time", '"([^"]+)"')
+            .str.to_datetime(AUDIT_FORMAT, time_zone="UTC", strict=False)
+            .alias("time"),
+            _field(line, "result", '"([a-z_]+)"').alias("result"),
+            _field(line, "rate_limit_pause", NUMBER).cast(pl.Float64, strict=False).alias("paused"),
+            _field(line, "quota", NUMBER).cast(pl.Float64, strict=False).alias("quota"),
+        )
         .filter(pl.col("time").is_not_null())
         .group_by(pl.col("time").dt.truncate(unit).alias("minute"))
         .agg(
             pl.len().alias("calls"),
-            (result == "rate_limited").sum().alias("rate_limited"),
-            (result == "quota_spent").sum().alias("quota_spent"),
-            waited.struct.field("rate_limit_pause").fill_null(0).sum().alias("paused"),
-            (waited.struct.field("quota").fill_null(0) >= 1).sum().alias("quota_waits"),
+            (pl.col("result") == "rate_limited").sum().alias("rate_limited"),
+            (pl.col("result") == "quota_spent").sum().alias("quota_spent"),
+            pl.col("paused").fill_null(0).sum(),
+            (pl.col("quota").fill_null(0) >= 1).sum().alias("quota_waits"),
         )
     )
+
+
+def _field(line: pl.Expr, name: str, value: str) -> pl.Expr:
+    return line.str.extract(f'"{name}"\\s*:\\s*{value}')
 
 
 @contextlib.contextmanager

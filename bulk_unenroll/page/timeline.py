@@ -96,7 +96,7 @@ def timeline(
     if not active:
         return Timeline(from_audit=audit is not None)
     slots, unit = (fine, 1) if fine else (counted, 60)
-    first, last = slots[0].at, slots[-1].at
+    first, last = (slots[0].at, slots[-1].at) if slots else (active[0], active[-1])
     width = _bar_seconds(unit + (last - first).total_seconds())
     stretches = _stretches(active, counted)
     return Timeline(
