@@ -122,6 +122,30 @@ def test_hostile_ids_and_server_text_show_as_text_and_the_key_never_shows(
     assert HOSTILE in page.rows_by_first_cell("campaigns")
 
 
+def test_a_pair_that_failed_counts_by_its_latest_answer(tmp_path: Path) -> None:
+    """A rerun settled one failed pair; another failed twice: each counts once, as its
+    latest record says (the rows' outcomes, as `report` counts them)."""
+    at = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    settled, again = new_uuid(1), new_uuid(2)
+    out = tmp_path / "results.csv"
+    out.write_text(
+        HEADER
+        + f"1,cmp_a,{settled},failed,503,,6,,unavailable,2026-11-30T10:00:00Z\n"
+        + f"2,cmp_a,{again},failed,503,,6,,unavailable,2026-11-30T10:00:01Z\n"
+        + removed(3, at)
+        + f"1,cmp_a,{settled},removed,204,,1,,,2026-11-30T11:00:00Z\n"
+        + f"2,cmp_a,{again},failed,503,,6,,unavailable,2026-11-30T11:00:01Z\n",
+        encoding="utf-8",
+    )
+    page = read_page(make_page(out)[0])
+    totals = page.rows_by_first_cell("totals")
+    assert (totals["removed"][1], totals["failed"][1], totals["rows"][1]) == ("2", "1", "3")
+    assert [row[0] for row in page.table("needs-a-look")[1:]] == ["2"]
+    assert page.rows_by_first_cell("campaigns")["cmp_a"][:2] == ["3", "2"]
+    assert "20 API calls" in page.lead, "every attempt, the superseded records' too"
+    assert page.lead.endswith("and 1 row needs a look.")
+
+
 def test_a_large_results_file_gives_a_small_page_with_counts_of_the_rest(
     tmp_path: Path,
 ) -> None:

@@ -7,9 +7,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -206,13 +203,15 @@ def _failing(results: Path, audit: Path | None) -> Callable[[pl.LazyFrame], pl.D
 
 @contextlib.contextmanager
 def _readable(results: Path, audit_log: Path | None) -> Iterator[tuple[Readable, Path | None]]:
-    """Both files as they can be read without changing them (a torn last line left out)."""
+    """Both files as they can be read without changing them (a torn last record left out)."""
     try:
         if not results.is_file():
             raise FileNotFoundError(errno.ENOENT, "no such file")
         form = records.dialect(results)
-        with records.whole(results, form) as path, _whole_lines(audit_log) as audit:
-            yield (path, form), audit
+        if audit_log is not None:
+            _audit_log(audit_log)
+        with records.whole(results, form) as path:
+            yield (path, form), audit_log
     except OSError as exc:
         raise ResultsFileError(f"cannot read {results}: {exc.strerror or exc}") from None
 
@@ -313,36 +312,18 @@ def _field(line: pl.Expr, name: str, value: str) -> pl.Expr:
     return line.str.extract(f'"{name}"\\s*:\\s*{value}')
 
 
-@contextlib.contextmanager
-def _whole_lines(path: Path | None) -> Iterator[Path | None]:
-    """The audit log without a torn last line (a killed run): itself, or a copy cut at the
-    last line break. The log is appended line by line, so only the last line can be torn."""
-    if path is None:
-        yield None
-        return
+def _audit_log(path: Path) -> None:
+    """Refuse an audit log that cannot be read, or a file that is none (a results file given
+    by mistake, say). A torn last line (a killed run) needs no care: it is read as text, and
+    a line without its time is left out."""
     try:
         with path.open("rb") as f:
             _check_audit(path, f.readline(64 * 1024))
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - 1))
-            whole = size == 0 or f.read(1) == b"\n"
     except OSError as exc:
         raise InputError(
             f"cannot read --audit-log {path}: {exc.strerror or exc}; leave out --audit-log "
             "to make the page from the results file alone"
         ) from None
-    if whole:
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="bulk-unenroll-") as tmp:
-        copy = Path(tmp) / "audit.jsonl"
-        shutil.copyfile(path, copy)
-        with copy.open("rb+") as f:
-            chunk = min(size, 1 << 20)
-            f.seek(size - chunk)
-            cut = f.read(chunk).rfind(b"\n")
-            f.truncate(size - chunk + cut + 1 if cut >= 0 else 0)
-        yield copy
 
 
 def _check_audit(path: Path, first: bytes) -> None:

@@ -106,7 +106,7 @@ def sentence(f: PageFigures) -> str:
         f"{stretches} of work and {t.calls:,} API calls: "
         f"{o[Outcome.REMOVED.value]:,} contacts were removed from {campaigns}, "
         f"{o[Outcome.NOT_ENROLLED.value]:,} were already not enrolled, and "
-        f"{f.needs_a_look:,} rows need a look."
+        f"{'1 row needs' if f.needs_a_look == 1 else f'{f.needs_a_look:,} rows need'} a look."
     )
     return text[0].upper() + text[1:]
 
