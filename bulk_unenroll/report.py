@@ -266,14 +266,20 @@ def summary_dict(
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write whole or not at all: a scheduler never reads half a summary."""
+    write_whole(path, json.dumps(redact_data(data), indent=2) + "\n", "--summary-json")
+
+
+def write_whole(path: Path, text: str, option: str) -> None:
+    """Write `text` to `path` (given as `option`) whole or not at all, by renaming a
+    finished temporary file over it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(redact_data(data), indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ResultsFileError(
-            f"cannot write --summary-json {path}: {exc.strerror or exc}; the results file is intact"
+            f"cannot write {option} {path}: {exc.strerror or exc}; the results file is intact"
         ) from None
 
 

@@ -75,6 +75,8 @@ def test_the_page_shows_the_results_files_figures(real_run: tuple[Path, Path, Sa
     assert f"{statuses['removed']} contacts were removed from 2 campaigns" in page.lead
     assert f"{len(lines)} API calls" in page.lead
     assert "Not verified" in page.text["verification"]
+    assert {"Rows by outcome", "Calls per minute over the run"} <= set(page.svg_titles)
+    assert f"{len(lines)} calls, at most" in timeline, "the chart's description"
     assert_self_contained(html)
     assert API_KEY not in html
 
@@ -179,6 +181,8 @@ def test_a_large_results_file_gives_a_small_page_with_counts_of_the_rest(
     assert len(page.table("campaigns")) - 1 == 50
     listed_rows = sum(int(row[1].replace(",", "")) for row in page.table("campaigns")[1:])
     assert f"and 250 more campaigns with {n - listed_rows:,} rows" in page.text["campaigns"]
+    # Row i is in campaign i % 300 with status i % 10: campaigns ending in 8 or 9 lost none.
+    assert "were removed from 240 campaigns" in page.lead
     bars = [t for t in page.svg_titles if " calls" in t and "UTC, " in t]
     assert 0 < len(bars) <= MAX_BARS
     assert sum(int(t.split(": ")[1].split(" calls")[0].replace(",", "")) for t in bars) == n

@@ -4,10 +4,10 @@ there. `figures` computes what it shows (in aggregates), `timeline` the run over
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from ..errors import InputError, ResultsFileError
+from ..errors import InputError
+from ..report import write_whole
 from .figures import PageFigures, VerifyFigures, page_figures
 from .html import render
 
@@ -26,13 +26,5 @@ def write_page(
         if source is not None and dest.resolve() == source.resolve():
             raise InputError(f"--html {dest} is {name} itself; choose another path for the page")
     figures = page_figures(results, audit_log, verify=verify)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(render(figures), encoding="utf-8")
-        tmp.replace(dest)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ResultsFileError(
-            f"cannot write --html {dest}: {exc.strerror or exc}; the results file is intact"
-        ) from None
+    write_whole(dest, render(figures), "--html")
     return figures

@@ -87,17 +87,14 @@ class PageFigures:
     campaigns_total: int
     other_campaign_rows: int
     """Rows in the campaigns beyond the listed ones."""
+    removed_from: int
+    """Campaigns at least one contact was removed from."""
     listed: list[ListedRow]
     needs_a_look: int
     timeline: Timeline
     audit_name: str | None = None
     verify: VerifyFigures | None = field(default=None)
 
-    @property
-    def removed_from(self) -> int:
-        """Campaigns at least one contact was removed from."""
-        listed = sum(1 for c in self.campaigns if c.outcomes.get(Outcome.REMOVED.value))
-        return listed + (self.campaigns_total > len(self.campaigns))
 
 
 def page_figures(
@@ -173,6 +170,7 @@ def _figures(
         ],
         campaigns_total=by_campaign.height,
         other_campaign_rows=int(by_campaign["rows"].sum()) - int(top["rows"].sum()),
+        removed_from=by_campaign.filter(pl.col(Outcome.REMOVED.value) > 0).height,
         listed=[_listed(r) for r in rows.iter_rows(named=True)],
         needs_a_look=sum(int(outcomes.get(o.value, 0)) for o in NEEDS_A_LOOK),
         timeline=drawn,
