@@ -141,7 +141,7 @@ def _stretch_lines(t: Timeline, step: float, plot_h: float) -> list[str]:
         lines.append(
             f'<line x1="{x:.2f}" y1="{TOP}" x2="{x:.2f}" y2="{TOP + plot_h}" stroke="#444" '
             f'stroke-dasharray="4 3"><title>stretch {number} began {e(_when(s.start))} UTC'
-            f'</title></line><text x="{x + 3:.2f}" y="{TOP + 10}">{number}</text>'
+            f'</title></line><text x="{x + 3:.2f}" y="{TOP - 4}">{number}</text>'
         )
     return lines
 

@@ -49,8 +49,8 @@ def render(f: PageFigures, made_at: datetime | None = None) -> str:
         _header(f),
         _verification(f.verify, f.outcomes),
         _totals(f),
-        _campaigns(f),
         _timeline(f),
+        _campaigns(f),
         _needs_a_look(f),
         _error_codes(f),
     ]
