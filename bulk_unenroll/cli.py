@@ -852,8 +852,8 @@ def restore(results: Path, out: Path, **kw: Any) -> None:
     "--audit-log",
     type=click.Path(path_type=Path, dir_okay=False),
     metavar="FILE.jsonl",
-    help="With --html: the run's --audit-log, for 429 pauses, quota stops and exact calls "
-    "per minute on the page.",
+    help="With --html: the run's --audit-log, for exact calls per minute, 429s and waits "
+    "for the daily quota on the page.",
 )
 def report(
     results: Path,

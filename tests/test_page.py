@@ -258,6 +258,15 @@ def test_an_empty_audit_log_counts_no_calls(tmp_path: Path) -> None:
     assert page.rows_by_first_cell("totals")["removed"][1] == "1"
 
 
+def test_a_results_file_with_no_records_yet_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    out.write_text(HEADER, encoding="utf-8")
+    page = read_page(make_page(out)[0])
+    assert page.lead == "The results file results.csv holds no records yet: nothing was done."
+    assert "No record has a readable time" in page.text["timeline"]
+    assert "None: no row was rejected, failed or invalid" in page.text["needs-a-look"]
+
+
 def test_a_month_long_job_still_draws_at_most_the_bars_a_chart_holds() -> None:
     start = datetime(2026, 11, 1, tzinfo=UTC)
     minutes = [Minute(start + timedelta(hours=h), 10) for h in range(0, 24 * 30, 7)]

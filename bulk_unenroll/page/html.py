@@ -231,7 +231,7 @@ def _timeline(f: PageFigures) -> str:
 def _needs_a_look(f: PageFigures) -> str:
     head = f'<section id="needs-a-look"><h2>Rows that need a look ({f.needs_a_look:,})</h2>'
     if not f.needs_a_look:
-        return f'{head}<p class="ok">None: every row was settled.</p></section>'
+        return f'{head}<p class="ok">None: no row was rejected, failed or invalid.</p></section>'
     rows = [
         (f"{r.row:,}", r.campaign_id, r.contact_id, r.status, r.error_code, r.detail)
         for r in f.listed
