@@ -103,7 +103,7 @@ def csv_cell(text: str) -> str:
 def test_hostile_ids_and_server_text_show_as_text_and_the_key_never_shows(
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "results.csv"
+    out = tmp_path / "<img src=x onerror=alert(1)>.csv"  # a file name is text too
     detail = f"</td></table><script>steal()</script> Bearer {API_KEY} {API_KEY[4:16]}"
     out.write_text(
         HEADER
@@ -122,6 +122,7 @@ def test_hostile_ids_and_server_text_show_as_text_and_the_key_never_shows(
     assert listed["2"][3] == "<b>code</b>"
     assert listed["2"][4].startswith("</td></table><script>steal()</script> Bearer ***")
     assert HOSTILE in page.rows_by_first_cell("campaigns")
+    assert "report '<img src=x onerror=alert(1)>.csv' --export" in page.text["needs-a-look"]
 
 
 def test_a_pair_that_failed_counts_by_its_latest_answer(tmp_path: Path) -> None:

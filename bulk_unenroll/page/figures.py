@@ -96,7 +96,6 @@ class PageFigures:
     verify: VerifyFigures | None = field(default=None)
 
 
-
 def page_figures(
     results: Path,
     audit_log: Path | None = None,

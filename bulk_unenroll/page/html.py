@@ -6,6 +6,7 @@ attachment with no network, and prints. Every piece of text goes through `charts
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -240,7 +241,8 @@ def _needs_a_look(f: PageFigures) -> str:
     table = _table(head_row, rows, {0}, frozenset({1, 2}))
     more = f.needs_a_look - len(f.listed)
     export = (
-        f"<code>bulk-unenroll report {e(f.results_name)} --export fix.csv</code> writes them "
+        f"<code>bulk-unenroll report {e(shlex.quote(f.results_name))} --export fix.csv</code> "
+        "writes them "
         "as an input file to correct and feed back."
     )
     rest = f"The first {len(f.listed):,} by row; {more:,} more not listed. " if more > 0 else ""
