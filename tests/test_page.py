@@ -109,7 +109,8 @@ def test_hostile_ids_and_server_text_show_as_text_and_the_key_never_shows(
         HEADER
         + f"1,{csv_cell(HOSTILE)},{csv_cell(ATTRIBUTE)},invalid,,,0,,bad id,2026-11-30T10:00:00Z\n"
         + f"2,cmp_a,{new_uuid(1)},rejected,404,{csv_cell('<b>code</b>')},1,req_1,"
-        + f"{csv_cell(detail)},2026-11-30T10:00:01Z\n",
+        + f"{csv_cell(detail)},2026-11-30T10:00:01Z\n"
+        + f"3,,{new_uuid(3)},invalid,,,0,,campaign_id is empty,2026-11-30T10:00:02Z\n",
         encoding="utf-8",
     )
     html, _ = make_page(out)
@@ -120,6 +121,7 @@ def test_hostile_ids_and_server_text_show_as_text_and_the_key_never_shows(
     listed = page.rows_by_first_cell("needs-a-look")
     assert listed["1"][:2] == [HOSTILE, ATTRIBUTE], "ids read back exactly, as text"
     assert listed["2"][3] == "<b>code</b>"
+    assert listed["3"][0] == "(empty)", "an empty id is shown as such"
     assert listed["2"][4].startswith("</td></table><script>steal()</script> Bearer ***")
     assert HOSTILE in page.rows_by_first_cell("campaigns")
     assert "report '<img src=x onerror=alert(1)>.csv' --export" in page.text["needs-a-look"]

@@ -24,6 +24,8 @@ MEANINGS = {
     Outcome.INVALID.value: "not a valid id: never sent",
     Outcome.DUPLICATE.value: "repeats an earlier row: not sent again",
 }
+EMPTY = "(empty)"
+"""An empty id cell, as the tables show it."""
 STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;color:#1a1a1a;
 max-width:60rem;margin:2rem auto;padding:0 1rem;background:#fff}
@@ -170,7 +172,7 @@ def _totals(f: PageFigures) -> str:
 def _campaigns(f: PageFigures) -> str:
     names = list(f.outcomes)
     rows = [
-        (c.campaign_id or "(empty)", f"{c.rows:,}", *(f"{c.outcomes[n]:,}" for n in names))
+        (c.campaign_id or EMPTY, f"{c.rows:,}", *(f"{c.outcomes[n]:,}" for n in names))
         for c in f.campaigns
     ]
     more = f.campaigns_total - len(f.campaigns)
@@ -234,7 +236,14 @@ def _needs_a_look(f: PageFigures) -> str:
     if not f.needs_a_look:
         return f'{head}<p class="ok">None: no row was rejected, failed or invalid.</p></section>'
     rows = [
-        (f"{r.row:,}", r.campaign_id, r.contact_id, r.status, r.error_code, r.detail)
+        (
+            f"{r.row:,}",
+            r.campaign_id or EMPTY,
+            r.contact_id or EMPTY,
+            r.status,
+            r.error_code,
+            r.detail,
+        )
         for r in f.listed
     ]
     head_row = ("row", "campaign", "contact", "status", "error code", "detail")
