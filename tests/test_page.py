@@ -93,6 +93,23 @@ def test_without_the_audit_log_the_timeline_counts_the_results_files_attempts(
     assert "give it with --audit-log" in page.text["timeline"]
 
 
+def test_a_results_file_resaved_by_a_spreadsheet_gives_the_same_figures(
+    real_run: tuple[Path, Path, Sandbox], tmp_path: Path
+) -> None:
+    out, _, _ = real_run
+    resaved = tmp_path / "results.csv"
+    lines = out.read_text(encoding="utf-8").splitlines()
+    records = [line.split(",") for line in lines]  # the run's cells hold no comma here
+    resaved.write_text(
+        "\ufeff"
+        + "\r\n".join(";".join(r) for r in [[c.upper() for c in records[0]], *records[1:]]),
+        encoding="utf-8",
+    )
+    same, again = read_page(make_page(out)[0]), read_page(make_page(resaved)[0])
+    for section in ("totals", "campaigns", "needs-a-look", "timeline"):
+        assert again.tables[section] == same.tables[section], section
+
+
 # -- what customer files may hold ------------------------------------------------------------
 
 
