@@ -16,7 +16,7 @@ import polars as pl
 
 from ..errors import InputError, ResultsFileError
 from ..keys import CAMPAIGN, CONTACT, pair_key
-from ..models import NEEDS_A_LOOK, Outcome
+from ..models import NEEDS_A_LOOK, RUN_OUTCOMES, Outcome
 from ..results import records
 from ..results.records import unescape
 from ..scrub import redact
@@ -149,7 +149,7 @@ def _figures(
     outcomes = dict(groups.group_by("status").agg(pl.col("len").sum()).iter_rows())
     by_campaign = groups.group_by("campaign_id").agg(
         pl.col("len").sum().alias("rows"),
-        *(pl.col("len").filter(status == o.value).sum().alias(o.value) for o in Outcome),
+        *(pl.col("len").filter(status == o.value).sum().alias(o.value) for o in RUN_OUTCOMES),
     )
     top = by_campaign.sort(["rows", "campaign_id"], descending=[True, False]).head(LISTED_CAMPAIGNS)
     codes = (
@@ -161,7 +161,7 @@ def _figures(
     return PageFigures(
         results_name=name,
         rows=sum(outcomes.values()),
-        outcomes={o.value: int(outcomes.get(o.value, 0)) for o in Outcome},
+        outcomes={o.value: int(outcomes.get(o.value, 0)) for o in RUN_OUTCOMES},
         error_codes=[(redact(str(c)), int(n)) for c, n in codes.head(LISTED_CODES).iter_rows()],
         error_codes_total=codes.height,
         campaigns=[
@@ -346,7 +346,7 @@ def _campaign(row: dict[str, object]) -> CampaignFigures:
     return CampaignFigures(
         campaign_id=str(row["campaign_id"] or ""),
         rows=int(str(row["rows"])),
-        outcomes={o.value: int(str(row[o.value])) for o in Outcome},
+        outcomes={o.value: int(str(row[o.value])) for o in RUN_OUTCOMES},
     )
 
 
