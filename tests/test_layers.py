@@ -25,6 +25,8 @@ MAY_IMPORT = {
     # verify, like restore, reads a results file through report.py's reader (the same debt).
     "verify": {"bottom", "api", "results", "report", "verify"},
     "report": {"bottom", "input", "plan", "results"},
+    # The report page (report --html): figures from a results file, written whole by report.
+    "page": {"bottom", "results", "report", "page"},
     "sandbox": {"bottom", "input"},
     "render": {"bottom", "input", "plan", "results", "api", "send", "report", "restore", "render"},
 }

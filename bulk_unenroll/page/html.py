@@ -9,8 +9,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from importlib.metadata import version
 
-from .. import __version__
 from ..models import Outcome
 from ..text import duration
 from .charts import COLOURS, LIMITED, QUOTA, e, outcome_bar, stretch_rows, timeline_chart
@@ -62,7 +62,7 @@ def render(f: PageFigures, made_at: datetime | None = None) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>Unenrollment report: {e(f.results_name)}</title><style>{STYLE}</style>"
         f'</head><body><main>{"".join(sections)}</main><footer><p class="muted">'
-        f"Made by bulk-unenroll {e(__version__)} on {made:%Y-%m-%d %H:%M} UTC from "
+        f"Made by bulk-unenroll {e(version('bulk-unenroll'))} on {made:%Y-%m-%d %H:%M} UTC from "
         f"{e(f.results_name)}{_audit_note(f)}. This page holds everything it shows: no "
         "network is needed to open or print it.</p></footer></body></html>\n"
     )
