@@ -855,6 +855,14 @@ def restore(results: Path, out: Path, **kw: Any) -> None:
     help="With --html: the run's --audit-log, for exact calls per minute, 429s and waits "
     "for the daily quota on the page.",
 )
+@click.option(
+    "--verify",
+    "verify_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="FILE",
+    help="With --html: the verify file whose result the page shows [default: RESULTS.verify.csv "
+    "when verify has written it].",
+)
 def report(
     results: Path,
     status: str | None,
@@ -863,13 +871,14 @@ def report(
     as_json: bool,
     html: Path | None,
     audit_log: Path | None,
+    verify_file: Path | None,
 ) -> None:
     """Summarise RESULTS (any run's results file), print the selected rows, and export rows
     to fix and feed back; or write it as a report page (--html)."""
     console = Console()
     try:
-        if html is not None or audit_log is not None:
-            _page(results, html, audit_log, status, rows_format, export, as_json)
+        if html is not None or audit_log is not None or verify_file is not None:
+            _page(results, html, audit_log, verify_file, status, rows_format, export, as_json)
             return
         to_stdout = [
             name
@@ -900,6 +909,7 @@ def _page(
     results: Path,
     html: Path | None,
     audit_log: Path | None,
+    verify_file: Path | None,
     status: str | None,
     rows_format: str,
     export: Path | None,
@@ -907,7 +917,7 @@ def _page(
 ) -> None:
     """`report --html`: the page alone (one read of a large file, not two)."""
     if html is None:
-        raise InputError("--audit-log is read for the report page: add --html FILE")
+        raise InputError("--audit-log and --verify are read for the report page: add --html FILE")
     others = [
         name
         for name, used in (
@@ -923,7 +933,11 @@ def _page(
             f"--html writes the page alone; run `bulk-unenroll report` again for "
             f"{' and '.join(others)}"
         )
-    figures = write_page(results, html, audit_log)
+    if verify_file is not None and not verify_file.is_file():
+        raise InputError(f"--verify {verify_file}: no such file; run `bulk-unenroll verify` first")
+    shown = verify_file or verify_mod.default_out(results)
+    verified = verify_mod.tally(shown) if shown.is_file() else None
+    figures = write_page(results, html, audit_log, verify=verified)
     click.echo(
         f"wrote the report page {html} ({figures.rows:,} rows, {figures.needs_a_look:,} need "
         "a look); it holds everything it shows: attach it or open it in any browser",

@@ -32,6 +32,7 @@ from .errors import AuthError, ResultsFileError
 from .events import Event, Naming, field_name
 from .limits import PLANS, Plan
 from .models import CAMPAIGN_NOT_FOUND, Outcome, StopReason, Summary
+from .page.figures import VerifyFigures
 from .report import read_results
 from .results.journal import Lock, companion
 from .results.records import escape_cell, mend_tail, unescape
@@ -132,27 +133,8 @@ def read_verdicts(out: Path) -> dict[tuple[str, str], str]:
         raise ResultsFileError(f"cannot read {out}: {exc.strerror or exc}") from None
 
 
-@dataclass(frozen=True)
-class VerifyTally:
-    """A verify file in the figures a report shows (the HTML page's verification section)."""
-
-    checked_at: datetime | None
-    """The latest check."""
-    pairs_checked: int
-    """Pairs with a verdict the API gave (not unchecked, not left out of a sample)."""
-    still_absent: int
-    """`holds` and `campaign_gone`."""
-    enrolled_again: int
-    unchecked: int
-    """`unchecked` and `not_sampled`."""
-    sampled: bool
-    """Some campaign was left to a `--sample` of its pairs."""
-    again_file: str
-    """The ready input file of the pairs enrolled again ("" when there are none)."""
-
-
-def tally(out: Path) -> VerifyTally:
-    """The latest verdict per pair of a verify file, counted."""
+def tally(out: Path) -> VerifyFigures:
+    """The latest verdict per pair of a verify file, counted as the report page shows it."""
     latest = Counter(read_verdicts(out).values())
     with out.open(newline="", encoding="utf-8") as f:
         stamps = [row["checked_at"] for row in csv.DictReader(f) if row.get("checked_at")]
@@ -160,7 +142,7 @@ def tally(out: Path) -> VerifyTally:
         datetime.strptime(max(stamps), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if stamps else None
     )
     unchecked = latest[UNCHECKED] + latest[NOT_SAMPLED]
-    return VerifyTally(
+    return VerifyFigures(
         checked_at=checked_at,
         pairs_checked=latest.total() - unchecked,
         still_absent=latest[HOLDS] + latest[CAMPAIGN_GONE],

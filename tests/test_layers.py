@@ -23,7 +23,7 @@ MAY_IMPORT = {
     # belongs in results/).
     "restore": {"bottom", "input", "plan", "results", "api", "send", "report", "restore"},
     # verify, like restore, reads a results file through report.py's reader (the same debt).
-    "verify": {"bottom", "api", "results", "report", "verify"},
+    "verify": {"bottom", "api", "results", "report", "page", "verify"},
     "report": {"bottom", "input", "plan", "results"},
     # The report page (report --html): figures from a results file, written whole by report.
     "page": {"bottom", "results", "report", "page"},

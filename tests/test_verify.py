@@ -4,6 +4,7 @@ key without campaigns:read, and is judged by its own record of who is enrolled."
 
 from __future__ import annotations
 
+import html
 import signal
 import subprocess
 import sys
@@ -78,6 +79,13 @@ def test_pairs_enrolled_again_behind_the_tools_back_are_found_and_can_be_removed
     assert figures.checked_at is not None
     assert API_KEY not in proc.stdout + proc.stderr
     assert api.state.deletes.total() == len(pairs)  # verify itself deletes nothing
+
+    # The report page shows what verify found (its default verify file, found beside RESULTS).
+    page = run_cli(["report", str(results), "--html", str(tmp_path / "page.html")], env)
+    assert page.returncode == 0, page.stderr
+    shown = html.unescape((tmp_path / "page.html").read_text(encoding="utf-8"))
+    assert "3 of 150 pairs checked are enrolled again" in shown
+    assert str(ready) in shown and "Not verified" not in shown
 
     # The ready file is an input file: a run removes them again, and a new verify holds.
     fixed = run_cli(["run", str(ready), "--out", str(tmp_path / "again.csv"), *QUICK_YES], env)
@@ -356,3 +364,15 @@ def test_an_id_a_spreadsheet_would_take_for_a_formula_is_kept_as_sent(
     again = run_cli(["run", str(ready), "--out", str(tmp_path / "again.csv"), *QUICK_YES], env)
     assert again.returncode == 0, again.stderr
     assert pairs[0] in api.state.removed and pairs[0] not in api.state.enrolled
+
+
+def test_a_report_page_names_a_missing_verify_file_and_writes_nothing(tmp_path: Path) -> None:
+    results = tmp_path / "results.csv"
+    results.write_text("row,campaign_id,contact_id,status\n1,cmp_A,c1,removed\n", encoding="utf-8")
+    page = tmp_path / "page.html"
+    args = ["report", str(results), "--html", str(page), "--verify", str(tmp_path / "no.csv")]
+    proc = run_cli(args, cli_env("http://127.0.0.1:9"))
+
+    assert proc.returncode == 2, proc.stderr
+    assert "no such file; run `bulk-unenroll verify` first" in proc.stderr
+    assert "Traceback" not in proc.stderr and not page.exists()

@@ -68,6 +68,9 @@ class VerifyFigures:
     pairs_checked: int
     still_absent: int
     enrolled_again: int
+    unchecked: int = 0
+    """Pairs verify could not check (a listing that cost too much or kept changing) or left
+    out of a sample."""
     sampled: bool = False
     """A random sample per campaign was checked, not every pair."""
     again_file: str = ""

@@ -140,10 +140,17 @@ def _verification(v: VerifyFigures | None, outcomes: dict[str, int]) -> str:
         + (f"; {e(v.again_file)} lists them to remove again" if v.again_file else "")
         + ".</p>"
     )
+    if v.unchecked:
+        verdict += (
+            f'<p class="bad">{v.unchecked:,} pairs were not checked (a campaign too large '
+            "to list for its pairs, one that kept changing while read, or left out of a "
+            "sample): the verify file says which.</p>"
+        )
     rows = [
         ("pairs checked", f"{v.pairs_checked:,}"),
         ("still not enrolled", f"{v.still_absent:,}"),
         ("enrolled again", f"{v.enrolled_again:,}"),
+        ("not checked", f"{v.unchecked:,}"),
         ("recorded removed", f"{outcomes.get(Outcome.REMOVED.value, 0):,}"),
     ]
     return (
