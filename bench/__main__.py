@@ -2,7 +2,7 @@
 
     python -m bench                      # all of them
     python -m bench --only pacing idle   # some: throughput latency pacing idle check input
-                                         # restore results
+                                         # restore verify results page
     python -m bench --quick              # smaller sizes, for a smoke test of the suite
 
 Light, long benchmarks (the 3-minute per-minute pacing run, the searches for an unknown limit
@@ -20,9 +20,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import check_enrollment, idle, latency, pacing, restore, throughput
+from . import check_enrollment, idle, latency, pacing, restore, throughput, verify_cost
 
-PARTS = ("throughput", "latency", "pacing", "idle", "check", "input", "restore", "results")
+PARTS = (
+    "throughput",
+    "latency",
+    "pacing",
+    "idle",
+    "check",
+    "input",
+    "restore",
+    "verify",
+    "results",
+    "page",
+)
 
 
 def _at_scale(only: set[str], quick: bool) -> None:
@@ -33,6 +44,10 @@ def _at_scale(only: set[str], quick: bool) -> None:
         from . import results_scale
 
         results_scale.main(["--rows", "100000", "--repeat", "1"] if quick else [])
+    if "page" in only:
+        from . import page_scale
+
+        page_scale.main(["--rows", "100000"] if quick else [])
 
 
 def main() -> None:
@@ -74,6 +89,9 @@ def main() -> None:
     if "check" in only:
         sizes = ["--campaigns", "5", "--contacts", "400"] if quick else []
         figures["check enrollment"] = check_enrollment.main(sizes)
+    if "verify" in only:
+        print("\n== verify: calls for 20 campaigns")
+        verify_cost.main(["--left", "50"] if quick else [])
     _at_scale(only, quick)
 
     print(f"\nall benchmarks done in {time.monotonic() - started:.0f} s")

@@ -33,13 +33,13 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
     return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.verify_cost")
     parser.add_argument("--campaigns", type=int, default=20)
     parser.add_argument("--removed", type=int, default=50, help="Pairs removed per campaign.")
     parser.add_argument("--left", type=int, default=1000, help="Enrollments left per campaign.")
     parser.add_argument("--again", type=int, default=10, help="Pairs re-enrolled in all.")
-    a = parser.parse_args()
+    a = parser.parse_args(argv)
     removed = _pairs(a.campaigns, a.removed, 0)
     api = Sandbox(removed + _pairs(a.campaigns, a.left, 1 << 30))
     with running(api) as server, tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +50,7 @@ def main() -> None:
         results = Path(tmp) / "results.csv"
         run = _cli(["run", str(rows), "--out", str(results), "--rate", "unlimited", "-y"], env)
         assert run.returncode == 0, run.stderr
-        api.state.enrolled.update(removed[:: max(1, len(removed) // a.again)][: a.again])
+        api.enroll(removed[:: max(1, len(removed) // a.again)][: a.again])
         calls = api.state.calls
         done = _cli(["verify", str(results), "--rate", "unlimited"], env)
         spent = api.state.calls - calls
