@@ -37,6 +37,9 @@ NEEDS_A_LOOK = (Outcome.REJECTED, Outcome.FAILED, Outcome.INVALID)
 """Outcomes that make a finished job exit 1, and what `report --export` picks by default."""
 
 
+CONTACT_ID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+"""A contact id as the input layer keeps it (a lower-case UUID) and as a listing must give it
+for its rows to match."""
 CAMPAIGN_NOT_FOUND = ("campaign_not_found",)
 """The only 404 error code that settles every row of a campaign (the API client's table, the
 dead-campaign shortcut and the report's rows rejected for good share it). The campaign-start

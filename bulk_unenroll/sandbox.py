@@ -422,7 +422,11 @@ class Sandbox:
             st.churned_out.add(pair)
         else:
             back = sorted(p for p in st.churned_out - st.enrolled if p[0] == campaign)
-            pair = rnd.choice(back) if back else (campaign, f"churn-{self._next_added:08d}")
+            pair = (
+                rnd.choice(back)
+                if back
+                else (campaign, f"c0000000-0000-4000-8000-{self._next_added:012d}")
+            )
             st.enrolled.add(pair)
             self._stamp(pair)
             st.churned_in.add(pair)

@@ -137,10 +137,8 @@ def tally(out: Path) -> VerifyFigures:
     """The latest verdict per pair of a verify file, counted as the report page shows it."""
     latest = Counter(read_verdicts(out).values())
     with out.open(newline="", encoding="utf-8") as f:
-        stamps = [row["checked_at"] for row in csv.DictReader(f) if row.get("checked_at")]
-    checked_at = (
-        datetime.strptime(max(stamps), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if stamps else None
-    )
+        stamps = [_moment(row.get("checked_at") or "") for row in csv.DictReader(f)]
+    checked_at = max((s for s in stamps if s is not None), default=None)
     unchecked = latest[UNCHECKED] + latest[NOT_SAMPLED]
     return VerifyFigures(
         checked_at=checked_at,
@@ -151,6 +149,14 @@ def tally(out: Path) -> VerifyFigures:
         sampled=latest[NOT_SAMPLED] > 0,
         again_file=str(again_file(out)) if latest[ENROLLED_AGAIN] else "",
     )
+
+
+def _moment(cell: str) -> datetime | None:
+    """A `checked_at` cell; None when a hand edit or a spreadsheet re-save changed its form."""
+    try:
+        return datetime.strptime(cell, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def _plain(cell: str) -> str:

@@ -146,7 +146,7 @@ def test_new_enrollments_alone_are_taken_in_without_a_reread(serve: Serve, tmp_p
 
     class Adding(Sandbox):
         def _second_client(self, campaign: str, read: int) -> None:
-            pair = (campaign, f"new-{read}")
+            pair = (campaign, new_uuid(10_000 + read))
             self.state.enrolled.add(pair)
             self._stamp(pair)
 
@@ -166,7 +166,7 @@ def test_more_newcomers_than_a_page_holds_make_it_read_again(serve: Serve, tmp_p
             if self.state.pages > 2:
                 return
             for n in range(120):
-                pair = (campaign, f"new-{n:03d}")
+                pair = (campaign, new_uuid(20_000 + n))
                 self.state.enrolled.add(pair)
                 self._stamp(pair)
 
@@ -306,10 +306,56 @@ def odd(answer: Body, tmp_path: Path) -> tuple[Listing, list[int]]:
         tiny.close()
 
 
-def test_no_meta_a_short_single_page_is_the_whole_list(tmp_path: Path) -> None:
-    listing, asked = odd(lambda page, _: (200, {"data": {"contacts": contacts(1, 30)}}), tmp_path)
-    assert (listing.end, asked) == (End.COMPLETE, [1])
+def test_no_meta_a_short_single_page_then_an_empty_one_is_the_whole_list(tmp_path: Path) -> None:
+    def short(page: int, _: int) -> tuple[int, dict[str, object]]:
+        return 200, {"data": {"contacts": contacts(1, 30) if page == 1 else []}}
+
+    listing, asked = odd(short, tmp_path)
+    assert (listing.end, asked) == (End.COMPLETE, [1, 2])
     assert listing.contact_ids == frozenset({new_uuid(1 + i) for i in range(30)})
+
+
+def test_no_meta_and_a_page_number_ignored_is_never_taken_as_the_whole_list(
+    tmp_path: Path,
+) -> None:
+    """An API that pages by fewer than asked, or ignores `page`: page 2 is not empty."""
+    listing, asked = odd(lambda page, _: (200, {"data": {"contacts": contacts(1, 30)}}), tmp_path)
+    assert (listing.end, listing.contact_ids, asked) == (End.FAILED, None, [1, 2])
+    assert "page 2 held 30 more" in listing.detail
+
+
+def test_pages_that_overlap_are_never_taken_as_the_whole_list(tmp_path: Path) -> None:
+    """A page number the API ignores, with a true total: 100 different ids for 200."""
+
+    def same_page(page: int, _: int) -> tuple[int, dict[str, object]]:
+        return 200, {"data": {"contacts": contacts(1, 100)}, "meta": {"total": 200}}
+
+    listing, _ = odd(same_page, tmp_path)
+    assert (listing.end, listing.contact_ids) == (End.FAILED, None)
+    assert "100 different contacts for a total of 200" in listing.detail
+
+
+def test_a_total_that_is_only_the_pages_own_count_is_found_out(tmp_path: Path) -> None:
+    """meta.total 100 on a full page, with more behind it: the next page is asked for."""
+
+    def page_count(page: int, _: int) -> tuple[int, dict[str, object]]:
+        return 200, {"data": {"contacts": contacts(page * 100, 100)}, "meta": {"total": 100}}
+
+    listing, asked = odd(page_count, tmp_path)
+    assert (listing.end, listing.contact_ids, asked) == (End.FAILED, None, [1, 2])
+
+
+def test_ids_that_are_not_uuids_end_the_listing_unused(tmp_path: Path) -> None:
+    """An id the API spells otherwise would match no row: every enrolled pair of the campaign
+    would look not enrolled."""
+
+    def bare(page: int, _: int) -> tuple[int, dict[str, object]]:
+        items = [{"contact_id": new_uuid(i).replace("-", "")} for i in range(3)]
+        return 200, {"data": {"contacts": items}, "meta": {"total": 3}}
+
+    listing, _ = odd(bare, tmp_path)
+    assert (listing.end, listing.contact_ids) == (End.FAILED, None)
+    assert "not a UUID" in listing.detail
 
 
 def test_ids_in_capitals_match_the_inputs_lower_case_ones(tmp_path: Path) -> None:

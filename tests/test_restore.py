@@ -319,6 +319,31 @@ def test_a_lost_answer_is_retried_and_the_results_say_so(tmp_path: Path, serve: 
     assert all(count == 2 for count in posts_per_pair(api).values())
 
 
+class ShoutsAddedIds(Sandbox):
+    """Names the newly added ids in capitals, as another spelling of the same UUIDs."""
+
+    def _add_contacts(
+        self, campaign: str, body: bytes, extra: dict[str, str], roll: float
+    ) -> tuple[str, int, dict[str, str], bytes]:
+        kind, status, headers, content = super()._add_contacts(campaign, body, extra, roll)
+        if status != 201:
+            return kind, status, headers, content
+        answer = json.loads(content)
+        answer["data"]["contact_ids"] = [c.upper() for c in answer["data"]["contact_ids"]]
+        return kind, status, headers, json.dumps(answer).encode()
+
+
+def test_added_ids_in_capitals_are_still_recorded_restored(tmp_path: Path, serve: Serve) -> None:
+    results = write_results(tmp_path / "r.csv", removed("cmp_a", 3, start=0xABCDEF))
+    api = ShoutsAddedIds([], campaigns=["cmp_a"])
+    out = tmp_path / "restore.csv"
+    done = run_cli(restore(results, out), cli_env(serve(api).base_url))
+
+    assert done.returncode == 0, done.stderr
+    assert statuses(out) == Counter({"restored": 3})
+    assert not any("could not tell" in r["detail"] for r in read_results(out))
+
+
 # -- refusals -------------------------------------------------------------------------------
 
 

@@ -376,3 +376,18 @@ def test_a_report_page_names_a_missing_verify_file_and_writes_nothing(tmp_path: 
     assert proc.returncode == 2, proc.stderr
     assert "no such file; run `bulk-unenroll verify` first" in proc.stderr
     assert "Traceback" not in proc.stderr and not page.exists()
+
+
+def test_a_checked_at_re_saved_by_a_spreadsheet_does_not_stop_the_report_page(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "results.verify.csv"
+    out.write_text(
+        "campaign_id,contact_id,recorded,verdict,detail,checked_at\n"
+        f"cmp_A,{new_uuid(1)},removed,holds,,2026-12-01T04:05:00Z\n"
+        f"cmp_A,{new_uuid(2)},removed,holds,,01/12/2026 04:06\n",
+        encoding="utf-8",
+    )
+    figures = tally(out)
+    assert (figures.pairs_checked, figures.still_absent) == (2, 2)
+    assert figures.checked_at is not None and figures.checked_at.minute == 5

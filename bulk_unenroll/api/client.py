@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,7 +19,7 @@ import httpx
 
 from ..errors import InputError
 from ..events import Event, Said, Setting
-from ..models import CAMPAIGN_NOT_FOUND, Enrollment, Outcome
+from ..models import CAMPAIGN_NOT_FOUND, CONTACT_ID_RE, Enrollment, Outcome
 from ..scrub import redact
 from .pools import PooledTransport, proxy_mounts
 
@@ -214,7 +215,9 @@ def _parse(response: httpx.Response, seconds: float = 0.0, *, adding: bool = Fal
         if isinstance(data, dict) and not adding:
             confirmed = data.get("removed") is True
         if isinstance(data, dict) and adding and isinstance(data.get("contact_ids"), list):
-            added, confirmed = tuple(str(c) for c in data["contact_ids"]), True
+            # Lower-cased and trimmed like the pairs' ids, so an added id in capitals matches.
+            added = tuple(str(c).strip().lower() for c in data["contact_ids"])
+            confirmed = True
     if 200 <= status < 300 and not confirmed:
         said = _lacking(body, response, "contact_ids" if adding else "removed")
         taken = "every id taken as enrolled now" if adding else "taken as removed"
@@ -508,6 +511,10 @@ def _page_of(content: bytes) -> Page | str:
     )
     if not all(ids):
         return "a contact without a contact_id"
+    if not all(re.match(CONTACT_ID_RE, i) for i in ids):
+        # An id spelled otherwise (no hyphens, a prefix) would match no row, and every
+        # enrolled pair of the campaign would look not enrolled.
+        return "a contact_id that is not a UUID"
     assert isinstance(body, dict)
     return Page(ids, _total_of(body.get("meta")))
 

@@ -184,7 +184,10 @@ class _Run:
         per_page = self.lister.per_page
         if first.total is None:
             if len(first.contact_ids) < per_page:
-                return frozenset(first.contact_ids)  # the whole list in one answer
+                # The whole list in one answer, unless the API pages by fewer than asked
+                # (its default is 50) or ignores the page asked for: page 2 must be empty.
+                await self.nothing_after(1, len(set(first.contact_ids)))
+                return frozenset(first.contact_ids)
             raise _Ended(
                 End.FAILED,
                 "the answer gave no total of enrollments (meta), so a list longer than one "
@@ -194,6 +197,9 @@ class _Run:
         self.check_shape(first, 1, total)
         seen = set(first.contact_ids)
         if client.pages_for(total, per_page) == 1:
+            self.check_count(seen, total)
+            if total == per_page:  # a full page: is the total the list's, or the page's own?
+                await self.nothing_after(1, total)
             return frozenset(seen)  # one answer: a snapshot by itself
         number = 2
         while number <= client.pages_for(total, per_page):  # the list may grow meanwhile
@@ -211,7 +217,32 @@ class _Run:
             raise _Drift(
                 "page 1 read again shares nobody with page 1: more new than a page holds", again
             )
-        return frozenset(seen | set(again.contact_ids))  # with those enrolled meanwhile
+        every = seen | set(again.contact_ids)  # with those enrolled meanwhile
+        self.check_count(every, total)
+        return frozenset(every)
+
+    @staticmethod
+    def check_count(ids: set[str], total: int) -> None:
+        """Everyone enrolled now is among `ids`, so there are at least `total` of them; fewer
+        means pages that overlap (a sort with ties, a page number the API ignores) and others
+        never shown: the listing cannot be used."""
+        if len(ids) < total:
+            raise _Ended(
+                End.FAILED,
+                f"the pages held {len(ids):,} different contacts for a total of {total:,}: "
+                "they overlap, so some enrolled contacts were never shown",
+            )
+
+    async def nothing_after(self, number: int, held: int) -> None:
+        """Page `number + 1` must be empty: else the answer's count or pages cannot be trusted."""
+        after = await self.page(number + 1)
+        if after.contact_ids:
+            raise _Ended(
+                End.FAILED,
+                f"page {number} held {held:,} contacts and looked like the whole list, but "
+                f"page {number + 1} held {len(after.contact_ids):,} more: the answers' pages "
+                "or counts cannot be trusted",
+            )
 
     @staticmethod
     def check_total(

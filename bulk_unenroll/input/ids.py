@@ -7,6 +7,7 @@ from collections.abc import Callable
 import polars as pl
 
 from ..keys import CAMPAIGN, CONTACT, pair_key
+from ..models import CONTACT_ID_RE
 
 EXTRA = "extra"
 """A CSV row's first field beyond the header's, if it has one (a sign of shifted columns)."""
@@ -15,7 +16,7 @@ SENTINEL = "\x00extra"
 UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 TOKEN_RE = r"^[A-Za-z0-9_-]{1,128}$"
 CLEAN_CAMPAIGN_RE = r"^[a-z0-9_-]{1,128}$"
-CLEAN_CONTACT_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+CLEAN_CONTACT_RE = CONTACT_ID_RE
 """Cells that need no tidying: lower-case, nothing around them."""
 STRAY = " \t\r\n\u00a0\u200b\u200c\u200d\u2060\ufeff"
 """Trimmed from both ends of an id: spaces, no-break and zero-width characters, a stray BOM."""
