@@ -12,7 +12,9 @@ import json
 import re
 import signal
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -20,9 +22,11 @@ from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 from helpers import QUICK_YES, Serve, sandbox_command
 from truth import spawn_cli, wait_until
 
-from bulk_unenroll.models import Enrollment
+from bulk_unenroll.api.listing import CampaignLister, End, Listing
+from bulk_unenroll.models import Enrollment, Summary
 from bulk_unenroll.results.journal import Journal
 from bulk_unenroll.sandbox import Faults, Limits, Pair, Sandbox
+from bulk_unenroll.send.check import FRESH, EnrollmentCheck
 
 LISTED = "not in the campaign's contact listing"
 
@@ -316,3 +320,44 @@ def test_the_sandbox_command_refuses_listings_or_plays_the_second_client(tmp_pat
             for n in (1, 2, 3)
         ]
     assert totals[0] == 300 and totals[1:] != [300, 300], "the second client changed the list"
+
+
+def test_complete_listings_are_recorded_when_a_later_listing_meets_the_daily_quota(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """cmp_a (the most rows) is listed in one call; the quota runs out in cmp_b's listing.
+    cmp_a's rows are recorded all the same: else every rerun would list it again and stop at
+    the same place, day after day."""
+    people = contacts(150)
+    pairs = [("cmp_a", p) for p in people] + [("cmp_b", p) for p in people[:60]]
+    write_csv(tmp_path / "in.csv", pairs)
+    enrolled = {("cmp_a", p) for p in people[:10]}
+    api = Sandbox([*enrolled, *others("cmp_b", 250, 7000)], limits=Limits(per_day=3))
+    env, out = cli_env(serve(api).base_url), tmp_path / "out.csv"
+    done = run_cli(run_args(tmp_path / "in.csv", out), env)
+
+    assert done.returncode == 75, done.stderr
+    assert (api.state.pages, api.state.quota_refused) == (3, 0)
+    records = read_results(out)
+    assert {r["campaign_id"] for r in records} == {"cmp_a"}
+    assert [(r["status"], r["attempts"]) for r in records] == [("not_enrolled", "0")] * 140
+    api.limits.per_day = None  # the next quota day
+    rerun = run_cli(run_args(tmp_path / "in.csv", out), env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert judge(out, pairs, enrolled, api)["removed"] == 10
+
+
+def test_a_listing_older_than_fresh_settles_nothing(tmp_path: Path) -> None:
+    """A listing read before a long wait for the quota is dropped: its rows get DELETEs."""
+    said: list[str] = []
+    unused = cast(CampaignLister, None)  # forget_stale sends nothing
+    check = EnrollmentCheck(unused, {}, Summary(), lambda event: said.append(str(event)))
+    old = datetime.now(UTC) - FRESH - timedelta(minutes=1)
+    new = datetime.now(UTC)
+    check.listings = {
+        "cmp_old": Listing("cmp_old", End.COMPLETE, frozenset(), old),
+        "cmp_new": Listing("cmp_new", End.COMPLETE, frozenset(), new),
+    }
+    check.forget_stale()
+    assert set(check.listings) == {"cmp_new"}
+    assert len(said) == 1 and "cmp_old" in said[0] and "get their DELETEs" in said[0]

@@ -14,12 +14,15 @@ turns the check off for the run, with a note: the rows get their DELETEs as usua
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ..api.listing import CampaignLister, End, Headway, Listing
 from ..events import Event, Note, Said, Setting
 from ..models import Enrollment, Outcome, RowResult, Summary
 from ..plan import listable
+
+FRESH = timedelta(minutes=15)
+"""The oldest listing that still settles rows: a listing is a snapshot of the campaign."""
 
 
 class EnrollmentCheck:
@@ -90,6 +93,21 @@ class EnrollmentCheck:
                     )
                 )
             )
+
+    def forget_stale(self) -> None:
+        """Drop listings read more than `FRESH` ago (the run waited for the daily quota among
+        them): someone enrolled since would be settled without the DELETE a row asks for.
+        Their rows get DELETEs instead."""
+        now = datetime.now(UTC)
+        for campaign, listing in list(self.listings.items()):
+            if listing.read_at is not None and now - listing.read_at > FRESH:
+                del self.listings[campaign]
+                self.on_event(
+                    Note(
+                        f"campaign {campaign}'s listing is more than {FRESH.seconds // 60} "
+                        "minutes old (the run waited for the quota): its rows get their DELETEs"
+                    )
+                )
 
     def settles(self, e: Enrollment) -> bool:
         """Its campaign's listing shows the row is not enrolled. Not so when it needs its

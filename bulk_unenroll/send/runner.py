@@ -281,11 +281,14 @@ class Job:
         done: MemoryObjectSendStream[list[RowResult]],
     ) -> None:
         """Record the rows the listings settle, all at once, right after the listings (an
-        extra pass over the input): never hours later, behind DELETEs waiting for quota."""
+        extra pass over the input): never hours later, behind DELETEs waiting for quota. Also
+        when the run stops (a quota spent in a later listing): the calls of the complete
+        listings are spent, and their rows would otherwise be listed again on every rerun."""
+        check.forget_stale()
         if not check.listings:
             return
         batches = work_batches(self.source, plan)
-        while not self._stopping.is_set():
+        while True:
             batch = await anyio.to_thread.run_sync(next, batches, None)
             if batch is None:
                 return
