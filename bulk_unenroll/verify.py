@@ -138,7 +138,9 @@ def tally(out: Path) -> VerifyFigures:
     latest = Counter(read_verdicts(out).values())
     with out.open(newline="", encoding="utf-8") as f:
         stamps = [_moment(row.get("checked_at") or "") for row in csv.DictReader(f)]
-    checked_at = max((s for s in stamps if s is not None), default=None)
+    # The oldest check: a rerun into the same file keeps earlier verdicts, so the page must
+    # not date them all by the newest.
+    checked_at = min((s for s in stamps if s is not None), default=None)
     unchecked = latest[UNCHECKED] + latest[NOT_SAMPLED]
     return VerifyFigures(
         checked_at=checked_at,

@@ -319,7 +319,7 @@ def test_the_verification_section_shows_what_verify_found(
     )
     page = read_page(render(page_figures(out, verify=checked)))
     section = page.text["verification"]
-    assert "Checked every pair on 2026-12-02 09:30 UTC" in section
+    assert "Checked every pair on or since 2026-12-02 09:30 UTC" in section
     assert "2 of 14 pairs checked are enrolled again" in section
     assert "enrolled-again.csv lists them to remove again" in section
     assert page.rows_by_first_cell("verification")["still not enrolled"] == ["12"]

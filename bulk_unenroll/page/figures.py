@@ -65,6 +65,7 @@ class VerifyFigures:
     for `verify`: it builds these from its results, the page renders them when given."""
 
     checked_at: datetime | None
+    """The oldest verdict's check: every pair was checked then or since."""
     pairs_checked: int
     still_absent: int
     enrolled_again: int

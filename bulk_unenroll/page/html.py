@@ -131,7 +131,11 @@ def _verification(v: VerifyFigures | None, outcomes: dict[str, int]) -> str:
             "recorded as removed are still gone.</p></section>"
         )
     how = "a random sample of the pairs" if v.sampled else "every pair"
-    when = "" if v.checked_at is None else f" on {v.checked_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    when = (
+        ""
+        if v.checked_at is None
+        else f" on or since {v.checked_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    )
     verdict = (
         f'<p class="ok">All {v.pairs_checked:,} pairs checked are still not enrolled.</p>'
         if not v.enrolled_again
