@@ -21,6 +21,7 @@ import argparse
 import csv
 import random
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,11 @@ def scenario(
     rnd = random.Random(args.seed)
     enrolled = {pair for pair in rows if rnd.random() < args.enrolled}
     campaigns = sorted({c for c, _ in rows})
-    filler = [(c, f"other-{n:04d}-{c}") for c in campaigns for n in range(others)]
+    filler = [
+        (c, str(uuid.UUID(int=(i + 1) << 64 | n, version=4)))
+        for i, c in enumerate(campaigns)
+        for n in range(others)
+    ]
     api = Sandbox([*filler, *enrolled], campaigns=campaigns, churn=churn, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp, SandboxThread(api) as server:
         work = Path(tmp)

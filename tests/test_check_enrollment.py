@@ -361,3 +361,21 @@ def test_a_listing_older_than_fresh_settles_nothing(tmp_path: Path) -> None:
     check.forget_stale()
     assert set(check.listings) == {"cmp_new"}
     assert len(said) == 1 and "cmp_old" in said[0] and "get their DELETEs" in said[0]
+
+
+def test_a_listing_naming_ids_that_are_not_uuids_falls_back_to_deletes(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """Such ids could match no row: the listing is not used (no retry, no stop), and every
+    row gets its DELETE."""
+    people = contacts(20)
+    pairs = cross(tmp_path / "in.csv", ["cmp_a"], people)
+    enrolled = {("cmp_a", p) for p in people[:4]}
+    api = Sandbox([*enrolled, ("cmp_a", "other-0001")])
+    out = tmp_path / "out.csv"
+    done = run_cli(run_args(tmp_path / "in.csv", out), cli_env(serve(api).base_url))
+
+    assert done.returncode == 0, done.stderr
+    assert "not a UUID" in done.stdout + done.stderr
+    assert api.state.pages == 1 and sum(api.state.deletes.values()) == 20
+    assert judge(out, pairs, enrolled, api)["removed"] == 4

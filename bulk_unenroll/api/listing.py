@@ -26,6 +26,7 @@ keeps its own DELETEs off a campaign while it is listed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from enum import Enum
 
 import httpx
 
-from ..models import Enrollment
+from ..models import CONTACT_ID_RE, Enrollment
 from . import client
 from .session import Final, Request, Session
 
@@ -318,6 +319,11 @@ class _Run:
             raise _Ended(End.REFUSED, end.verdict.detail)
         if not got:
             raise _Ended(End.FAILED, f"page {number}: {end.verdict.detail}")
+        if not all(re.match(CONTACT_ID_RE, c) for c in got[0].contact_ids):
+            # An id spelled otherwise (no hyphens, a prefix) would match no row: every
+            # enrolled pair of the campaign would look not enrolled. A definite answer, so
+            # the listing ends at once, unused, and its rows get their DELETEs.
+            raise _Ended(End.FAILED, f"page {number} named a contact_id that is not a UUID")
         return got[0]
 
 
