@@ -11,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -33,7 +33,7 @@ from .models import (
 )
 from .plan import NAMED_CAMPAIGNS_MAX, RowAction, SendPlan, listable
 from .results import records
-from .results.records import unescape
+from .results.records import TIMESTAMP, stamp, unescape
 from .scrub import redact_column, redact_data
 
 SCHEMA_VERSION = 1
@@ -203,7 +203,7 @@ class Figures(Protocol):
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if moment is None else stamp(moment)
 
 
 def summary_dict(
@@ -346,7 +346,6 @@ CHUNK_ROWS = 500_000
 SPOOL_ROW_GROUP = 50_000
 """Rows per Parquet row group in the spool: what its writer holds, and what a piece's read
 skips or takes at a time."""
-TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @dataclass

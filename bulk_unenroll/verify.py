@@ -18,7 +18,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import anyio
@@ -35,7 +35,7 @@ from .models import CAMPAIGN_NOT_FOUND, Outcome, StopReason, Summary
 from .page.figures import VerifyFigures
 from .report import read_results
 from .results.journal import Lock, companion
-from .results.records import escape_cell, mend_tail, unescape
+from .results.records import escape_cell, mend_tail, read_stamp, stamp, unescape
 
 CHECKED = (Outcome.REMOVED, Outcome.NOT_ENROLLED)
 """Recorded outcomes that claim the pair is not enrolled: what verify checks."""
@@ -156,7 +156,7 @@ def tally(out: Path) -> VerifyFigures:
 def _moment(cell: str) -> datetime | None:
     """A `checked_at` cell; None when a hand edit or a spreadsheet re-save changed its form."""
     try:
-        return datetime.strptime(cell, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return read_stamp(cell)
     except ValueError:
         return None
 
@@ -236,7 +236,7 @@ class VerdictFile:
             self._writer.writerow(COLUMNS)
 
     def write(self, campaign: str, pairs: list[tuple[str, str]], judged: list[Verdict]) -> None:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = stamp()
         for (contact, _), (recorded, verdict, detail) in zip(pairs, judged, strict=True):
             cells = (campaign, contact, recorded, verdict, detail, now)
             self._writer.writerow([escape_cell(c) for c in cells])

@@ -18,7 +18,7 @@ from ..errors import InputError, ResultsFileError
 from ..keys import CAMPAIGN, CONTACT, pair_key
 from ..models import NEEDS_A_LOOK, RUN_OUTCOMES, Outcome
 from ..results import records
-from ..results.records import unescape
+from ..results.records import TIMESTAMP, unescape
 from ..scrub import redact
 from .timeline import FINE_SPAN, Minute, Timeline, timeline
 
@@ -29,7 +29,6 @@ LISTED_CAMPAIGNS = 50
 LISTED_CODES = 20
 DETAIL_CHARS = 200
 """A server message longer than this is cut on the page (the results file keeps it whole)."""
-FINISHED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 AUDIT_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 LISTED_COLUMNS = ("row", CAMPAIGN, CONTACT, "status", "error_code", "detail")
 _KEY = pair_key(pl.col(CAMPAIGN), pl.col(CONTACT))
@@ -228,7 +227,7 @@ def _records(readable: Readable) -> pl.LazyFrame:
         .filter(pl.col("row").is_not_null())
         .with_columns(
             pl.col("finished_at")
-            .str.to_datetime(FINISHED_FORMAT, time_zone="UTC", strict=False)
+            .str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False)
             .alias("at"),
             pl.col("attempts").cast(pl.Int64, strict=False).fill_null(0),
         )

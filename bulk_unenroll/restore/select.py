@@ -22,12 +22,11 @@ from ..models import Enrollment, Outcome
 from ..report import read_results
 from ..results import records
 from ..results.history import History
-from ..results.records import unescape
+from ..results.records import TIMESTAMP, unescape
 from ..send.runner import MAY_HAVE_REMOVED
 
 BATCH_MAX = 500
 """Most contact ids one Add Contacts call takes (the API answers 400 too_many_contacts above)."""
-FINISHED_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 RUN_ONLY = (Outcome.REMOVED, Outcome.NOT_ENROLLED)
 """Statuses only a run writes: a file holding them is a run's results, not a restore's."""
 
@@ -153,7 +152,7 @@ def removed_pairs(results: Path) -> tuple[pl.DataFrame, int]:
         "row",
         unescape(CAMPAIGN),
         unescape(CONTACT),
-        pl.col("finished_at").str.to_datetime(FINISHED_FORMAT, time_zone="UTC", strict=False),
+        pl.col("finished_at").str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False),
     )
     return removed, int(frame.select(lost.sum()).item() or 0)
 

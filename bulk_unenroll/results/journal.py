@@ -34,16 +34,12 @@ from ..scrub import redact
 from ..text import duration
 from . import records
 from .history import History
-from .records import escape_cell, unescape
+from .records import escape_cell, read_stamp, stamp, unescape
 
 FSYNC_EVERY = 1.0
 BINDING = "#results {:>41} {:>41}\n"
 """First line of `.sent`: the (device:inode) of its results file, and of the file about to
 replace it while a rewrite is under way. Fixed width, so it is updated in place."""
-
-
-def _utc(moment: datetime | None) -> str:
-    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _fail(path: Path, action: str, exc: OSError) -> ResultsFileError:
@@ -90,7 +86,7 @@ class Lock:
 
     @staticmethod
     def _holder() -> str:
-        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _utc(None)})
+        return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": stamp()})
 
     def release(self) -> None:
         with contextlib.suppress(OSError):
@@ -103,7 +99,7 @@ def holder_in_words(recorded: str) -> str:
     results file's, or an input claim's, which adds `, writing RESULTS`)."""
     try:
         holder = json.loads(recorded)
-        since = datetime.strptime(holder["since"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        since = read_stamp(holder["since"])
         words = f"pid {int(holder['pid'])} on host {holder['host']}"
     except (ValueError, KeyError, TypeError):
         return "holder unknown"
@@ -280,7 +276,7 @@ class Journal:
                 bound_copy.write_bytes(BINDING.format(here, "-").encode() + sent.read_bytes())
                 bound_copy.replace(sent)
             elif here not in bound:
-                aside = companion(self.out, f".sent.orphaned-{_utc(None).replace(':', '')}")
+                aside = companion(self.out, f".sent.orphaned-{stamp().replace(':', '')}")
                 sent.replace(aside)
                 self.notices.append(
                     f"set {sent.name} aside as {aside.name}: it belongs to another file that "
@@ -297,8 +293,8 @@ class Journal:
     def _make_canonical(self, form: records.Dialect) -> None:
         """A results file re-saved by a spreadsheet: keep the original beside it as a
         backup, and continue with the same records in the form this tool writes."""
-        stamp = _utc(None).replace(":", "").replace("-", "")
-        backup = self.out.with_name(f"{self.out.stem}.resaved-{stamp}{self.out.suffix}")
+        when = stamp().replace(":", "").replace("-", "")
+        backup = self.out.with_name(f"{self.out.stem}.resaved-{when}{self.out.suffix}")
         try:
             os.link(self.out, backup)  # the original file itself, under a second name
         except OSError:
@@ -373,7 +369,7 @@ class Journal:
                     r.attempts,
                     escape_cell(redact(r.request_id)),
                     escape_cell(redact(r.detail)),
-                    _utc(r.finished_at),
+                    stamp(r.finished_at),
                 )
                 for r in results
             )

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -59,6 +60,18 @@ ANSWERED = (*SETTLED, Outcome.FAILED)
 """Records of a sent pair, keyed by the pair: inputs change between runs, pairs do not."""
 WITHOUT_CALL = (Outcome.INVALID, Outcome.DUPLICATE)
 """Records of one input row, made without a call: keyed by row number and cells."""
+TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
+"""How a moment is written in a results file and its companions (locks, verify files)."""
+
+
+def stamp(moment: datetime | None = None) -> str:
+    """`moment` (by default now) as `TIMESTAMP`, in UTC."""
+    return (moment or datetime.now(UTC)).astimezone(UTC).strftime(TIMESTAMP)
+
+
+def read_stamp(text: str) -> datetime:
+    """A `TIMESTAMP` read back; ValueError when it has another form (a hand edit)."""
+    return datetime.strptime(text, TIMESTAMP).replace(tzinfo=UTC)
 
 
 def escape_cell(value: str) -> str:

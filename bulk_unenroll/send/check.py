@@ -20,6 +20,7 @@ from ..api.listing import CampaignLister, End, Headway, Listing
 from ..events import Event, Note, Said, Setting
 from ..models import Enrollment, Outcome, RowResult, Summary
 from ..plan import listable
+from ..results.records import stamp
 
 FRESH = timedelta(minutes=15)
 """The oldest listing that still settles rows: a listing is a snapshot of the campaign."""
@@ -134,7 +135,7 @@ class EnrollmentCheck:
             attempts=0,
             request_id=listing.request_id,
             detail=(
-                f"not in the campaign's contact listing read at {_iso(read_at)} "
+                f"not in the campaign's contact listing read at {stamp(read_at)} "
                 f"({len(listing.contact_ids):,} enrolled, {listing.calls} call(s)): "
                 "no DELETE sent (enrollment check)"
             ),
@@ -150,7 +151,3 @@ def _pays_off(rows: int) -> Callable[[Headway], bool]:
         return headway.calls + headway.calls_to_finish < rows
 
     return pays_off
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

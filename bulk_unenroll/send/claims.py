@@ -18,7 +18,6 @@ import os
 import socket
 import stat
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 from ..config import ReadOptions
@@ -26,6 +25,7 @@ from ..errors import ResultsFileError
 from ..events import Said, Setting
 from ..platforms import try_lock
 from ..results.journal import holder_in_words
+from ..results.records import stamp
 
 DIR_ENV = "BULK_UNENROLL_RUNTIME_DIR"
 SAMPLE = 1 << 20
@@ -101,7 +101,7 @@ class InputClaim:
             {
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
-                "since": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "since": stamp(),
                 "results": str(out.resolve()),
             }
         ).encode()
