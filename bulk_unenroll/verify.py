@@ -117,6 +117,11 @@ def claimed_absent(results: Path) -> pl.DataFrame:
 
 def read_verdicts(out: Path) -> dict[tuple[str, str], str]:
     """The latest verdict per pair in an earlier verify file (a torn last line is cut)."""
+    return {pair: record[3] for pair, record in _records(out).items()}
+
+
+def _records(out: Path) -> dict[tuple[str, str], list[str]]:
+    """The latest record per pair of a verify file; none when there is no file yet."""
     if not out.exists():
         return {}
     try:
@@ -128,18 +133,18 @@ def read_verdicts(out: Path) -> dict[tuple[str, str], str]:
                     f"{out} exists but is not a verify file (its first line is not "
                     f"{','.join(COLUMNS)}); nothing was changed: choose another --out"
                 )
-            return {(_plain(r[0]), _plain(r[1])): r[3] for r in rows if len(r) == len(COLUMNS)}
+            return {(_plain(r[0]), _plain(r[1])): r for r in rows if len(r) == len(COLUMNS)}
     except OSError as exc:
         raise ResultsFileError(f"cannot read {out}: {exc.strerror or exc}") from None
 
 
 def tally(out: Path) -> VerifyFigures:
     """The latest verdict per pair of a verify file, counted as the report page shows it."""
-    latest = Counter(read_verdicts(out).values())
-    with out.open(newline="", encoding="utf-8") as f:
-        stamps = [_moment(row.get("checked_at") or "") for row in csv.DictReader(f)]
-    # The oldest check: a rerun into the same file keeps earlier verdicts, so the page must
-    # not date them all by the newest.
+    records = _records(out)
+    latest = Counter(record[3] for record in records.values())
+    # The oldest check among them: a rerun into the same file keeps earlier verdicts, so the
+    # page must not date them all by the newest.
+    stamps = (_moment(record[5]) for record in records.values())
     checked_at = min((s for s in stamps if s is not None), default=None)
     unchecked = latest[UNCHECKED] + latest[NOT_SAMPLED]
     return VerifyFigures(
