@@ -35,7 +35,14 @@ from .models import CAMPAIGN_NOT_FOUND, Outcome, StopReason, Summary
 from .page.figures import VerifyFigures
 from .report import read_results
 from .results.journal import Lock, companion
-from .results.records import escape_cell, mend_tail, read_stamp, stamp, unescape
+from .results.records import (
+    escape_cell,
+    mend_tail,
+    read_stamp,
+    stamp,
+    unescape,
+    unescape_cell,
+)
 
 CHECKED = (Outcome.REMOVED, Outcome.NOT_ENROLLED)
 """Recorded outcomes that claim the pair is not enrolled: what verify checks."""
@@ -133,7 +140,11 @@ def _records(out: Path) -> dict[tuple[str, str], list[str]]:
                     f"{out} exists but is not a verify file (its first line is not "
                     f"{','.join(COLUMNS)}); nothing was changed: choose another --out"
                 )
-            return {(_plain(r[0]), _plain(r[1])): r for r in rows if len(r) == len(COLUMNS)}
+            return {
+                (unescape_cell(r[0]), unescape_cell(r[1])): r
+                for r in rows
+                if len(r) == len(COLUMNS)
+            }
     except OSError as exc:
         raise ResultsFileError(f"cannot read {out}: {exc.strerror or exc}") from None
 
@@ -164,11 +175,6 @@ def _moment(cell: str) -> datetime | None:
         return read_stamp(cell)
     except ValueError:
         return None
-
-
-def _plain(cell: str) -> str:
-    """An id as sent, from its escaped cell (see `records.escape_cell`)."""
-    return cell[1:] if cell.startswith("'") and escape_cell(cell[1:]) == cell else cell
 
 
 def plan(results: Path, out: Path) -> VerifyPlan:

@@ -84,6 +84,11 @@ def escape_cell(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_START) else value
 
 
+def unescape_cell(cell: str) -> str:
+    """One cell as it was before `escape_cell` (`unescape` is the same rule in polars)."""
+    return cell[1:] if cell.startswith("'") and escape_cell(cell[1:]) == cell else cell
+
+
 def stored(expr: pl.Expr) -> pl.Expr:
     """What `escape_cell` writes for each value (null as empty), as a polars expression."""
     flat = expr.fill_null("").str.replace_all(LINE_BREAK, " ")
