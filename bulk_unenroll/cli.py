@@ -1047,7 +1047,7 @@ def verify(results: Path, out: Path | None, sample: int | None, **kw: Any) -> No
             found = anyio.run(job.run, todo.todo, backend="asyncio")
             again, unchecked = verify_mod.write_followups(out)
     except BulkUnenrollError as exc:
-        console.error(redact_message(str(exc)), exc.exit_code)
+        console.error(redact_message(exc.describe(flag)), exc.exit_code)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.error(f"interrupted; the verdicts so far are in {out}, rerun to continue", 130)

@@ -391,3 +391,13 @@ def test_a_checked_at_re_saved_by_a_spreadsheet_does_not_stop_the_report_page(
     figures = tally(out)
     assert (figures.pairs_checked, figures.still_absent) == (2, 2)
     assert figures.checked_at is not None and figures.checked_at.minute == 5
+
+
+def test_a_results_file_that_is_not_one_is_refused_in_the_clis_words(tmp_path: Path) -> None:
+    results = tmp_path / "bad.csv"
+    results.write_text("a,b\n1,2\n", encoding="utf-8")
+    proc = run_cli(["verify", str(results)], cli_env("http://127.0.0.1:9"))
+
+    assert proc.returncode == 74, proc.stderr
+    assert "is not a bulk_unenroll results file" in proc.stderr
+    assert "choose a new --out" in proc.stderr and "Traceback" not in proc.stderr
