@@ -19,14 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import polars as pl
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 from helpers import Serve
 from truth import spawn_cli, wait_until
 
+from bulk_unenroll.models import Outcome, RowResult, Summary
 from bulk_unenroll.results.journal import Journal
 from bulk_unenroll.results.records import HEADER
 from bulk_unenroll.sandbox import Faults, Sandbox
+from bulk_unenroll.send.runner import Job
 
 CONTACTS = [new_uuid(1000 + i) for i in range(30)]
 DEFINITE = ("removed", "not_enrolled", "rejected")
@@ -424,3 +427,30 @@ def test_a_kill_while_tidying_leaves_the_file_whole_and_no_copy_behind(tmp_path:
     Journal(out).close()  # the next run tidies the file for real
     assert [r["status"] for r in read_results(out)] == ["removed"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.csv.sent"]
+
+
+def test_the_writer_records_what_it_holds_when_the_last_worker_closes_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The writer drains what has piled up without waiting; if the last worker closes its end
+    in the meantime (a restore's batches end that way now and then), the answers already taken
+    are still written, not lost to an internal error. No public seam reaches the writer, so
+    the test drives it directly."""
+    job = Job.__new__(Job)
+    job.summary = Summary()
+    journal = Journal(tmp_path / "results.csv")
+    answers = [
+        [RowResult(row, "cmp_a", new_uuid(row), Outcome.REMOVED, 200, attempts=1)] for row in (1, 2)
+    ]
+
+    async def write_all() -> None:
+        send, receive = anyio.create_memory_object_stream[list[RowResult]](10)
+        for batch in answers:
+            await send.send(batch)
+        send.close()  # all workers done: the writer's second drain meets the end of the stream
+        await job._writer(journal, receive)
+
+    anyio.run(write_all)
+    journal.close()
+    assert [r["row"] for r in read_results(tmp_path / "results.csv")] == ["1", "2"]
+    assert job.summary.outcomes[Outcome.REMOVED] == 2

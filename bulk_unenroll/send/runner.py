@@ -342,8 +342,8 @@ class Job:
                 while len(batch) < 1000:
                     try:
                         batch += done.receive_nowait()
-                    except anyio.WouldBlock:
-                        break
+                    except (anyio.WouldBlock, anyio.EndOfStream):  # EndOfStream: the last
+                        break  # sender closed meanwhile; what is held is still written
                 journal.record(batch)
                 for result in batch:
                     self.summary.outcomes[result.outcome] += 1
