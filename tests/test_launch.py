@@ -1,0 +1,77 @@
+"""The fork server (tests/launch.py) launches the CLI as `python -m bulk_unenroll` does: the
+same output, exit status, argv, environment and working directory, for every kind of ending.
+Each case runs both ways in the same test, whatever BULK_UNENROLL_TEST_LAUNCH says."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import launch
+import pytest
+from conftest import cli_env, new_uuid, read_results, write_csv
+from helpers import QUICK, Serve
+
+from bulk_unenroll.sandbox import Sandbox
+
+
+def both(
+    args: list[str], env: dict[str, str]
+) -> Iterator[tuple[str, subprocess.CompletedProcess[str]]]:
+    """The launch through the server, then the same launch with `python -m bulk_unenroll`."""
+    yield "server", launch.run_cli(args, env, timeout=60)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(launch.MODE_ENV, "exec")
+        yield "exec", launch.run_cli(args, env, timeout=60)
+
+
+def test_help_usage_errors_and_bad_input_end_the_same_both_ways(tmp_path: Path) -> None:
+    env = cli_env("http://127.0.0.1:9/api-gateway")
+    cases = [
+        ["--help"],
+        ["run", "--no-such-flag"],
+        ["run", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r.csv")],
+        ["report", str(tmp_path / "missing.csv")],
+    ]
+    for args in cases:
+        (_, served), (_, executed) = both(args, env)
+        assert (served.returncode, served.stdout, served.stderr) == (
+            executed.returncode,
+            executed.stdout,
+            executed.stderr,
+        ), args
+    assert [c.returncode for _, c in both(cases[1], env)] == [2, 2]
+
+
+@pytest.mark.parametrize("way", ["server", "exec"])
+def test_a_stopped_run_sees_its_argv_environment_and_directory(
+    tmp_path: Path, serve: Serve, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    """argv reaches the continue command, the environment reaches the client (the key, the
+    base URL), the working directory resolves a relative input, the exit status is the run's."""
+    rows = [("cmp_a", new_uuid(i)) for i in range(1, 13)]
+    write_csv(tmp_path / "in.csv", rows)
+    monkeypatch.chdir(tmp_path)
+    if way == "exec":
+        monkeypatch.setenv(launch.MODE_ENV, "exec")
+    api = Sandbox(rows)
+    args = ["run", "in.csv", "--out", "r.csv", *QUICK, "--max-removals", "3", "--yes"]
+
+    done = launch.run_cli(args, cli_env(serve(api).base_url), timeout=60)
+
+    assert done.returncode == 75, done.stderr
+    assert len(api.state.removed) == 3
+    assert [r["status"] for r in read_results(tmp_path / "r.csv")].count("removed") == 3
+    assert f"to continue, run: bulk-unenroll {' '.join(args)}" in done.stdout
+
+
+@pytest.mark.parametrize("way", ["server", "exec"])
+def test_a_launch_past_its_timeout_is_killed_and_raises_as_subprocess_does(
+    monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    if way == "exec":
+        monkeypatch.setenv(launch.MODE_ENV, "exec")
+    env = cli_env("http://127.0.0.1:9/api-gateway")
+    with pytest.raises(subprocess.TimeoutExpired):
+        launch.run_cli(["sandbox", "--port", "0"], env, timeout=3)
