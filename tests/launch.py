@@ -1,4 +1,4 @@
-"""Launching the CLI as its own process, fast: a fork server for `run_cli`.
+"""Launching the CLI as its own process, fast: a fork server for the tests.
 
 A CLI process spends about 0.4 s of CPU starting Python and importing polars, httpx and the
 package before it reads a single argument; the suite starts several hundred of them, and on a
@@ -9,10 +9,10 @@ own: its own pid, argv, environment, working directory, stdin/stdout/stderr, sig
 status; it runs `bulk_unenroll.cli.main` as `python -m bulk_unenroll` does, then the exit
 handlers. Only interpreter start-up and import are shared.
 
-`BULK_UNENROLL_TEST_LAUNCH=exec` launches `python -m bulk_unenroll` for every call instead
-(`make test-all`, and so CI, runs the suite that way on every Python); a call whose
+`BULK_UNENROLL_TEST_LAUNCH=exec` launches `python -m bulk_unenroll` every time instead
+(`make test-all`, and so CI, runs the suite that way on every Python); a launch whose
 environment changes how Python itself starts (a `PYTHON*`, `LANG` or `LC_*` variable) always
-does. Tests that signal or kill the CLI start it with `subprocess.Popen`, never through here.
+does. `tests/test_launch.py` holds both ways to the same behaviour.
 """
 
 from __future__ import annotations
@@ -33,18 +33,44 @@ import traceback
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any, Protocol
 
 MODE_ENV = "BULK_UNENROLL_TEST_LAUNCH"
 COMMAND = (sys.executable, "-m", "bulk_unenroll")
 _STARTUP_PREFIXES = ("PYTHON", "LC_", "LANG")
 
 
+class Process(Protocol):
+    """What the tests use of a started CLI process: `subprocess.Popen` or `Launched`."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | Any: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
+def spawn(args: Sequence[str], env: Mapping[str, str], stdout: IO[Any], stderr: IO[Any]) -> Process:
+    """`subprocess.Popen([python, -m, bulk_unenroll, *args], stdin=DEVNULL, ...)`."""
+    if _exec(env):
+        return subprocess.Popen(
+            [*COMMAND, *args], env=dict(env), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+        )
+    with open(os.devnull, "rb") as null:
+        return _server().spawn(
+            list(args), dict(env), [null.fileno(), stdout.fileno(), stderr.fileno()]
+        )
+
+
 def run_cli(
     args: Sequence[str], env: Mapping[str, str], timeout: float
 ) -> subprocess.CompletedProcess[str]:
     """`subprocess.run([python, -m, bulk_unenroll, *args], capture_output=True, text=True,
-    stdin=DEVNULL)`, through the fork server unless asked not to or not able to."""
-    if os.environ.get(MODE_ENV) == "exec" or _startup_differs(env):
+    stdin=DEVNULL, timeout=timeout)`."""
+    if _exec(env):
         return subprocess.run(
             [*COMMAND, *args],
             env=dict(env),
@@ -54,12 +80,76 @@ def run_cli(
             stdin=subprocess.DEVNULL,
             check=False,
         )
-    return _server().launch(list(args), dict(env), timeout)
+    deadline = time.monotonic() + timeout
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        with open(os.devnull, "rb") as null:
+            process = _server().spawn(list(args), dict(env), [null.fileno(), out_w, err_w])
+        os.close(out_w)
+        os.close(err_w)
+        try:
+            out, err = _read_both(out_r, err_r, deadline)
+            code = process.wait(max(deadline - time.monotonic(), 0.001))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise subprocess.TimeoutExpired([*COMMAND, *args], timeout) from None
+    finally:
+        for fd in (out_r, out_w, err_r, err_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return subprocess.CompletedProcess([*COMMAND, *args], code, _text(out), _text(err))
 
 
-def _startup_differs(env: Mapping[str, str]) -> bool:
+def _exec(env: Mapping[str, str]) -> bool:
+    if os.environ.get(MODE_ENV) == "exec":
+        return True
     names = {n for n in (*env, *os.environ) if n.startswith(_STARTUP_PREFIXES)}
     return any(env.get(n) != os.environ.get(n) for n in names)
+
+
+class Launched:
+    """A CLI process started by the fork server: the part of `Popen` the tests use. Its pid
+    stays reserved (the process is not reaped) until this object has its exit status and is
+    closed, so a signal never reaches another process that took the number."""
+
+    def __init__(self, args: list[str], conn: socket.socket) -> None:
+        self.args = [*COMMAND, *args]
+        self._conn = conn
+        self.pid = int(conn.recv(64))
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._conn.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                self._ended(self._conn.recv(64))
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._conn.settimeout(timeout if timeout is None else max(timeout, 0.001))
+            try:
+                self._ended(self._conn.recv(64))
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0) from None
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def _ended(self, status: bytes) -> None:
+        self.returncode = int(status)
+        self._conn.close()  # the server's attendant may now reap the process
 
 
 class _Server:
@@ -85,32 +175,12 @@ class _Server:
         Path(self.path).unlink(missing_ok=True)
         os.rmdir(self._folder)
 
-    def launch(
-        self, args: list[str], env: dict[str, str], timeout: float
-    ) -> subprocess.CompletedProcess[str]:
-        deadline = time.monotonic() + timeout
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        null = os.open(os.devnull, os.O_RDONLY)
+    def spawn(self, args: list[str], env: dict[str, str], stdio: list[int]) -> Launched:
         request = json.dumps({"args": args, "env": env, "cwd": os.getcwd()}).encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
-            conn.connect(self.path)
-            socket.send_fds(conn, [request], [null, out_w, err_w])
-            for fd in (null, out_w, err_w):
-                os.close(fd)
-            pid = int(conn.recv(64))
-            try:
-                out, err = _read_both(out_r, err_r, deadline)
-                conn.settimeout(max(deadline - time.monotonic(), 0.001))
-                code = int(conn.recv(64))
-            except (TimeoutError, subprocess.TimeoutExpired):
-                os.kill(pid, signal.SIGKILL)
-                raise subprocess.TimeoutExpired([*COMMAND, *args], timeout) from None
-            finally:
-                for fd in (out_r, err_r):
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-        return subprocess.CompletedProcess([*COMMAND, *args], code, _text(out), _text(err))
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conn.connect(self.path)
+        socket.send_fds(conn, [request], stdio)
+        return Launched(args, conn)
 
 
 def _read_both(out: int, err: int, deadline: float) -> tuple[bytes, bytes]:
@@ -152,7 +222,7 @@ def _server() -> _Server:
 
 
 def serve(path: str) -> None:
-    """Import what a launch imports, then fork one child per request, forever."""
+    """Import what a launch imports, then fork one attendant per request, forever."""
     import bulk_unenroll.cli  # noqa: F401  (the import every launch would repeat)
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # each attendant is reaped by the kernel
@@ -177,7 +247,8 @@ def _fork() -> int:
 
 
 def _attend(conn: socket.socket) -> None:
-    """In a child of the server: fork the CLI process, tell its pid, then its exit status."""
+    """In a child of the server: fork the CLI process, tell its pid, then its exit status;
+    reap it only once the test has closed the connection."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
     request = json.loads(message)
@@ -188,32 +259,33 @@ def _attend(conn: socket.socket) -> None:
     for fd in fds:
         os.close(fd)
     conn.send(str(pid).encode())
-    _, status = os.waitpid(pid, 0)
-    conn.send(str(os.waitstatus_to_exitcode(status)).encode())
+    ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    assert ended is not None
+    code = ended.si_status if ended.si_code == os.CLD_EXITED else -ended.si_status
+    with contextlib.suppress(OSError):
+        conn.send(str(code).encode())
+        conn.recv(1)  # until the test closes its end
+    os.waitpid(pid, 0)
     os._exit(0)
 
 
-def _become_cli(request: dict[str, object], fds: list[int]) -> None:
+def _become_cli(request: dict[str, Any], fds: list[int]) -> None:
     """Be `python -m bulk_unenroll ARGS` with this environment, directory and stdio."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
-    os.chdir(str(request["cwd"]))
-    env = request["env"]
-    assert isinstance(env, dict)
+    os.chdir(request["cwd"])
     os.environ.clear()
-    os.environ.update(env)
-    args = request["args"]
-    assert isinstance(args, list)
+    os.environ.update(request["env"])
     from bulk_unenroll import cli
 
-    sys.argv = [str(Path(cli.__file__).with_name("__main__.py")), *args]
-    code: int = 0
+    sys.argv = [str(Path(cli.__file__).with_name("__main__.py")), *request["args"]]
+    code = 0
     try:
-        cli.main(args=args, prog_name="bulk-unenroll")
+        cli.main(args=request["args"], prog_name="bulk-unenroll")
     except SystemExit as stop:
         code = _exit_code(stop.code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # as Python ends on one: by SIGINT
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     except BaseException:

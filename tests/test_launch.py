@@ -4,7 +4,9 @@ Each case runs both ways in the same test, whatever BULK_UNENROLL_TEST_LAUNCH sa
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +77,29 @@ def test_a_launch_past_its_timeout_is_killed_and_raises_as_subprocess_does(
     env = cli_env("http://127.0.0.1:9/api-gateway")
     with pytest.raises(subprocess.TimeoutExpired):
         launch.run_cli(["sandbox", "--port", "0"], env, timeout=3)
+
+
+@pytest.mark.parametrize("way", ["server", "exec"])
+def test_a_started_process_can_be_polled_signalled_and_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    if way == "exec":
+        monkeypatch.setenv(launch.MODE_ENV, "exec")
+    env = cli_env("http://127.0.0.1:9/api-gateway")
+    ready = tmp_path / "ready"
+    with (tmp_path / "out").open("ab") as out, (tmp_path / "err").open("ab") as err:
+        process = launch.spawn(
+            ["sandbox", "--port", "0", "--ready-file", str(ready)], env, out, err
+        )
+    for _ in range(600):
+        if ready.exists() and ready.read_text().endswith("\n"):
+            break
+        assert process.poll() is None, (tmp_path / "err").read_text()
+        time.sleep(0.05)
+    assert process.poll() is None
+    for timeout in (0, 0.2):
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(10) == -signal.SIGKILL == process.returncode
+    assert "listening on http://127.0.0.1:" in (tmp_path / "out").read_text()

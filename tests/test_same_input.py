@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
+import launch
 import pytest
 from conftest import cli_env, new_uuid, run_cli, write_csv
 from helpers import Serve
@@ -25,7 +25,7 @@ def run_args(src: Path, out: Path, rate: str = "unlimited") -> list[str]:
     return ["run", str(src), "--out", str(out), "--rate", rate, "--concurrency", "4", "--yes"]
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: launch.Process) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
 

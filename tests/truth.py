@@ -10,8 +10,6 @@ import csv
 import io
 import random
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import launch
 from conftest import new_uuid, write_csv
 
 from bulk_unenroll.sandbox import Faults, Pair, Sandbox
@@ -171,17 +170,12 @@ def check_truth(
     return counts
 
 
-def spawn_cli(args: Sequence[str], env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    """Start the CLI as a user would, output to files (a full pipe would block it)."""
+def spawn_cli(args: Sequence[str], env: dict[str, str], logs: Path) -> launch.Process:
+    """Start the CLI as its own process (tests/launch.py), output to files (a full pipe would
+    block it)."""
     logs.mkdir(exist_ok=True)
     with (logs / "stdout").open("ab") as stdout, (logs / "stderr").open("ab") as stderr:
-        return subprocess.Popen(
-            [sys.executable, "-m", "bulk_unenroll", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-        )
+        return launch.spawn(args, env, stdout, stderr)
 
 
 def records_in(out: Path) -> int:
@@ -193,9 +187,7 @@ def records_in(out: Path) -> int:
     return max(0, data.count(b"\n") - 1)
 
 
-def wait_until(
-    done: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float = 30
-) -> None:
+def wait_until(done: Callable[[], bool], proc: launch.Process, timeout: float = 30) -> None:
     """Poll until `done()`; fail if the process ends first or time runs out."""
     deadline = time.monotonic() + timeout
     while not done():
