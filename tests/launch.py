@@ -84,21 +84,24 @@ def run_cli(
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
-        with open(os.devnull, "rb") as null:
-            process = _server().spawn(list(args), dict(env), [null.fileno(), out_w, err_w])
-        os.close(out_w)
-        os.close(err_w)
+        try:
+            with open(os.devnull, "rb") as null:
+                process = _server().spawn(list(args), dict(env), [null.fileno(), out_w, err_w])
+        finally:
+            os.close(out_w)  # each fd closed once: another thread may reuse its number
+            os.close(err_w)
         try:
             out, err = _read_both(out_r, err_r, deadline)
             code = process.wait(max(deadline - time.monotonic(), 0.001))
-        except subprocess.TimeoutExpired:
+        except BaseException as exc:
             process.kill()
             process.wait()
-            raise subprocess.TimeoutExpired([*COMMAND, *args], timeout) from None
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise subprocess.TimeoutExpired([*COMMAND, *args], timeout) from None
+            raise
     finally:
-        for fd in (out_r, out_w, err_r, err_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        os.close(out_r)
+        os.close(err_r)
     return subprocess.CompletedProcess([*COMMAND, *args], code, _text(out), _text(err))
 
 
@@ -146,6 +149,9 @@ class Launched:
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
+
+    def __del__(self) -> None:
+        self._conn.close()  # a test that failed before the end: no ResourceWarning
 
     def _ended(self, status: bytes) -> None:
         self.returncode = int(status)

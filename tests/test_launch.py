@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import launch
@@ -103,3 +104,14 @@ def test_a_started_process_can_be_polled_signalled_and_waited_for(
     process.send_signal(signal.SIGKILL)
     assert process.wait(10) == -signal.SIGKILL == process.returncode
     assert "listening on http://127.0.0.1:" in (tmp_path / "out").read_text()
+
+
+def test_launches_from_many_threads_at_once_each_get_their_own_output() -> None:
+    """Each launch's pipes are its own (an fd closed twice would close another thread's)."""
+    env = cli_env("http://127.0.0.1:9/api-gateway")
+    commands = [["--help"], ["run", "--help"], ["report", "--help"], ["verify", "--help"]] * 4
+    with ThreadPoolExecutor(8) as pool:
+        ended = list(pool.map(lambda args: launch.run_cli(args, env, timeout=60), commands))
+    for args, done in zip(commands, ended, strict=True):
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert done.stdout.startswith(f"Usage: bulk-unenroll {args[0]} ".replace("--help ", ""))
