@@ -229,7 +229,13 @@ def _server() -> _Server:
 
 def serve(path: str) -> None:
     """Import what a launch imports, then fork one attendant per request, forever."""
-    import bulk_unenroll.cli  # noqa: F401  (the import every launch would repeat)
+    # What every launch would import again: the CLI, and what a run imports on its first
+    # await and its first request.
+    import anyio._backends._asyncio  # noqa: F401
+    import certifi  # noqa: F401
+    import httpcore  # noqa: F401
+
+    import bulk_unenroll.cli  # noqa: F401
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # each attendant is reaped by the kernel
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -23,10 +23,18 @@ def both(
     args: list[str], env: dict[str, str]
 ) -> Iterator[tuple[str, subprocess.CompletedProcess[str]]]:
     """The launch through the server, then the same launch with `python -m bulk_unenroll`."""
-    yield "server", launch.run_cli(args, env, timeout=60)
-    with pytest.MonkeyPatch.context() as patch:
+    for way in ("server", "exec"):
+        with pytest.MonkeyPatch.context() as patch:
+            choose(patch, way)
+            yield way, launch.run_cli(args, env, timeout=60)
+
+
+def choose(patch: pytest.MonkeyPatch, way: str) -> None:
+    """Launch `way`, whatever BULK_UNENROLL_TEST_LAUNCH says for the rest of the suite."""
+    if way == "exec":
         patch.setenv(launch.MODE_ENV, "exec")
-        yield "exec", launch.run_cli(args, env, timeout=60)
+    else:
+        patch.delenv(launch.MODE_ENV, raising=False)
 
 
 def test_help_usage_errors_and_bad_input_end_the_same_both_ways(tmp_path: Path) -> None:
@@ -56,8 +64,7 @@ def test_a_stopped_run_sees_its_argv_environment_and_directory(
     rows = [("cmp_a", new_uuid(i)) for i in range(1, 13)]
     write_csv(tmp_path / "in.csv", rows)
     monkeypatch.chdir(tmp_path)
-    if way == "exec":
-        monkeypatch.setenv(launch.MODE_ENV, "exec")
+    choose(monkeypatch, way)
     api = Sandbox(rows)
     args = ["run", "in.csv", "--out", "r.csv", *QUICK, "--max-removals", "3", "--yes"]
 
@@ -73,8 +80,7 @@ def test_a_stopped_run_sees_its_argv_environment_and_directory(
 def test_a_launch_past_its_timeout_is_killed_and_raises_as_subprocess_does(
     monkeypatch: pytest.MonkeyPatch, way: str
 ) -> None:
-    if way == "exec":
-        monkeypatch.setenv(launch.MODE_ENV, "exec")
+    choose(monkeypatch, way)
     env = cli_env("http://127.0.0.1:9/api-gateway")
     with pytest.raises(subprocess.TimeoutExpired):
         launch.run_cli(["sandbox", "--port", "0"], env, timeout=3)
@@ -84,8 +90,7 @@ def test_a_launch_past_its_timeout_is_killed_and_raises_as_subprocess_does(
 def test_a_started_process_can_be_polled_signalled_and_waited_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
 ) -> None:
-    if way == "exec":
-        monkeypatch.setenv(launch.MODE_ENV, "exec")
+    choose(monkeypatch, way)
     env = cli_env("http://127.0.0.1:9/api-gateway")
     ready = tmp_path / "ready"
     with (tmp_path / "out").open("ab") as out, (tmp_path / "err").open("ab") as err:
