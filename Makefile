@@ -40,7 +40,7 @@ typecheck: $(STAMP)
 # marked `solo` must reach a call rate, so they run afterwards, one at a time. The CLI is
 # launched through a fork server that has imported it once (tests/launch.py); `make test-all`
 # launches `python -m bulk_unenroll` every time instead (BULK_UNENROLL_TEST_LAUNCH=exec).
-PYTEST_WORKERS ?= 4
+PYTEST_WORKERS ?= 8
 pytest: $(STAMP)
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not gateway and not page and not solo"
 	$(BIN)/pytest -q -m solo
