@@ -447,9 +447,11 @@ def page_url(base_url: str, campaign_id: str, page: int, per_page: int) -> str:
 
 
 def classify_page(answer: Answer) -> Verdict:
-    """The listing's table. Unlike a DELETE's, a 403 (the key lacks campaigns:read) and any
-    404 end the listing, not the run: the rows go to their DELETEs as if never listed. The
-    rest (401, 429, 5xx, lost answers) means what it means for a DELETE."""
+    """The listing's table. Unlike a DELETE's, a 403 (the key lacks campaigns:read) and a 404
+    end the listing, not the run: the rows go to their DELETEs as if never listed. An
+    undocumented 404 before any answer showed the route stops the run as a wrong --base-url,
+    as it does for a DELETE. The rest (401, 429, 5xx, lost answers) means what it means for
+    a DELETE."""
     status = answer.status
     if status is not None and 200 <= status < 300:
         return Verdict(Action.DONE, detail="listed", route_exists=True)
@@ -461,8 +463,10 @@ def classify_page(answer: Answer) -> Verdict:
             f"{answer.code or 'insufficient_permissions'}): it lacks campaigns:read",
         )
     if status == 404:
+        # Unclear as for a DELETE: until an answer shows the route, a wrong --base-url.
         known = answer.code in CAMPAIGN_NOT_FOUND
-        return Verdict(Action.DONE, Outcome.REJECTED, said_404(answer), route_exists=known)
+        action = Action.DONE if known else Action.UNCLEAR_404
+        return Verdict(action, Outcome.REJECTED, said_404(answer), route_exists=known)
     return classify(answer)
 
 
