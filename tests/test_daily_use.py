@@ -350,6 +350,7 @@ def test_an_audit_log_that_cannot_be_opened_stops_before_sending(
 # -- a rehearsal in the sandbox ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_rehearsal_with_a_short_day_shows_the_quota_stop_and_the_reset(tmp_path: Path) -> None:
     """`sandbox --limit-plan starter --day-seconds 10`: the day is 8,640 times shorter and so
     is the plan's minute, so the run (pace learnt from the headers) spends a day's 100 calls

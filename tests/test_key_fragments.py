@@ -89,6 +89,7 @@ def contact(index: int) -> str:
     return new_uuid(random.Random(index).getrandbits(128))[:-4] + f"{index:04d}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_piece_of_the_key_reaches_results_terminal_or_summary(
     tmp_path: Path, echo_server: str, log_format: str

@@ -34,6 +34,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Sand
     return run_with_429s(tmp_path_factory.mktemp("page"))
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_results_files_figures(real_run: tuple[Path, Path, Sandbox]) -> None:
     out, audit, api = real_run
     html, said = make_page(out, "--audit-log", str(audit))
@@ -306,6 +307,7 @@ def test_a_short_run_gets_bars_of_seconds() -> None:
 # -- verify's section, and bad input ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_verification_section_shows_what_verify_found(
     real_run: tuple[Path, Path, Sandbox],
 ) -> None:

@@ -64,6 +64,7 @@ def run_without(
     )
 
 
+@pytest.mark.slow
 def test_windows_imports_and_helps_then_each_command_stops_with_one_sentence(
     tmp_path: Path,
 ) -> None:
