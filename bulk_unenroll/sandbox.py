@@ -32,6 +32,8 @@ from .errors import InputError
 from .limits import Rate
 
 DAY = 86_400.0
+Reply = tuple[str, int, dict[str, str], bytes]
+"""What to do (answer, hang, reset before or after answering), the status, headers, body."""
 TIME_SCALE_HEADER = "X-Sandbox-Time-Scale"
 """How many times faster than real time the sandbox's limits run (a rehearsal's short day)."""
 ROUTE = re.compile(r"^(?:/[^?]*)?/api-gateway/v1/campaigns/([^/?]+)/contacts/([^/?]+)/?(?:\?.*)?$")
@@ -219,73 +221,84 @@ class Sandbox:
             self._day = (self._day[0], self._day[1] + 1)
         return None
 
-    def handle(  # noqa: C901, PLR0912
+    def handle(
         self, method: str, path: str, headers: dict[str, str], payload: bytes = b""
-    ) -> tuple[str, int, dict[str, str], bytes]:
+    ) -> Reply:
         """Decide the answer: (what to do, status, headers, body)."""
-        st = self.state
-        st.calls += 1
+        self.state.calls += 1
         extra = {"X-Request-ID": f"req_{next(self._ids):08x}"}
         if self.limits.time_scale != 1.0:
             extra[TIME_SCALE_HEADER] = f"{self.limits.time_scale:g}"
         listed = LIST_ROUTE.match(path)
         if method == "GET" and listed:
             return self._list_contacts(unquote(listed[1]), listed[2] or "", headers, extra)
-        match = ROUTE.match(path)
         adding = ADD_ROUTE.match(path) if method == "POST" else None
-        if adding is not None:
-            match = adding
-        elif method != "DELETE" or not match:
+        match = adding or (ROUTE.match(path) if method == "DELETE" else None)
+        if match is None:
             if self.wrong_route == "bare":
                 return "answer", 404, {}, b""
             return "answer", *_error(404, "not_found", "Route not found", {})
-        auth = headers.get("authorization", "")
-        key = auth.removeprefix("Bearer ").strip()
+        refused = self._refused(headers, extra)
+        if refused is not None:
+            return refused
+        lost, roll = _pick(self._random.random(), self._faults_before(extra))
+        if lost is not None:
+            return lost
+        limited = self._admit()
+        if limited is not None:
+            return "answer", *_error(
+                429, "rate_limited", "Rate limit exceeded", {**extra, **limited[1]}
+            )
+        extra.update(self._quota_headers())
+        if adding is not None:
+            return self._add_contacts(unquote(adding[1]), payload, extra, roll)
+        return self._delete((unquote(match[1]), unquote(match[2])), extra, roll)
+
+    def _refused(self, headers: dict[str, str], extra: dict[str, str]) -> Reply | None:
+        """The key's answers: 401 for a key that is not one, 403 without campaigns:write."""
+        key = headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not key.startswith("wbk_") or (self.api_key is not None and key != self.api_key):
             return "answer", *_error(401, "invalid_key", "Invalid or expired API key", extra)
         if self.forbidden:
             return "answer", *_error(
                 403, "insufficient_permissions", "Missing campaigns:write", extra
             )
-        roll, f = self._random.random(), self.faults
-        for kind, p in (("hang", f.hang), ("reset_before", f.reset_before)):
-            if roll < p:
-                return kind, 0, {}, b""
-            roll -= p
-        if roll < f.error_503:
-            return (
-                "answer",
-                503,
-                {**extra, "Content-Type": "application/json"},
-                b'{"error":{"code":"service_unavailable","message":"try later"}}',
-            )
-        roll -= f.error_503
-        if roll < f.html_500:
-            return (
-                "answer",
-                500,
-                {**extra, "Content-Type": "text/html"},
-                b"<html><body><h1>502 Bad Gateway</h1></body></html>",
-            )
-        roll -= f.html_500
-        if roll < f.empty_5xx:
-            return "answer", 502, {**extra}, b""
-        roll -= f.empty_5xx
-        if roll < f.bare_429:
-            return "answer", 429, {}, b""
-        roll -= f.bare_429
-        refused = self._admit()
-        if refused is not None:
-            _, limit_headers = refused
-            return "answer", *_error(
-                429, "rate_limited", "Rate limit exceeded", {**extra, **limit_headers}
-            )
-        extra.update(self._quota_headers())
-        if adding is not None:
-            return self._add_contacts(unquote(adding[1]), payload, extra, roll)
-        campaign, contact = unquote(match[1]), unquote(match[2])
-        pair = (campaign, contact)
+        return None
+
+    def _faults_before(self, extra: dict[str, str]) -> list[tuple[float, Reply]]:
+        """Faults that come before the API decides anything: nothing is applied."""
+        f = self.faults
+        return [
+            (f.hang, ("hang", 0, {}, b"")),
+            (f.reset_before, ("reset_before", 0, {}, b"")),
+            (
+                f.error_503,
+                (
+                    "answer",
+                    503,
+                    {**extra, "Content-Type": "application/json"},
+                    b'{"error":{"code":"service_unavailable","message":"try later"}}',
+                ),
+            ),
+            (
+                f.html_500,
+                (
+                    "answer",
+                    500,
+                    {**extra, "Content-Type": "text/html"},
+                    b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                ),
+            ),
+            (f.empty_5xx, ("answer", 502, {**extra}, b"")),
+            (f.bare_429, ("answer", 429, {}, b"")),
+        ]
+
+    def _delete(self, pair: Pair, extra: dict[str, str], roll: float) -> Reply:
+        """Remove Contact from Campaign as documented, then the faults that lose its answer
+        or garble it (`roll` picks one)."""
+        st = self.state
         st.deletes[pair] += 1
+        campaign, contact = pair
         if campaign not in st.campaigns:
             code = self.unknown_campaign_code
             return "answer", *_error(404, code, "No campaign with this ID", extra)
@@ -296,34 +309,26 @@ class Sandbox:
         st.enrolled.discard(pair)
         st.enrolled_at.pop(pair, None)  # enrolled again later, it is the newest
         st.removed[pair] += 1
-        if roll < f.reset_after:
-            return "reset_after", 0, {}, b""
-        roll -= f.reset_after
-        if roll < f.hang_after:
-            return "hang", 0, {}, b""
-        roll -= f.hang_after
-        if roll < f.empty_2xx:
-            return "answer", 200, {**extra, "Content-Type": "application/json"}, b""
-        roll -= f.empty_2xx
-        if roll < f.malformed_2xx:
-            return "answer", 200, {**extra, "Content-Type": "application/json"}, b'{"data": {"re'
-        roll -= f.malformed_2xx
-        if roll < f.no_content_2xx:
-            return "answer", 204, extra, b""
-        roll -= f.no_content_2xx
-        if roll < f.text_2xx:
-            return "answer", 200, {**extra, "Content-Type": "text/plain"}, b"OK"
-        body = {"data": {"removed": True, "campaign_id": campaign, "contact_id": contact}}
-        return (
-            "answer",
-            200,
-            {**extra, "Content-Type": "application/json"},
-            json.dumps(body).encode(),
+        f, as_json = self.faults, {**extra, "Content-Type": "application/json"}
+        garbled, _ = _pick(
+            roll,
+            [
+                (f.reset_after, ("reset_after", 0, {}, b"")),
+                (f.hang_after, ("hang", 0, {}, b"")),
+                (f.empty_2xx, ("answer", 200, as_json, b"")),
+                (f.malformed_2xx, ("answer", 200, as_json, b'{"data": {"re')),
+                (f.no_content_2xx, ("answer", 204, extra, b"")),
+                (f.text_2xx, ("answer", 200, {**extra, "Content-Type": "text/plain"}, b"OK")),
+            ],
         )
+        if garbled is not None:
+            return garbled
+        body = {"data": {"removed": True, "campaign_id": campaign, "contact_id": contact}}
+        return "answer", 200, as_json, json.dumps(body).encode()
 
     def _add_contacts(
         self, campaign: str, body: bytes, extra: dict[str, str], roll: float
-    ) -> tuple[str, int, dict[str, str], bytes]:
+    ) -> Reply:
         """Add Contacts to Campaign as documented: ids already enrolled are skipped; the
         answer names the newly added. `reset_after` and `hang_after` lose the answer."""
         st = self.state
@@ -357,7 +362,7 @@ class Sandbox:
 
     def _list_contacts(
         self, campaign: str, query: str, headers: dict[str, str], extra: dict[str, str]
-    ) -> tuple[str, int, dict[str, str], bytes]:
+    ) -> Reply:
         """List Campaign Contacts: one page, newest first, with `meta` totals."""
         key = headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not key.startswith("wbk_") or (self.api_key is not None and key != self.api_key):
@@ -480,6 +485,16 @@ def _reset_header(reset_at: int, form: str) -> str:
     if form == "http-date":
         return formatdate(reset_at, usegmt=True)
     return str(reset_at)
+
+
+def _pick(roll: float, table: list[tuple[float, Reply]]) -> tuple[Reply | None, float]:
+    """The reply whose share of [0, 1) `roll` falls in (shares in table order), if any, and
+    the roll left past the shares it skipped, for the next table to use."""
+    for share, reply in table:
+        if roll < share:
+            return reply, roll
+        roll -= share
+    return None, roll
 
 
 def _error(
