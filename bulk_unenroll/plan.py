@@ -154,10 +154,42 @@ def _by_pair(
 
 def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
     """First pass: decide every row's action from hashes and a few bytes per row."""
+    campaigns = _CampaignCodes()
+    rows, tagged, invalid_examples = _read_rows(source, history, campaigns, examples)
+    rows = rows.with_columns(*_by_pair(tagged, rows.height, history))
+    del tagged
+    filled = (~rows["blank"]).arg_true()
+    if not len(filled):
+        raise InputError(f"{source.path} has a header but only empty rows: nothing to do")
+    ignored_tail = rows.height - (int(filled[-1]) + 1)
+    rows = rows.head(rows.height - ignored_tail)
+    invalid_examples = [(row, why) for row, why in invalid_examples if row <= rows.height]
+    actions = _actions(rows)
+    del rows
+    to_send = actions.filter(pl.col("action") == RowAction.SEND)["campaign"]
+    counts = to_send.drop_nulls().value_counts(sort=True)
+    campaign_rows = {}
+    for code, n in counts.head(1000).iter_rows():
+        campaign_rows[campaigns.name(code)] = int(n)
+    return SendPlan(
+        source.path,
+        actions.drop("campaign"),
+        campaign_rows,
+        invalid_examples,
+        campaigns=counts.height,
+        ignored_tail=ignored_tail,
+    )
+
+
+def _read_rows(
+    source: Source, history: History, campaigns: _CampaignCodes, examples: int
+) -> tuple[pl.DataFrame, list[pl.Series], list[tuple[int, str]]]:
+    """Read the input once: a few flags per row (valid, campaign code, blank, recorded
+    before), each valid row's pair key tagged with its row index, and the first invalid rows
+    as examples. Refuses a partial read, an input with no rows, one with too many."""
     tagged: list[pl.Series] = []
     flags: list[pl.DataFrame] = []
     invalid_examples: list[tuple[int, str]] = []
-    campaigns = _CampaignCodes()
     blank_reasons = [EMPTY_ROW] + ([f"{CONTACT} is empty"] if source.options.campaign else [])
     offset = 0
     for df in source.normalised():
@@ -189,16 +221,12 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
         raise InputError(f"{source.path} has a header but no data rows: nothing to do")
     if offset >= LOW_BITS:
         raise InputError(f"{source.path} has more than {LOW_BITS - 1:,} rows; split it")
-    invalid_examples = invalid_examples[:examples]
-    dup, prev, attempted, failed = _by_pair(tagged, offset, history)
-    rows = pl.concat(flags).with_columns(dup, prev, attempted, failed)
-    flags.clear()
-    filled = (~rows["blank"]).arg_true()
-    if not len(filled):
-        raise InputError(f"{source.path} has a header but only empty rows: nothing to do")
-    ignored_tail = rows.height - (int(filled[-1]) + 1)
-    rows = rows.head(rows.height - ignored_tail)
-    invalid_examples = [(row, why) for row, why in invalid_examples if row <= rows.height]
+    return pl.concat(flags), tagged, invalid_examples[:examples]
+
+
+def _actions(rows: pl.DataFrame) -> pl.DataFrame:
+    """Each row's action and the outcome it was settled or recorded with before, from its
+    flags (what `_read_rows` and `_by_pair` found)."""
     dup_row = pl.col("valid") & pl.col("dup")
     settled_as = pl.col("prev")
     action = (
@@ -225,22 +253,8 @@ def build_plan(source: Source, history: History, examples: int = 5) -> SendPlan:
         .otherwise(settled_as)
         .cast(pl.UInt8)
     )
-    actions = rows.select(
+    return rows.select(
         action.alias("action"), prev_outcome.alias("prev"), "attempted", "failed", "campaign"
-    )
-    del rows
-    to_send = actions.filter(pl.col("action") == RowAction.SEND)["campaign"]
-    counts = to_send.drop_nulls().value_counts(sort=True)
-    campaign_rows = {}
-    for code, n in counts.head(1000).iter_rows():
-        campaign_rows[campaigns.name(code)] = int(n)
-    return SendPlan(
-        source.path,
-        actions.drop("campaign"),
-        campaign_rows,
-        invalid_examples,
-        campaigns=counts.height,
-        ignored_tail=ignored_tail,
     )
 
 
