@@ -30,7 +30,7 @@ MAY_IMPORT = {
     "sandbox": {"bottom", "input"},
     "render": {"bottom", "input", "plan", "results", "api", "send", "report", "restore", "render"},
 }
-"""Each layer and the layers it may import. `cli.py` and the package's `__init__`/`__main__`
+"""Each layer and the layers it may import. `cli/` and the package's `__init__`/`__main__`
 sit on top and may import anything."""
 TOP = {"cli", "__init__", "__main__"}
 
