@@ -5,11 +5,10 @@ results file, and the export of chosen rows as a new input file. Rendering lives
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -301,44 +300,6 @@ def parse_statuses(text: str | None) -> tuple[Outcome, ...] | None:
     return tuple(Outcome(n) for n in dict.fromkeys(names))
 
 
-def read_results(path: Path, columns: Sequence[str] = records.COLUMNS) -> pl.DataFrame:
-    """The latest record of each pair the API answered for, and each row recorded without a
-    call, in file order. Records are keyed as the run keys them: by pair for sent pairs
-    (inputs change between runs), by row number and cells for invalid and duplicate rows.
-    A torn last line (a killed run) is left out; a file re-saved by a spreadsheet is read.
-    `columns` (with `row`, the ids and `status`) reads only those. It holds them all in
-    memory (`restore` reads six): anything that must stay flat at any size reads through
-    `records.latest`, as `report` does."""
-    try:
-        if not path.is_file():
-            raise FileNotFoundError(errno.ENOENT, "no such file")
-        form = records.dialect(path)
-        with records.whole(path, form) as readable:
-            frame = records.scan(readable, form).select(columns).collect()
-    except OSError as exc:
-        raise ResultsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except pl.exceptions.PolarsError as exc:
-        raise ResultsFileError(f"cannot read {path}: {exc}") from None
-    frame = frame.with_columns(pl.col("row").cast(pl.Int64, strict=False)).filter(
-        pl.col("row").is_not_null()
-    )
-    without_call = pl.col("status").is_in([o.value for o in records.WITHOUT_CALL])
-    return (
-        pl.concat(
-            [
-                frame.with_row_index("i")
-                .filter(~without_call)
-                .unique(["campaign_id", "contact_id"], keep="last", maintain_order=True),
-                frame.with_row_index("i")
-                .filter(without_call)
-                .unique(["row", "campaign_id", "contact_id"], keep="last", maintain_order=True),
-            ]
-        )
-        .sort("i")
-        .drop("i")
-    )
-
-
 TABLE_ROWS = 100
 """Rows a report shows as a table; `--format csv` or `jsonl` prints them all."""
 CHUNK_ROWS = 500_000
@@ -471,9 +432,7 @@ def open_report(path: Path, statuses: tuple[Outcome, ...] | None = None) -> Iter
     record of each pair (`records.latest`), its selected rows read when asked for."""
     selected = statuses or NEEDS_A_LOOK
     with contextlib.ExitStack() as stack:
-        try:
-            if not path.is_file():
-                raise FileNotFoundError(errno.ENOENT, "no such file")
+        with records.read_errors(path):
             latest = stack.enter_context(records.latest(path))
             facts = _facts(latest)
             chosen = facts.select(_is_selected(selected)).to_series()
@@ -481,10 +440,6 @@ def open_report(path: Path, statuses: tuple[Outcome, ...] | None = None) -> Iter
             first = _first_rows(facts.select("row", "i").filter(chosen))
             del facts, chosen  # a few bytes a record: gone before any row is read
             found.first_rows = latest.read(first.get_column("i")).sort("row", "i")
-        except OSError as exc:
-            raise ResultsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except pl.exceptions.PolarsError as exc:
-            raise ResultsFileError(f"cannot read {path}: {exc}") from None
         found.selected, found.chosen = selected, statuses is not None
         found.chosen_records = latest.records.filter(_is_selected(selected))
         yield found

@@ -33,11 +33,12 @@ from .events import Event, Naming, field_name
 from .limits import PLANS, Plan
 from .models import CAMPAIGN_NOT_FOUND, Outcome, StopReason, Summary
 from .page.figures import VerifyFigures
-from .report import read_results
 from .results.journal import Lock, companion
 from .results.records import (
     escape_cell,
+    latest,
     mend_tail,
+    read_errors,
     read_stamp,
     stamp,
     unescape,
@@ -118,8 +119,11 @@ def unchecked_file(out: Path) -> Path:
 
 def claimed_absent(results: Path) -> pl.DataFrame:
     """The pairs RESULTS says are not enrolled (latest record per pair), ids as sent."""
-    frame = read_results(results).filter(pl.col("status").is_in([o.value for o in CHECKED]))
-    return frame.select(unescape("campaign_id"), unescape("contact_id"), pl.col("status"))
+    with read_errors(results), latest(results) as found:
+        claimed = found.records.filter(pl.col("status").is_in([o.value for o in CHECKED]))
+        return claimed.select(
+            unescape("campaign_id"), unescape("contact_id"), pl.col("status")
+        ).collect(engine="streaming")
 
 
 def read_verdicts(out: Path) -> dict[tuple[str, str], str]:
@@ -152,20 +156,20 @@ def _records(out: Path) -> dict[tuple[str, str], list[str]]:
 def tally(out: Path) -> VerifyFigures:
     """The latest verdict per pair of a verify file, counted as the report page shows it."""
     records = _records(out)
-    latest = Counter(record[3] for record in records.values())
+    counts = Counter(record[3] for record in records.values())
     # The oldest check among them: a rerun into the same file keeps earlier verdicts, so the
     # page must not date them all by the newest.
     stamps = (_moment(record[5]) for record in records.values())
     checked_at = min((s for s in stamps if s is not None), default=None)
-    unchecked = latest[UNCHECKED] + latest[NOT_SAMPLED]
+    unchecked = counts[UNCHECKED] + counts[NOT_SAMPLED]
     return VerifyFigures(
         checked_at=checked_at,
-        pairs_checked=latest.total() - unchecked,
-        still_absent=latest[HOLDS] + latest[CAMPAIGN_GONE],
-        enrolled_again=latest[ENROLLED_AGAIN],
+        pairs_checked=counts.total() - unchecked,
+        still_absent=counts[HOLDS] + counts[CAMPAIGN_GONE],
+        enrolled_again=counts[ENROLLED_AGAIN],
         unchecked=unchecked,
-        sampled=latest[NOT_SAMPLED] > 0,
-        again_file=str(again_file(out)) if latest[ENROLLED_AGAIN] else "",
+        sampled=counts[NOT_SAMPLED] > 0,
+        again_file=str(again_file(out)) if counts[ENROLLED_AGAIN] else "",
     )
 
 

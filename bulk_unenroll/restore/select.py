@@ -19,7 +19,6 @@ from ..input.ids import normalise
 from ..input.source import Source
 from ..keys import CAMPAIGN, CONTACT, OUTCOMES, is_in, pair_key
 from ..models import Enrollment, Outcome
-from ..report import read_results
 from ..results import records
 from ..results.history import History
 from ..results.records import TIMESTAMP, unescape
@@ -136,25 +135,30 @@ def removed_pairs(results: Path) -> tuple[pl.DataFrame, int]:
         raise InputError(
             f"RESULTS {results} {where}: give the results file (--out) of the run to undo"
         )
+    lost = (pl.col("status") == Outcome.NOT_ENROLLED.value) & pl.col("detail").str.starts_with(
+        MAY_HAVE_REMOVED
+    )
     try:
-        records.dialect(results)
-        frame = read_results(results, ("row", CAMPAIGN, CONTACT, "status", "detail", "finished_at"))
+        with records.read_errors(results), records.latest(results) as latest:
+            frame = (
+                latest.records.filter((pl.col("status") == Outcome.REMOVED.value) | lost)
+                .select(
+                    "row",
+                    unescape(CAMPAIGN),
+                    unescape(CONTACT),
+                    pl.col("finished_at").str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False),
+                    lost.fill_null(False).alias("lost"),
+                )
+                .collect(engine="streaming")
+            )
     except ResultsFileError as exc:
         raise InputError(
             f"cannot restore from {results}: it cannot be read as a bulk_unenroll results file "
             f"({str(exc).split(': ', 1)[-1].split('. ')[0]}); give the results file (--out) of "
             "the run to undo. Nothing was sent"
         ) from None
-    lost = (pl.col("status") == Outcome.NOT_ENROLLED.value) & pl.col("detail").str.starts_with(
-        MAY_HAVE_REMOVED
-    )
-    removed = frame.filter(pl.col("status") == Outcome.REMOVED.value).select(
-        "row",
-        unescape(CAMPAIGN),
-        unescape(CONTACT),
-        pl.col("finished_at").str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False),
-    )
-    return removed, int(frame.select(lost.sum()).item() or 0)
+    removed = frame.filter(~pl.col("lost")).drop("lost")
+    return removed, frame.height - removed.height
 
 
 def _listed(pairs: Path, read: ReadOptions) -> tuple[pl.Series, int]:

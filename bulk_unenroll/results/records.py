@@ -349,6 +349,11 @@ class Latest:
         return spooled(upto.filter(pl.col("i").is_in(at.implode())))
 
     @property
+    def every(self) -> pl.LazyFrame:
+        """Every record, superseded ones too (each was a call), numbered as in `records`."""
+        return self._numbered
+
+    @property
     def records(self) -> pl.LazyFrame:
         """Every column of the latest records, for polars' streaming engine (`i` numbers the
         records in file order; `row` is Int64, the rest strings as stored, cells escaped)."""
@@ -358,6 +363,18 @@ class Latest:
         if self._superseded.is_empty():
             return self._numbered
         return self._numbered.filter(~pl.col("i").is_in(self._superseded.implode()))
+
+
+@contextlib.contextmanager
+def read_errors(path: Path) -> Iterator[None]:
+    """A failure to read `path` (no such file, unreadable, not CSV) as one clear
+    ResultsFileError naming it, whichever reader met it."""
+    try:
+        yield
+    except OSError as exc:
+        raise ResultsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except pl.exceptions.PolarsError as exc:
+        raise ResultsFileError(f"cannot read {path}: {exc}") from None
 
 
 @contextlib.contextmanager
