@@ -318,6 +318,14 @@ def spooled(lazy: pl.LazyFrame) -> pl.DataFrame:
         return pl.read_parquet(spool)
 
 
+def kept_rows(frame: pl.DataFrame, kept: pl.Series) -> pl.DataFrame:
+    """The rows of `frame` that `kept` marks, copied column by column, each column of
+    `frame` freed once copied (`frame` is left empty): never two copies of millions of rows."""
+    every = bool(kept.all())
+    columns = (frame.drop_in_place(name) for name in frame.columns)
+    return pl.DataFrame([column if every else column.filter(kept) for column in columns])
+
+
 class Latest:
     """The records of a results file that still speak: the latest of each pair, and of each
     row recorded without a call. See `latest`."""
@@ -335,10 +343,7 @@ class Latest:
         latest = is_latest(frame.get_column("key"), frame.get_column("bucket"))
         self._superseded = latest.not_().arg_true()
         frame = frame.drop("key", "bucket")
-        if self._superseded.is_empty():
-            return frame
-        # Column by column, each freed once copied: never two copies of the whole frame.
-        return pl.DataFrame([frame.drop_in_place(name).filter(latest) for name in frame.columns])
+        return frame if self._superseded.is_empty() else kept_rows(frame, latest)
 
     def read(self, at: pl.Series) -> pl.DataFrame:
         """Every column of the records numbered `at` (a few: the file is read no further
