@@ -40,6 +40,7 @@ from .results.records import (
     mend_tail,
     read_errors,
     read_stamp,
+    spooled,
     stamp,
     unescape,
     unescape_cell,
@@ -59,13 +60,16 @@ OPEN = (UNCHECKED, NOT_SAMPLED)
 Verdict = tuple[str, str, str]
 """A pair's (recorded outcome, verdict, detail)."""
 COLUMNS = ("campaign_id", "contact_id", "recorded", "verdict", "detail", "checked_at")
+PAIR = ["campaign_id", "contact_id"]
 
 
 @dataclass
 class VerifyPlan:
-    """What is left to check: campaign -> its (contact, recorded outcome) pairs."""
+    """What is left to check: the pairs, as a frame read campaign by campaign."""
 
-    todo: dict[str, list[tuple[str, str]]]
+    todo: pl.DataFrame
+    """`campaign_id`, `contact_id` (as sent) and `status` (the recorded outcome) of each pair
+    left to check, in file order; campaigns and outcomes as categoricals (they repeat)."""
     pairs: int
     """Pairs RESULTS records removed or not_enrolled."""
     campaigns: int
@@ -74,12 +78,21 @@ class VerifyPlan:
 
     @property
     def pairs_left(self) -> int:
-        return sum(map(len, self.todo.values()))
+        return self.todo.height
 
     @property
     def least_calls(self) -> int:
         """One call per campaign left: the cost when each lists on one page."""
-        return len(self.todo)
+        return self.todo.get_column("campaign_id").n_unique() if self.pairs_left else 0
+
+    def by_campaign(self) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+        """Each campaign's (contact, recorded outcome) pairs, campaigns in the order the file
+        first names them: Python objects for one campaign at a time, never for every pair."""
+        numbered = self.todo.select("campaign_id").with_row_index("at")
+        groups = numbered.group_by("campaign_id", maintain_order=True).agg("at")
+        for campaign, at in zip(groups["campaign_id"], groups["at"], strict=True):
+            pairs = self.todo[at].select("contact_id", pl.col("status").cast(pl.String))
+            yield str(campaign), list(pairs.iter_rows())
 
 
 @dataclass
@@ -118,12 +131,17 @@ def unchecked_file(out: Path) -> Path:
 
 
 def claimed_absent(results: Path) -> pl.DataFrame:
-    """The pairs RESULTS says are not enrolled (latest record per pair), ids as sent."""
+    """The pairs RESULTS says are not enrolled (latest record per pair), ids as sent, in file
+    order; campaigns and outcomes as categoricals (a few bytes a pair beside its contact)."""
     with read_errors(results), latest(results) as found:
         claimed = found.records.filter(pl.col("status").is_in([o.value for o in CHECKED]))
-        return claimed.select(
-            unescape("campaign_id"), unescape("contact_id"), pl.col("status")
-        ).collect(engine="streaming")
+        return spooled(
+            claimed.select(
+                unescape("campaign_id").cast(pl.Categorical),
+                unescape("contact_id"),
+                pl.col("status").cast(pl.Categorical),
+            )
+        )
 
 
 def read_verdicts(out: Path) -> dict[tuple[str, str], str]:
@@ -183,16 +201,20 @@ def _moment(cell: str) -> datetime | None:
 
 def plan(results: Path, out: Path) -> VerifyPlan:
     frame = claimed_absent(results)
-    judged = read_verdicts(out)
-    todo: dict[str, list[tuple[str, str]]] = {}
-    before = 0
-    for campaign, contact, status in frame.iter_rows():
-        if judged.get((campaign, contact), UNCHECKED) not in OPEN:
-            before += 1
-            continue
-        todo.setdefault(campaign, []).append((contact, status))
+    closed = [pair for pair, verdict in read_verdicts(out).items() if verdict not in OPEN]
+    todo = (
+        frame
+        if not closed
+        else frame.join(_pairs(closed), on=PAIR, how="anti", maintain_order="left")
+    )
     campaigns = frame["campaign_id"].n_unique() if frame.height else 0
-    return VerifyPlan(todo, frame.height, campaigns, before)
+    return VerifyPlan(todo, frame.height, campaigns, frame.height - todo.height)
+
+
+def _pairs(pairs: list[tuple[str, str]]) -> pl.DataFrame:
+    """Pairs as a frame to join with `claimed_absent`'s."""
+    frame = pl.DataFrame(pairs, schema={c: pl.String for c in PAIR}, orient="row")
+    return frame.with_columns(pl.col("campaign_id").cast(pl.Categorical))
 
 
 GONE = f"404 {CAMPAIGN_NOT_FOUND[0]}"
@@ -327,7 +349,7 @@ class Verification:
             workers_alive=lambda: 1,
         )
 
-    async def run(self, todo: dict[str, list[tuple[str, str]]]) -> VerifySummary:
+    async def run(self, todo: VerifyPlan) -> VerifySummary:
         session = self._session()
         session.open_audit()
         verdicts = VerdictFile(self.out)
@@ -336,8 +358,8 @@ class Verification:
             http = client.make_client(cfg.api_key.reveal(), cfg.timeout, 1, cfg.ca_bundle)
             async with http:
                 lister = CampaignLister(session, http, cfg.base_url, cfg.timeout)
-                self.summary.pairs_left = sum(map(len, todo.values()))
-                for campaign, pairs in todo.items():
+                self.summary.pairs_left = todo.pairs_left
+                for campaign, pairs in todo.by_campaign():
                     chosen = sampled(campaign, pairs, self.sample)
                     listing = await lister.list_campaign(campaign, worth(len(chosen)))
                     if listing.end is End.STOPPED:
@@ -362,9 +384,9 @@ def cost_lines(p: VerifyPlan) -> Iterator[str]:
     yield (
         f"{p.pairs:,} pairs recorded removed or not_enrolled in {p.campaigns:,} campaigns; "
         f"{p.checked_before:,} judged by an earlier verify into this file, "
-        f"{p.pairs_left:,} in {len(p.todo):,} campaigns to check"
+        f"{p.pairs_left:,} in {p.least_calls:,} campaigns to check"
     )
-    if p.todo:
+    if p.pairs_left:
         yield (
             f"cost: at least {p.least_calls:,} listing calls (one per campaign); a campaign of "
             f"E enrollments costs ceil(E/{PER_PAGE})+1 calls (the +1 re-reads its first page to "
