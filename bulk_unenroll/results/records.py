@@ -321,9 +321,12 @@ def spooled(lazy: pl.LazyFrame) -> pl.DataFrame:
 def kept_rows(frame: pl.DataFrame, kept: pl.Series) -> pl.DataFrame:
     """The rows of `frame` that `kept` marks, copied column by column, each column of
     `frame` freed once copied (`frame` is left empty): never two copies of millions of rows."""
-    every = bool(kept.all())
-    columns = (frame.drop_in_place(name) for name in frame.columns)
-    return pl.DataFrame([column if every else column.filter(kept) for column in columns])
+    every, columns = bool(kept.all()), []
+    for name in frame.columns:
+        column = frame.drop_in_place(name)
+        columns.append(column if every else column.filter(kept))
+        del column  # before the next column is taken out
+    return pl.DataFrame(columns)
 
 
 class Latest:
@@ -334,16 +337,23 @@ class Latest:
         self._numbered = numbered
         self._superseded: pl.Series | None = None
 
-    def facts(self, *columns: pl.Expr | str) -> pl.DataFrame:
-        """`columns` of every latest record, in file order, from one streaming pass that also
-        finds the superseded records. Keep them narrow (codes, numbers, categoricals): they
-        are held for every record, beside one 16-byte key."""
+    def marked(self, *columns: pl.Expr | str) -> tuple[pl.DataFrame, pl.Series]:
+        """`columns` of every record, in file order, and beside them whether each still
+        speaks (the latest of its key), from one streaming pass that also finds the
+        superseded records. Keep the columns narrow (codes, numbers, categoricals): they are
+        held for every record, beside one 16-byte key. Nothing is copied: filter each column
+        by the mask as it is used (a copy of the latest records held 240 MiB more at 10M
+        records, and so does a frame operation on the columns with the mask among them:
+        polars copies the whole frame into one chunk to line them up)."""
         os.environ.setdefault("POLARS_CSV_CHUNK_SIZE", str(CSV_CHUNK_BYTES))
         frame = self._numbered.select(*_record_key(), *columns).collect(engine="streaming")
         latest = is_latest(frame.get_column("key"), frame.get_column("bucket"))
         self._superseded = latest.not_().arg_true()
-        frame = frame.drop("key", "bucket")
-        return frame if self._superseded.is_empty() else kept_rows(frame, latest)
+        return frame.drop("key", "bucket"), latest
+
+    def facts(self, *columns: pl.Expr | str) -> pl.DataFrame:
+        """`columns` of every latest record, in file order (`marked`, the others left out)."""
+        return kept_rows(*self.marked(*columns))
 
     def read(self, at: pl.Series) -> pl.DataFrame:
         """Every column of the records numbered `at` (a few: the file is read no further
@@ -363,7 +373,7 @@ class Latest:
         """Every column of the latest records, for polars' streaming engine (`i` numbers the
         records in file order; `row` is Int64, the rest strings as stored, cells escaped)."""
         if self._superseded is None:
-            self.facts()
+            self.marked()
         assert self._superseded is not None
         if self._superseded.is_empty():
             return self._numbered
