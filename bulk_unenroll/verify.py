@@ -30,6 +30,7 @@ from .api.session import Hold, Session
 from .config import JobConfig
 from .errors import AuthError, ResultsFileError
 from .events import Event, Naming, field_name
+from .keys import rows_by_campaign
 from .limits import PLANS, Plan
 from .models import CAMPAIGN_NOT_FOUND, Outcome, StopReason, Summary
 from .page.figures import VerifyFigures
@@ -88,9 +89,7 @@ class VerifyPlan:
     def by_campaign(self) -> Iterator[tuple[str, list[tuple[str, str]]]]:
         """Each campaign's (contact, recorded outcome) pairs, campaigns in the order the file
         first names them: Python objects for one campaign at a time, never for every pair."""
-        numbered = self.todo.select("campaign_id").with_row_index("at")
-        groups = numbered.group_by("campaign_id", maintain_order=True).agg("at")
-        for campaign, at in zip(groups["campaign_id"], groups["at"], strict=True):
+        for campaign, at in rows_by_campaign(self.todo.get_column("campaign_id")):
             pairs = self.todo[at].select("contact_id", pl.col("status").cast(pl.String))
             yield str(campaign), list(pairs.iter_rows())
 
