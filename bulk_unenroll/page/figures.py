@@ -204,7 +204,7 @@ def _readable(results: Path, audit_log: Path | None) -> Iterator[records.Latest]
     with records.read_errors(results), records.latest(results) as found:
         if audit_log is not None:
             _audit_log(audit_log)
-        found.facts()  # the pass that finds the superseded records, its errors named here
+        found.marked()  # the pass that finds the superseded records, its errors named here
         yield found
 
 

@@ -131,7 +131,7 @@ def removed_pairs(results: Path, filters: Filters) -> tuple[pl.DataFrame, int]:
     """The pairs RESULTS marks `removed` by its latest record of each pair, in file order:
     `row`, `campaign_id` (categorical) and `contact_id` as sent, their `key`, and whether
     the time and campaign filters keep them (`kept`); and how many it marks `not_enrolled`
-    after a lost answer. About 90 bytes a pair: the ids, which a restore sends, and a key."""
+    after a lost answer. About 64 bytes a pair: the ids, which a restore sends, and a key."""
     if not results.is_file():
         where = "is a folder" if results.is_dir() else "does not exist"
         raise InputError(
