@@ -6,6 +6,8 @@ both hash a pair the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import polars as pl
 
 from .models import Outcome
@@ -58,6 +60,8 @@ def found_at(sorted_keys: pl.Series, keys: pl.Series, *, in_order: bool = False)
 
 def is_in(sorted_keys: pl.Series, keys: pl.Series, *, in_order: bool = False) -> pl.Series:
     """Whether each key is in `sorted_keys` (bisection: no hash table of millions)."""
+    if sorted_keys.is_empty():  # a byte a key, not a null key of 16 bytes
+        return pl.repeat(False, len(keys), dtype=pl.Boolean, eager=True).alias("found")
     entry = found_at(sorted_keys, keys, in_order=in_order)
     return (entry == keys).fill_null(False).alias("found")
 
@@ -67,7 +71,19 @@ def empty_keys() -> pl.Series:
 
 
 def settled_code(entries: pl.Series, keys: pl.Series, *, in_order: bool = False) -> pl.Series:
+    """Per key, the outcome code `entries` (`History.settled`) records for it, else null."""
+    if entries.is_empty():  # a byte a key, not a null key of 16 bytes
+        return nulls("prev", len(keys), pl.UInt8())
     entry = pl.DataFrame({"entry": found_at(entries, keys, in_order=in_order), "key": keys})
     code = pl.col("entry") % LOW_BITS
     same_pair = (pl.col("entry") - code) == pl.col("key")
     return entry.select(pl.when(same_pair).then(code.cast(pl.UInt8)).alias("prev"))["prev"]
+
+
+def rows_by_campaign(campaigns: pl.Series) -> Iterator[tuple[str, pl.Series]]:
+    """Each campaign of a categorical column, in the order it first appears, with the numbers
+    of its rows in order: lists of row numbers, not copies of the rows (grouping the frame
+    itself held 270 MiB more at 8 million rows, its column of codes alone 120)."""
+    codes = campaigns.to_physical().rechunk().to_frame("code").with_row_index("at")
+    for at in codes.group_by("code", maintain_order=True).agg("at").get_column("at"):
+        yield str(campaigns[at[0]]), at

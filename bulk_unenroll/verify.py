@@ -30,15 +30,18 @@ from .api.session import Hold, Session
 from .config import JobConfig
 from .errors import AuthError, ResultsFileError
 from .events import Event, Naming, field_name
+from .keys import rows_by_campaign
 from .limits import PLANS, Plan
 from .models import CAMPAIGN_NOT_FOUND, Outcome, StopReason, Summary
 from .page.figures import VerifyFigures
-from .report import read_results
 from .results.journal import Lock, companion
 from .results.records import (
     escape_cell,
+    latest,
     mend_tail,
+    read_errors,
     read_stamp,
+    spooled,
     stamp,
     unescape,
     unescape_cell,
@@ -58,13 +61,16 @@ OPEN = (UNCHECKED, NOT_SAMPLED)
 Verdict = tuple[str, str, str]
 """A pair's (recorded outcome, verdict, detail)."""
 COLUMNS = ("campaign_id", "contact_id", "recorded", "verdict", "detail", "checked_at")
+PAIR = ["campaign_id", "contact_id"]
 
 
 @dataclass
 class VerifyPlan:
-    """What is left to check: campaign -> its (contact, recorded outcome) pairs."""
+    """What is left to check: the pairs, as a frame read campaign by campaign."""
 
-    todo: dict[str, list[tuple[str, str]]]
+    todo: pl.DataFrame
+    """`campaign_id`, `contact_id` (as sent) and `status` (the recorded outcome) of each pair
+    left to check, in file order; campaigns and outcomes as categoricals (they repeat)."""
     pairs: int
     """Pairs RESULTS records removed or not_enrolled."""
     campaigns: int
@@ -73,12 +79,19 @@ class VerifyPlan:
 
     @property
     def pairs_left(self) -> int:
-        return sum(map(len, self.todo.values()))
+        return self.todo.height
 
     @property
     def least_calls(self) -> int:
         """One call per campaign left: the cost when each lists on one page."""
-        return len(self.todo)
+        return self.todo.get_column("campaign_id").n_unique() if self.pairs_left else 0
+
+    def by_campaign(self) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+        """Each campaign's (contact, recorded outcome) pairs, campaigns in the order the file
+        first names them: Python objects for one campaign at a time, never for every pair."""
+        for campaign, at in rows_by_campaign(self.todo.get_column("campaign_id")):
+            pairs = self.todo[at].select("contact_id", pl.col("status").cast(pl.String))
+            yield str(campaign), list(pairs.iter_rows())
 
 
 @dataclass
@@ -117,9 +130,17 @@ def unchecked_file(out: Path) -> Path:
 
 
 def claimed_absent(results: Path) -> pl.DataFrame:
-    """The pairs RESULTS says are not enrolled (latest record per pair), ids as sent."""
-    frame = read_results(results).filter(pl.col("status").is_in([o.value for o in CHECKED]))
-    return frame.select(unescape("campaign_id"), unescape("contact_id"), pl.col("status"))
+    """The pairs RESULTS says are not enrolled (latest record per pair), ids as sent, in file
+    order; campaigns and outcomes as categoricals (a few bytes a pair beside its contact)."""
+    with read_errors(results), latest(results) as found:
+        claimed = found.records.filter(pl.col("status").is_in([o.value for o in CHECKED]))
+        return spooled(
+            claimed.select(
+                unescape("campaign_id").cast(pl.Categorical),
+                unescape("contact_id"),
+                pl.col("status").cast(pl.Categorical),
+            )
+        )
 
 
 def read_verdicts(out: Path) -> dict[tuple[str, str], str]:
@@ -152,20 +173,20 @@ def _records(out: Path) -> dict[tuple[str, str], list[str]]:
 def tally(out: Path) -> VerifyFigures:
     """The latest verdict per pair of a verify file, counted as the report page shows it."""
     records = _records(out)
-    latest = Counter(record[3] for record in records.values())
+    counts = Counter(record[3] for record in records.values())
     # The oldest check among them: a rerun into the same file keeps earlier verdicts, so the
     # page must not date them all by the newest.
     stamps = (_moment(record[5]) for record in records.values())
     checked_at = min((s for s in stamps if s is not None), default=None)
-    unchecked = latest[UNCHECKED] + latest[NOT_SAMPLED]
+    unchecked = counts[UNCHECKED] + counts[NOT_SAMPLED]
     return VerifyFigures(
         checked_at=checked_at,
-        pairs_checked=latest.total() - unchecked,
-        still_absent=latest[HOLDS] + latest[CAMPAIGN_GONE],
-        enrolled_again=latest[ENROLLED_AGAIN],
+        pairs_checked=counts.total() - unchecked,
+        still_absent=counts[HOLDS] + counts[CAMPAIGN_GONE],
+        enrolled_again=counts[ENROLLED_AGAIN],
         unchecked=unchecked,
-        sampled=latest[NOT_SAMPLED] > 0,
-        again_file=str(again_file(out)) if latest[ENROLLED_AGAIN] else "",
+        sampled=counts[NOT_SAMPLED] > 0,
+        again_file=str(again_file(out)) if counts[ENROLLED_AGAIN] else "",
     )
 
 
@@ -179,16 +200,20 @@ def _moment(cell: str) -> datetime | None:
 
 def plan(results: Path, out: Path) -> VerifyPlan:
     frame = claimed_absent(results)
-    judged = read_verdicts(out)
-    todo: dict[str, list[tuple[str, str]]] = {}
-    before = 0
-    for campaign, contact, status in frame.iter_rows():
-        if judged.get((campaign, contact), UNCHECKED) not in OPEN:
-            before += 1
-            continue
-        todo.setdefault(campaign, []).append((contact, status))
+    closed = [pair for pair, verdict in read_verdicts(out).items() if verdict not in OPEN]
+    todo = (
+        frame
+        if not closed
+        else frame.join(_pairs(closed), on=PAIR, how="anti", maintain_order="left")
+    )
     campaigns = frame["campaign_id"].n_unique() if frame.height else 0
-    return VerifyPlan(todo, frame.height, campaigns, before)
+    return VerifyPlan(todo, frame.height, campaigns, frame.height - todo.height)
+
+
+def _pairs(pairs: list[tuple[str, str]]) -> pl.DataFrame:
+    """Pairs as a frame to join with `claimed_absent`'s."""
+    frame = pl.DataFrame(pairs, schema={c: pl.String for c in PAIR}, orient="row")
+    return frame.with_columns(pl.col("campaign_id").cast(pl.Categorical))
 
 
 GONE = f"404 {CAMPAIGN_NOT_FOUND[0]}"
@@ -323,7 +348,7 @@ class Verification:
             workers_alive=lambda: 1,
         )
 
-    async def run(self, todo: dict[str, list[tuple[str, str]]]) -> VerifySummary:
+    async def run(self, todo: VerifyPlan) -> VerifySummary:
         session = self._session()
         session.open_audit()
         verdicts = VerdictFile(self.out)
@@ -332,8 +357,8 @@ class Verification:
             http = client.make_client(cfg.api_key.reveal(), cfg.timeout, 1, cfg.ca_bundle)
             async with http:
                 lister = CampaignLister(session, http, cfg.base_url, cfg.timeout)
-                self.summary.pairs_left = sum(map(len, todo.values()))
-                for campaign, pairs in todo.items():
+                self.summary.pairs_left = todo.pairs_left
+                for campaign, pairs in todo.by_campaign():
                     chosen = sampled(campaign, pairs, self.sample)
                     listing = await lister.list_campaign(campaign, worth(len(chosen)))
                     if listing.end is End.STOPPED:
@@ -358,9 +383,9 @@ def cost_lines(p: VerifyPlan) -> Iterator[str]:
     yield (
         f"{p.pairs:,} pairs recorded removed or not_enrolled in {p.campaigns:,} campaigns; "
         f"{p.checked_before:,} judged by an earlier verify into this file, "
-        f"{p.pairs_left:,} in {len(p.todo):,} campaigns to check"
+        f"{p.pairs_left:,} in {p.least_calls:,} campaigns to check"
     )
-    if p.todo:
+    if p.pairs_left:
         yield (
             f"cost: at least {p.least_calls:,} listing calls (one per campaign); a campaign of "
             f"E enrollments costs ceil(E/{PER_PAGE})+1 calls (the +1 re-reads its first page to "

@@ -19,11 +19,9 @@ MAY_IMPORT = {
     "api": {"bottom", "api"},
     "plan": {"bottom", "input", "results"},
     "send": {"bottom", "input", "plan", "results", "api", "send"},
-    # A restore reads a run's results file through report.py's reader (known debt: that reader
-    # belongs in results/).
-    "restore": {"bottom", "input", "plan", "results", "api", "send", "report", "restore"},
-    # verify, like restore, reads a results file through report.py's reader (the same debt).
-    "verify": {"bottom", "api", "results", "report", "page", "verify"},
+    # restore and verify read a results file through results/ (records.latest), as report does.
+    "restore": {"bottom", "input", "plan", "results", "api", "send", "restore"},
+    "verify": {"bottom", "api", "results", "page", "verify"},
     "report": {"bottom", "input", "plan", "results"},
     # The report page (report --html): figures from a results file, written whole by report.
     "page": {"bottom", "results", "report", "page"},

@@ -94,10 +94,10 @@ def verify(results: Path, out: Path | None, sample: int | None, **kw: Any) -> No
             todo = verify_mod.plan(results, out)
             for line in verify_mod.cost_lines(todo):
                 console.event(Note(line))
-            if todo.todo:
+            if todo.pairs_left:
                 console.event(Note(verify_mod.days_line(todo.least_calls, config.plan)))
             job = verify_mod.Verification(config, out, console.event, sample)
-            found = anyio.run(job.run, todo.todo, backend="asyncio")
+            found = anyio.run(job.run, todo, backend="asyncio")
             again, unchecked = verify_mod.write_followups(out)
     except BulkUnenrollError as exc:
         console.error(redact_message(exc.describe(flag)), exc.exit_code)

@@ -5,7 +5,6 @@ number of listed rows, never the rows themselves. Rendering lives in `page.html`
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from ..errors import InputError, ResultsFileError
-from ..keys import CAMPAIGN, CONTACT, pair_key
+from ..keys import CAMPAIGN, CONTACT
 from ..models import NEEDS_A_LOOK, RUN_OUTCOMES, Outcome
 from ..results import records
 from ..results.records import TIMESTAMP, unescape
@@ -31,7 +30,6 @@ DETAIL_CHARS = 200
 """A server message longer than this is cut on the page (the results file keeps it whole)."""
 AUDIT_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 LISTED_COLUMNS = ("row", CAMPAIGN, CONTACT, "status", "error_code", "detail")
-_KEY = pair_key(pl.col(CAMPAIGN), pl.col(CONTACT))
 LINE_ONLY = "\x1f"
 """A separator no audit line holds (JSON escapes control characters): one column, the line."""
 NUMBER = r"(-?[0-9.]+(?:[eE][-+]?[0-9]+)?)"
@@ -108,25 +106,23 @@ def page_figures(
 ) -> PageFigures:
     """The one place the page's figures come from: a few streaming passes over the results
     file (and the audit log), each keeping only aggregates or a bounded list."""
-    with _readable(results, audit_log) as (path, audit):
+    with _readable(results, audit_log) as found:
         fail = _failing(results, audit_log)
-        every = _records(path)
-        latest = _latest(every, fail(_once_failed(every)))
+        every, latest = _timed(found.every), found.records
         groups = fail(latest.group_by("campaign_id", "status", "error_code").agg(pl.len()))
         ids = (unescape("campaign_id"), unescape("contact_id"), unescape("detail"))
         look = latest.filter(pl.col("status").is_in([o.value for o in NEEDS_A_LOOK]))
         rows = fail(look.select(LISTED_COLUMNS).sort("row").head(listed).with_columns(*ids))
         minutes = fail(_results_slots(every, "1m"))
-        counted = minutes if audit is None else fail(_audit_slots(audit, "1m"))
+        counted = minutes if audit_log is None else fail(_slots(every, audit_log, "1m"))
         fine = None
         if _short(counted):
-            slots = _results_slots(every, "1s") if audit is None else _audit_slots(audit, "1s")
-            fine = _minutes(fail(slots))  # bars narrower than a minute
+            fine = _minutes(fail(_slots(every, audit_log, "1s")))  # bars narrower than a minute
     return _figures(
         results.name,
         groups,
         rows,
-        timeline(_minutes(minutes), None if audit is None else _minutes(counted), fine),
+        timeline(_minutes(minutes), None if audit_log is None else _minutes(counted), fine),
         audit_name=None if audit_log is None else audit_log.name,
         verify=verify,
     )
@@ -202,61 +198,27 @@ def _failing(results: Path, audit: Path | None) -> Callable[[pl.LazyFrame], pl.D
 
 
 @contextlib.contextmanager
-def _readable(results: Path, audit_log: Path | None) -> Iterator[tuple[Readable, Path | None]]:
-    """Both files as they can be read without changing them (a torn last record left out)."""
-    try:
-        if not results.is_file():
-            raise FileNotFoundError(errno.ENOENT, "no such file")
-        form = records.dialect(results)
+def _readable(results: Path, audit_log: Path | None) -> Iterator[records.Latest]:
+    """The results file's latest records (`records.latest`: its one reading), once the audit
+    log is known to be one."""
+    with records.read_errors(results), records.latest(results) as found:
         if audit_log is not None:
             _audit_log(audit_log)
-        with records.whole(results, form) as path:
-            yield (path, form), audit_log
-    except OSError as exc:
-        raise ResultsFileError(f"cannot read {results}: {exc.strerror or exc}") from None
+        found.marked()  # the pass that finds the superseded records, its errors named here
+        yield found
 
 
-Readable = tuple[Path, records.Dialect]
-
-
-def _records(readable: Readable) -> pl.LazyFrame:
-    """Every record of the results file, in file order, with its finish as a datetime."""
-    return (
-        records.scan(*readable)
-        .with_columns(pl.col("row").cast(pl.Int64, strict=False))
-        .filter(pl.col("row").is_not_null())
-        .with_columns(
-            pl.col("finished_at")
-            .str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False)
-            .alias("at"),
-            pl.col("attempts").cast(pl.Int64, strict=False).fill_null(0),
-        )
+def _timed(lazy: pl.LazyFrame) -> pl.LazyFrame:
+    """Records with their finish as a datetime (`at`) and their calls as a number."""
+    return lazy.with_columns(
+        pl.col("finished_at").str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False).alias("at"),
+        pl.col("attempts").cast(pl.Int64, strict=False).fill_null(0),
     )
 
 
-def _once_failed(every: pl.LazyFrame) -> pl.LazyFrame:
-    """The keys of the pairs with a `failed` record: the only ones a later record may
-    supersede (a settled pair is never sent again). Few, unless the API was down."""
-    return every.filter(pl.col("status") == Outcome.FAILED.value).select(_KEY).unique()
-
-
-def _latest(every: pl.LazyFrame, once_failed: pl.DataFrame) -> pl.LazyFrame:
-    """Each pair's latest answer and each row recorded without a call: the rows' outcomes
-    as `report` counts them. Only the pairs that once failed are deduplicated (by their
-    keys, a small set), so no pass holds a table of every pair."""
-    without_call = pl.col("status").is_in([o.value for o in records.WITHOUT_CALL])
-    unsent = every.filter(without_call).unique(["row", CAMPAIGN, CONTACT], keep="last")
-    sent = every.filter(~without_call)
-    if once_failed.is_empty():
-        return pl.concat([sent, unsent])
-    again = _KEY.is_in(once_failed["key"].implode())
-    return pl.concat(
-        [
-            sent.filter(~again),
-            sent.filter(again).unique([CAMPAIGN, CONTACT], keep="last"),
-            unsent,
-        ]
-    )
+def _slots(every: pl.LazyFrame, audit_log: Path | None, unit: str) -> pl.LazyFrame:
+    """Calls per `unit` as the audit log tells them, else as the results file does."""
+    return _results_slots(every, unit) if audit_log is None else _audit_slots(audit_log, unit)
 
 
 def _results_slots(every: pl.LazyFrame, unit: str) -> pl.LazyFrame:

@@ -17,9 +17,8 @@ from ..config import ReadOptions
 from ..errors import InputError, ResultsFileError
 from ..input.ids import normalise
 from ..input.source import Source
-from ..keys import CAMPAIGN, CONTACT, OUTCOMES, is_in, pair_key
+from ..keys import CAMPAIGN, CONTACT, OUTCOMES, is_in, pair_key, rows_by_campaign
 from ..models import Enrollment, Outcome
-from ..report import read_results
 from ..results import records
 from ..results.history import History
 from ..results.records import TIMESTAMP, unescape
@@ -109,7 +108,8 @@ class RestorePlan:
     def campaign_counts(self) -> Counter[str]:
         if not self.to_send:
             return Counter()
-        counts = self.todo.group_by(CAMPAIGN, maintain_order=True).len()
+        campaigns = self.todo.get_column(CAMPAIGN).to_frame()  # the column alone: no copy
+        counts = campaigns.group_by(CAMPAIGN, maintain_order=True).len()
         return Counter(dict(counts.iter_rows()))
 
     @property
@@ -121,40 +121,59 @@ class RestorePlan:
         """The batches to send, in order."""
         if not self.to_send:
             return
-        for (campaign,), group in self.todo.group_by(CAMPAIGN, maintain_order=True):
-            for chunk in group.iter_slices(BATCH_MAX):
-                pairs = (Enrollment(*record) for record in chunk.iter_rows())
-                yield Batch(str(campaign), tuple(pairs))
+        for campaign, at in rows_by_campaign(self.todo.get_column(CAMPAIGN)):
+            for start in range(0, len(at), BATCH_MAX):  # gathered a batch at a time
+                chunk = self.todo[at.slice(start, BATCH_MAX)]
+                yield Batch(str(campaign), tuple(Enrollment(*r) for r in chunk.iter_rows()))
 
 
-def removed_pairs(results: Path) -> tuple[pl.DataFrame, int]:
-    """The pairs RESULTS marks `removed` by its latest record of each pair: `row`,
-    `campaign_id`, `contact_id` (as sent) and `finished_at` (UTC), in file order; and how many
-    it marks `not_enrolled` after a lost answer."""
+def removed_pairs(results: Path, filters: Filters) -> tuple[pl.DataFrame, int]:
+    """The pairs RESULTS marks `removed` by its latest record of each pair, in file order:
+    `row`, `campaign_id` (categorical) and `contact_id` as sent, their `key`, and whether
+    the time and campaign filters keep them (`kept`); and how many it marks `not_enrolled`
+    after a lost answer. About 64 bytes a pair: the ids, which a restore sends, and a key."""
     if not results.is_file():
         where = "is a folder" if results.is_dir() else "does not exist"
         raise InputError(
             f"RESULTS {results} {where}: give the results file (--out) of the run to undo"
         )
+    lost = (pl.col("status") == Outcome.NOT_ENROLLED.value) & pl.col("detail").str.starts_with(
+        MAY_HAVE_REMOVED
+    )
+    campaign, contact = unescape(CAMPAIGN), unescape(CONTACT)
     try:
-        records.dialect(results)
-        frame = read_results(results, ("row", CAMPAIGN, CONTACT, "status", "detail", "finished_at"))
+        with records.read_errors(results), records.latest(results) as latest:
+            frame = records.spooled(
+                latest.records.filter((pl.col("status") == Outcome.REMOVED.value) | lost).select(
+                    "row",
+                    campaign.cast(pl.Categorical),
+                    contact,
+                    pair_key(campaign, contact),
+                    _kept(filters, campaign).alias("kept"),
+                    lost.fill_null(False).alias("lost"),
+                )
+            )
     except ResultsFileError as exc:
         raise InputError(
             f"cannot restore from {results}: it cannot be read as a bulk_unenroll results file "
             f"({str(exc).split(': ', 1)[-1].split('. ')[0]}); give the results file (--out) of "
             "the run to undo. Nothing was sent"
         ) from None
-    lost = (pl.col("status") == Outcome.NOT_ENROLLED.value) & pl.col("detail").str.starts_with(
-        MAY_HAVE_REMOVED
-    )
-    removed = frame.filter(pl.col("status") == Outcome.REMOVED.value).select(
-        "row",
-        unescape(CAMPAIGN),
-        unescape(CONTACT),
-        pl.col("finished_at").str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False),
-    )
-    return removed, int(frame.select(lost.sum()).item() or 0)
+    was_lost = frame.drop_in_place("lost")
+    return records.kept_rows(frame, ~was_lost), int(was_lost.sum())
+
+
+def _kept(filters: Filters, campaign: pl.Expr) -> pl.Expr:
+    """Whether --campaign, --since and --until keep a removed pair (`campaign`: its id)."""
+    kept = pl.lit(True)
+    if filters.campaigns:
+        kept &= campaign.is_in(sorted(filters.campaigns))
+    finished = pl.col("finished_at").str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False)
+    if filters.since is not None:
+        kept &= (finished >= filters.since).fill_null(False)
+    if filters.until is not None:
+        kept &= (finished < filters.until).fill_null(False)
+    return kept
 
 
 def _listed(pairs: Path, read: ReadOptions) -> tuple[pl.Series, int]:
@@ -169,21 +188,6 @@ def _listed(pairs: Path, read: ReadOptions) -> tuple[pl.Series, int]:
     return listed.unique().sort(), invalid
 
 
-def _filtered(frame: pl.DataFrame, filters: Filters) -> tuple[pl.DataFrame, int]:
-    """The removed pairs the filters keep, and the count of --pairs rows that are no pair."""
-    if filters.campaigns:
-        frame = frame.filter(pl.col(CAMPAIGN).is_in(sorted(filters.campaigns)))
-    if filters.since is not None:
-        frame = frame.filter(pl.col("finished_at") >= filters.since)
-    if filters.until is not None:
-        frame = frame.filter(pl.col("finished_at") < filters.until)
-    unlisted = 0
-    if filters.pairs is not None:
-        listed, unlisted = _listed(filters.pairs, filters.read)
-        frame = frame.filter(is_in(listed, frame["key"]))
-    return frame, unlisted
-
-
 def check_restore_file(history: History, out: Path) -> None:
     """Refuse to write restore records into a run's results file (it would mix two ledgers)."""
     if history.outcomes_recorded() & set(RUN_ONLY):
@@ -195,26 +199,29 @@ def check_restore_file(history: History, out: Path) -> None:
 
 def build_restore_plan(results: Path, history: History, filters: Filters) -> RestorePlan:
     """The plan: removed pairs, filtered, less what `history` (the restore's own results
-    file) settled; the rest in batches of at most BATCH_MAX per campaign."""
-    frame, lost = removed_pairs(results)
-    frame = frame.with_columns(pair_key(pl.col(CAMPAIGN), pl.col(CONTACT)))
-    removed = frame.height
-    frame, unlisted = _filtered(frame, filters)
-    plan = RestorePlan(results, removed, removed - frame.height, unlisted_rows=unlisted)
-    plan.lost_then_not_enrolled = lost
-    prev = history.prev(frame["key"])
-    frame = frame.with_columns(
-        prev.alias("prev"),
-        is_in(history.attempted, frame["key"]).alias("attempted"),
-        is_in(history.failed, frame["key"]).alias("failed"),
+    file) settled; the rest in batches of at most BATCH_MAX per campaign. Masks, not copies:
+    the pairs may be most of a 10-million-row run."""
+    frame, lost = removed_pairs(results, filters)
+    kept, unlisted = frame.drop_in_place("kept"), 0
+    if filters.pairs is not None:
+        listed, unlisted = _listed(filters.pairs, filters.read)
+        kept &= is_in(listed, frame["key"])
+    plan = RestorePlan(
+        results,
+        frame.height,
+        frame.height - int(kept.sum()),
+        unlisted_rows=unlisted,
+        lost_then_not_enrolled=lost,
     )
-    for code, count in frame["prev"].drop_nulls().value_counts().iter_rows():
+    keys = frame.drop_in_place("key")
+    prev = history.prev(keys)
+    for code, count in prev.filter(kept).drop_nulls().value_counts().iter_rows():
         plan.settled_before[OUTCOMES[code]] += int(count)
-    todo = frame.filter(pl.col("prev").is_null()).with_row_index("i")
-    first_seen = pl.col("i").min().over(CAMPAIGN)
-    plan.todo = todo.sort([first_seen, "i"]).select(
-        pl.col("row").cast(pl.Int64), CAMPAIGN, CONTACT, "attempted", "failed"
+    frame = frame.with_columns(
+        is_in(history.attempted, keys).alias("attempted"),
+        is_in(history.failed, keys).alias("failed"),
     )
+    plan.todo = records.kept_rows(frame, kept & prev.is_null())
     return plan
 
 

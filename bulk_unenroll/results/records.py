@@ -318,6 +318,17 @@ def spooled(lazy: pl.LazyFrame) -> pl.DataFrame:
         return pl.read_parquet(spool)
 
 
+def kept_rows(frame: pl.DataFrame, kept: pl.Series) -> pl.DataFrame:
+    """The rows of `frame` that `kept` marks, copied column by column, each column of
+    `frame` freed once copied (`frame` is left empty): never two copies of millions of rows."""
+    every, columns = bool(kept.all()), []
+    for name in frame.columns:
+        column = frame.drop_in_place(name)
+        columns.append(column if every else column.filter(kept))
+        del column  # before the next column is taken out
+    return pl.DataFrame(columns)
+
+
 class Latest:
     """The records of a results file that still speak: the latest of each pair, and of each
     row recorded without a call. See `latest`."""
@@ -326,19 +337,23 @@ class Latest:
         self._numbered = numbered
         self._superseded: pl.Series | None = None
 
-    def facts(self, *columns: pl.Expr | str) -> pl.DataFrame:
-        """`columns` of every latest record, in file order, from one streaming pass that also
-        finds the superseded records. Keep them narrow (codes, numbers, categoricals): they
-        are held for every record, beside one 16-byte key."""
+    def marked(self, *columns: pl.Expr | str) -> tuple[pl.DataFrame, pl.Series]:
+        """`columns` of every record, in file order, and beside them whether each still
+        speaks (the latest of its key), from one streaming pass that also finds the
+        superseded records. Keep the columns narrow (codes, numbers, categoricals): they are
+        held for every record, beside one 16-byte key. Nothing is copied: filter each column
+        by the mask as it is used (a copy of the latest records held 240 MiB more at 10M
+        records, and so does a frame operation on the columns with the mask among them:
+        polars copies the whole frame into one chunk to line them up)."""
         os.environ.setdefault("POLARS_CSV_CHUNK_SIZE", str(CSV_CHUNK_BYTES))
         frame = self._numbered.select(*_record_key(), *columns).collect(engine="streaming")
         latest = is_latest(frame.get_column("key"), frame.get_column("bucket"))
         self._superseded = latest.not_().arg_true()
-        frame = frame.drop("key", "bucket")
-        if self._superseded.is_empty():
-            return frame
-        # Column by column, each freed once copied: never two copies of the whole frame.
-        return pl.DataFrame([frame.drop_in_place(name).filter(latest) for name in frame.columns])
+        return frame.drop("key", "bucket"), latest
+
+    def facts(self, *columns: pl.Expr | str) -> pl.DataFrame:
+        """`columns` of every latest record, in file order (`marked`, the others left out)."""
+        return kept_rows(*self.marked(*columns))
 
     def read(self, at: pl.Series) -> pl.DataFrame:
         """Every column of the records numbered `at` (a few: the file is read no further
@@ -349,15 +364,32 @@ class Latest:
         return spooled(upto.filter(pl.col("i").is_in(at.implode())))
 
     @property
+    def every(self) -> pl.LazyFrame:
+        """Every record, superseded ones too (each was a call), numbered as in `records`."""
+        return self._numbered
+
+    @property
     def records(self) -> pl.LazyFrame:
         """Every column of the latest records, for polars' streaming engine (`i` numbers the
         records in file order; `row` is Int64, the rest strings as stored, cells escaped)."""
         if self._superseded is None:
-            self.facts()
+            self.marked()
         assert self._superseded is not None
         if self._superseded.is_empty():
             return self._numbered
         return self._numbered.filter(~pl.col("i").is_in(self._superseded.implode()))
+
+
+@contextlib.contextmanager
+def read_errors(path: Path) -> Iterator[None]:
+    """A failure to read `path` (no such file, unreadable, not CSV) as one clear
+    ResultsFileError naming it, whichever reader met it."""
+    try:
+        yield
+    except OSError as exc:
+        raise ResultsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except pl.exceptions.PolarsError as exc:
+        raise ResultsFileError(f"cannot read {path}: {exc}") from None
 
 
 @contextlib.contextmanager
