@@ -184,6 +184,24 @@ def test_campaign_filter_is_repeatable(tuesday: Path, tmp_path: Path, serve: Ser
     assert len(restored_pairs(api)) == 5
 
 
+def test_campaign_filter_leaves_out_a_removed_record_without_a_campaign(
+    tmp_path: Path, serve: Serve
+) -> None:
+    """A record with an empty campaign_id is no pair of --campaign's: left out as before, not
+    kept because its mask is null (it was restored to a campaign "None", or crashed)."""
+    results = write_results(
+        tmp_path / "r.csv",
+        [*removed("cmp_b", 2), ("", contact(7), "removed", "2026-11-24T10:00:00Z")],
+    )
+    api = Sandbox(campaigns=["cmp_b"])
+    env = cli_env(serve(api).base_url)
+    done = run_cli(restore(results, tmp_path / "o.csv", "--campaign", "cmp_b"), env)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert restored_pairs(api) == {("cmp_b", contact(0)), ("cmp_b", contact(1))}
+    assert re.search(r"left out by the filters\s+1\n", done.stderr)
+
+
 def test_pairs_file_picks_the_listed_pairs(tuesday: Path, tmp_path: Path, serve: Serve) -> None:
     listed = write_csv(
         tmp_path / "wrong.csv",

@@ -320,7 +320,9 @@ def spooled(lazy: pl.LazyFrame) -> pl.DataFrame:
 
 def kept_rows(frame: pl.DataFrame, kept: pl.Series) -> pl.DataFrame:
     """The rows of `frame` that `kept` marks, copied column by column, each column of
-    `frame` freed once copied (`frame` is left empty): never two copies of millions of rows."""
+    `frame` freed once copied (`frame` is left empty): never two copies of millions of rows.
+    A null in `kept` (a filter on a missing cell) keeps nothing, as in a frame's filter."""
+    kept = kept.fill_null(False)  # polars' all() skips nulls: a null must not pass as kept
     every, columns = bool(kept.all()), []
     for name in frame.columns:
         column = frame.drop_in_place(name)
