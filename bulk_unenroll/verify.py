@@ -358,6 +358,7 @@ class Verification:
             async with http:
                 lister = CampaignLister(session, http, cfg.base_url, cfg.timeout)
                 self.summary.pairs_left = todo.pairs_left
+                unclear: list[tuple[str, list[tuple[str, str]], Listing, set[str]]] = []
                 for campaign, pairs in todo.by_campaign():
                     chosen = sampled(campaign, pairs, self.sample)
                     listing = await lister.list_campaign(campaign, worth(len(chosen)))
@@ -365,9 +366,13 @@ class Verification:
                         break
                     if listing.end is End.REFUSED:
                         raise AuthError(f"{listing.detail}; verify needs a key with it")
-                    verdicts.write(campaign, pairs, judge(pairs, listing, chosen))
-                    self.summary.campaigns_read += 1
-                    self.summary.pairs_left -= len(pairs)
+                    if session.route_unclear(campaign):  # judged once a listing shows the route
+                        unclear.append((campaign, pairs, listing, chosen))
+                        continue
+                    self._judged(verdicts, campaign, pairs, judge(pairs, listing, chosen))
+                if not self._stopping.is_set() and not session.wrong_route():
+                    for campaign, pairs, listing, chosen in unclear:
+                        self._judged(verdicts, campaign, pairs, judge(pairs, listing, chosen))
         finally:
             verdicts.close()
             session.close()
@@ -376,6 +381,18 @@ class Verification:
             raise session.abort_error(self.summary.stop_event or str(self.summary.stop_reason))
         self.summary.verdicts = Counter(read_verdicts(self.out).values())
         return self.summary
+
+    def _judged(
+        self,
+        verdicts: VerdictFile,
+        campaign: str,
+        pairs: list[tuple[str, str]],
+        said: list[Verdict],
+    ) -> None:
+        """A campaign's verdicts recorded and counted."""
+        verdicts.write(campaign, pairs, said)
+        self.summary.campaigns_read += 1
+        self.summary.pairs_left -= len(pairs)
 
 
 def cost_lines(p: VerifyPlan) -> Iterator[str]:

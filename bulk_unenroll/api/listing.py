@@ -302,6 +302,7 @@ class _Run:
                 Enrollment(0, self.campaign_id, ""),
                 perform,
                 classify=client.classify_page,
+                waits_for_route=False,  # nothing else is in flight to show it
             )
         )
         self.calls += end.attempts

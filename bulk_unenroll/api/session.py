@@ -118,6 +118,12 @@ class Request:
     audit: Mapping[str, object] | None = None
     """What the audit line names when the request is not about one pair (a batch POST's
     campaign and contact ids); None: the pair's row, campaign and contact."""
+    waits_for_route: bool = True
+    """An unclear 404 before the route is known waits for other requests to show it. False
+    (a listing: nothing else is in flight while it is read): it ends the request at once,
+    its campaign's later requests wait instead, and only UNCLEAR_CAMPAIGNS campaigns
+    answering so, or the operation finding nothing left to show it (`wrong_route`), stop
+    the run as a wrong --base-url."""
 
     def about(self) -> Mapping[str, object]:
         """What the request's audit lines name."""
@@ -209,7 +215,6 @@ class Session:
             self._held[campaign] -= 1
 
     async def _attempts(self, request: Request) -> Final | Stopped:
-        campaign = request.enrollment.campaign_id
         attempts = retries = overloads = 0
         lost: list[str] = []
         waited: Waits = {}
@@ -223,7 +228,7 @@ class Session:
             waited = {}
             self._observe(answer, verdict, sent_at)
             action = verdict.action
-            if action is client.Action.UNCLEAR_404 and not await self._route_for(campaign, answer):
+            if action is client.Action.UNCLEAR_404 and not await self._route_for(request, answer):
                 return Stopped(attempts, tuple(lost))
             if action in (client.Action.DONE, client.Action.UNCLEAR_404):
                 self._consecutive_transient = 0
@@ -260,13 +265,29 @@ class Session:
                 return sent_at
             # Its campaign answered an unclear 404 while we waited: wait above.
 
-    async def _route_for(self, campaign: str, answer: client.Answer) -> bool:
+    async def _route_for(self, request: Request, answer: client.Answer) -> bool:
         """An unclear 404 settles its own request, but only once another answer showed the
-        route exists. False when the run stopped instead."""
+        route exists (or at once, unless `request.waits_for_route`). False when the run
+        stopped instead."""
         if self._route_known:
             return True
-        self._unclear.setdefault(campaign, client.said_404(answer))
+        self._unclear.setdefault(request.enrollment.campaign_id, client.said_404(answer))
+        if not request.waits_for_route and len(self._unclear) < UNCLEAR_CAMPAIGNS:
+            return True
         return await self._route_shown()
+
+    def route_unclear(self, campaign: str) -> bool:
+        """The campaign answered an unclear 404 and no answer has shown the route yet."""
+        return campaign in self._unclear and not self._route_known
+
+    def wrong_route(self) -> bool:
+        """Nothing left to send can show the route: unclear 404s and no answer that showed
+        it mean a wrong --base-url; the run stops (exit 3). False when the route is known
+        or no unclear 404 came."""
+        if self._route_known or not self._unclear:
+            return False
+        self._stop_at_wrong_route()
+        return True
 
     def _next_step(
         self, answer: client.Answer, verdict: client.Verdict, sent_at: float, overloads: int
@@ -481,14 +502,17 @@ class Session:
             if self._stopping.is_set():
                 return False
             if len(self._unclear) >= UNCLEAR_CAMPAIGNS or self._only_unclear_rows_held():
-                campaigns = list(self._unclear)[:UNCLEAR_CAMPAIGNS]
-                if not self._stopping.is_set():
-                    self.abort_error = SetupError  # a wrong --base-url, not a refused key
-                said = self._unclear[campaigns[0]]
-                self._stop(StopReason.ABORTED, RouteUnknown(said, tuple(campaigns)))
+                self._stop_at_wrong_route()
                 return False
             await anyio.sleep(0.05)
         return True
+
+    def _stop_at_wrong_route(self) -> None:
+        campaigns = list(self._unclear)[:UNCLEAR_CAMPAIGNS]
+        if not self._stopping.is_set():
+            self.abort_error = SetupError  # a wrong --base-url, not a refused key
+        said = self._unclear[campaigns[0]]
+        self._stop(StopReason.ABORTED, RouteUnknown(said, tuple(campaigns)))
 
     def _only_unclear_rows_held(self) -> bool:
         """Every worker holds a row of a campaign that answered an unclear 404: none of them
