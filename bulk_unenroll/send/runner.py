@@ -95,9 +95,6 @@ class Job:
         self._dead_campaigns: dict[str, int] = {}
         """Campaign -> the row whose answer was campaign_not_found."""
         self._workers_alive = 0
-        self._listing = False
-        """The listings before any DELETE are under way: the workers wait for rows, so the
-        listing in flight is the only request that can show the route (`Session`)."""
         self._stopping = anyio.Event()
         self._signalled = False
         self._session: Session | None = None
@@ -178,7 +175,7 @@ class Job:
                 stop=self.stop,
                 on_event=self._on_event,
                 hold=self._removals_left,
-                workers_alive=lambda: 1 if self._listing else self._workers_alive,
+                workers_alive=lambda: self._workers_alive,
             )
             workers = cfg.workers(cfg.pace())
             session.open_audit()
@@ -257,9 +254,7 @@ class Job:
     ) -> None:
         async with work, done:
             if check is not None:  # every listing before the first row: no DELETE moves a list
-                self._listing = True
                 await check.list_campaigns(self._stopping.is_set)
-                self._listing = False
                 await self._record_listed(check, plan, done)
             batches = work_batches(self.source, plan)
             while not self._stopping.is_set():
