@@ -35,15 +35,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Parallel test processes (pytest-xdist). Most of the suite's time is paced waiting, not CPU,
-# so more processes than cores pay; PYTEST_WORKERS=0 runs every test in one process. Tests
-# marked `solo` must reach a call rate, so they run afterwards, one at a time. The CLI is
-# launched through a fork server that has imported it once (tests/launch.py); `make test-all`
-# launches `python -m bulk_unenroll` every time instead (BULK_UNENROLL_TEST_LAUNCH=exec).
+# Parallel test processes (pytest-xdist). Much of the suite's time is paced waiting, so more
+# processes than cores pay; PYTEST_WORKERS=0 runs every test in one process. `worksteal` lets
+# an idle process take tests queued for a busy one (xdist's `load` hands out fixed blocks, and
+# the slow scenarios, which start first, all landed in the first block). Tests marked `solo`
+# must reach a call rate, so they run afterwards, side by side in their own processes with
+# nothing else running. The CLI is launched through a fork server that has imported it once
+# (tests/launch.py); `make test-all` launches `python -m bulk_unenroll` every time instead
+# (BULK_UNENROLL_TEST_LAUNCH=exec).
 PYTEST_WORKERS ?= 8
 pytest: $(STAMP)
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not gateway and not page and not solo"
-	$(BIN)/pytest -q -m solo
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal -m "not gateway and not page and not solo"
+	$(BIN)/pytest -q -n 3 -m solo
 
 # The supported Pythons (pyproject.toml's classifiers name the same): `make test` on each, in
 # its own .venv-X.Y; interpreters are found through pyenv or PATH (.ci/find-python), and one
