@@ -7,6 +7,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 import launch
@@ -38,10 +39,22 @@ def read_results(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow scenarios first (stable otherwise): parallel workers (`make pytest`) start them
-    at once, so the run does not end with one worker still on a long scenario."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The slow scenarios dealt out, one at a time, to the front of each parallel process's
+    share (`make pytest`). xdist's worksteal hands process k the k-th contiguous block and lets
+    an idle process take the end of another's: had the slow ones sat together at the front of
+    one block, that process would still be on them after the others had run out of work."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    rest = iter([item for item in items if not item.get_closest_marker("slow")])
+    shares, left = [], len(items)
+    for k in range(workers):  # the block sizes worksteal cuts
+        size = left // (workers - k)
+        left -= size
+        share = slow[k::workers]
+        shares.append(share + list(islice(rest, max(0, size - len(share)))))
+    items[:] = [item for share in shares for item in share] + list(rest)
 
 
 @pytest.fixture(autouse=True, scope="session")
