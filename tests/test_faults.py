@@ -46,17 +46,19 @@ def read_companions(out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_wire_faults_end_truthful_after_one_rerun(tmp_path: Path, serve: Serve) -> None:
-
+    # Enough answers that spend a retry for some row to meet two: 13 to 20 rows ended `failed`
+    # in 8 runs beside a CPU hog. At a third of the 500s and empty 5xx it was 3 to 12 in 16
+    # runs, and once, on a loaded machine, none.
     mixed = mixed_file(tmp_path / "in.csv", 2000, seed=11)
     faults = Faults(
         error_503=0.05,
-        html_500=0.02,
+        html_500=0.06,
         reset_before=0.02,
         reset_after=0.02,
         hang=0.01,
         empty_2xx=0.005,
         malformed_2xx=0.005,
-        empty_5xx=0.005,
+        empty_5xx=0.02,
     )
     api = mixed.sandbox(faults, seed=3)
     server = serve(api)
