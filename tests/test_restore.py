@@ -184,22 +184,34 @@ def test_campaign_filter_is_repeatable(tuesday: Path, tmp_path: Path, serve: Ser
     assert len(restored_pairs(api)) == 5
 
 
-def test_campaign_filter_leaves_out_a_removed_record_without_a_campaign(
-    tmp_path: Path, serve: Serve
+@pytest.mark.parametrize("filters", [[], ["--campaign", "cmp_b"]], ids=["all", "campaign"])
+def test_a_removed_record_without_a_campaign_or_contact_is_named_and_left_out(
+    tmp_path: Path, serve: Serve, filters: list[str]
 ) -> None:
-    """A record with an empty campaign_id is no pair of --campaign's: left out as before, not
-    kept because its mask is null (it was restored to a campaign "None", or crashed)."""
+    """A record marked removed with an empty campaign_id or contact_id (an edited file) names
+    no pair: left out and said so, with or without filters (without, the plan crashed with
+    exit 70; with --campaign, its null mask once kept it, restored to a campaign "None")."""
     results = write_results(
         tmp_path / "r.csv",
-        [*removed("cmp_b", 2), ("", contact(7), "removed", "2026-11-24T10:00:00Z")],
+        [
+            *removed("cmp_b", 2),
+            ("", contact(7), "removed", "2026-11-24T10:00:00Z"),
+            ("cmp_b", "", "removed", "2026-11-24T10:00:00Z"),
+        ],
     )
     api = Sandbox(campaigns=["cmp_b"])
     env = cli_env(serve(api).base_url)
-    done = run_cli(restore(results, tmp_path / "o.csv", "--campaign", "cmp_b"), env)
+    done = run_cli(restore(results, tmp_path / "o.csv", *filters), env)
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert restored_pairs(api) == {("cmp_b", contact(0)), ("cmp_b", contact(1))}
-    assert re.search(r"left out by the filters\s+1\n", done.stderr)
+    assert re.search(r"pairs it marks removed\s+2\n", done.stderr)
+    assert "not restored: 2 record(s) marked removed without a campaign_id or contact_id" in (
+        done.stderr
+    )
+    assert "(the first at row 3)" in done.stderr
+    if filters:
+        assert re.search(r"left out by the filters\s+0\n", done.stderr)
 
 
 def test_pairs_file_picks_the_listed_pairs(tuesday: Path, tmp_path: Path, serve: Serve) -> None:

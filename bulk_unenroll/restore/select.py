@@ -66,6 +66,15 @@ class Batch:
     pairs: tuple[Enrollment, ...]
 
 
+@dataclass(frozen=True)
+class Unnamed:
+    """Records marked `removed` without a campaign or contact id (a hand-edited file): no pair
+    to restore. `first` is the first one's row."""
+
+    count: int = 0
+    first: int | None = None
+
+
 @dataclass
 class RestorePlan:
     """What a restore of RESULTS into its own results file does, before it does it."""
@@ -86,6 +95,8 @@ class RestorePlan:
     """Pairs RESULTS marks `not_enrolled` after a lost answer: most likely removed by the run,
     but not certainly, so never restored (re-enrolling a contact who was not enrolled is worse
     than leaving one out)."""
+    unnamed: Unnamed = Unnamed()
+    """Records marked `removed` that name no pair (not counted in `removed`)."""
 
     @property
     def total(self) -> int:
@@ -127,11 +138,12 @@ class RestorePlan:
                 yield Batch(str(campaign), tuple(Enrollment(*r) for r in chunk.iter_rows()))
 
 
-def removed_pairs(results: Path, filters: Filters) -> tuple[pl.DataFrame, int]:
+def removed_pairs(results: Path, filters: Filters) -> tuple[pl.DataFrame, int, Unnamed]:
     """The pairs RESULTS marks `removed` by its latest record of each pair, in file order:
     `row`, `campaign_id` (categorical) and `contact_id` as sent, their `key`, and whether
-    the time and campaign filters keep them (`kept`); and how many it marks `not_enrolled`
-    after a lost answer. About 64 bytes a pair: the ids, which a restore sends, and a key."""
+    the time and campaign filters keep them (`kept`); how many it marks `not_enrolled` after
+    a lost answer; and the records marked removed that name no pair. About 64 bytes a pair:
+    the ids, which a restore sends, and a key."""
     if not results.is_file():
         where = "is a folder" if results.is_dir() else "does not exist"
         raise InputError(
@@ -141,6 +153,7 @@ def removed_pairs(results: Path, filters: Filters) -> tuple[pl.DataFrame, int]:
         MAY_HAVE_REMOVED
     )
     campaign, contact = unescape(CAMPAIGN), unescape(CONTACT)
+    names_a_pair = (campaign.str.len_bytes() > 0) & (contact.str.len_bytes() > 0)
     try:
         with records.read_errors(results), records.latest(results) as latest:
             frame = records.spooled(
@@ -151,6 +164,7 @@ def removed_pairs(results: Path, filters: Filters) -> tuple[pl.DataFrame, int]:
                     pair_key(campaign, contact),
                     _kept(filters, campaign).alias("kept"),
                     lost.fill_null(False).alias("lost"),
+                    names_a_pair.fill_null(False).alias("named"),
                 )
             )
     except ResultsFileError as exc:
@@ -159,8 +173,10 @@ def removed_pairs(results: Path, filters: Filters) -> tuple[pl.DataFrame, int]:
             f"({str(exc).split(': ', 1)[-1].split('. ')[0]}); give the results file (--out) of "
             "the run to undo. Nothing was sent"
         ) from None
-    was_lost = frame.drop_in_place("lost")
-    return records.kept_rows(frame, ~was_lost), int(was_lost.sum())
+    was_lost, named = frame.drop_in_place("lost"), frame.drop_in_place("named")
+    nameless = frame["row"].filter(~named & ~was_lost).head(1)
+    unnamed = Unnamed(int((~named & ~was_lost).sum()), nameless.item() if nameless.len() else None)
+    return records.kept_rows(frame, named & ~was_lost), int(was_lost.sum()), unnamed
 
 
 def _kept(filters: Filters, campaign: pl.Expr) -> pl.Expr:
@@ -201,7 +217,7 @@ def build_restore_plan(results: Path, history: History, filters: Filters) -> Res
     """The plan: removed pairs, filtered, less what `history` (the restore's own results
     file) settled; the rest in batches of at most BATCH_MAX per campaign. Masks, not copies:
     the pairs may be most of a 10-million-row run."""
-    frame, lost = removed_pairs(results, filters)
+    frame, lost, unnamed = removed_pairs(results, filters)
     kept, unlisted = frame.drop_in_place("kept"), 0
     if filters.pairs is not None:
         listed, unlisted = _listed(filters.pairs, filters.read)
@@ -212,6 +228,7 @@ def build_restore_plan(results: Path, history: History, filters: Filters) -> Res
         frame.height - int(kept.sum()),
         unlisted_rows=unlisted,
         lost_then_not_enrolled=lost,
+        unnamed=unnamed,
     )
     keys = frame.drop_in_place("key")
     prev = history.prev(keys)

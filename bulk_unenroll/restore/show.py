@@ -11,7 +11,7 @@ from typing import Any
 from ..config import JobConfig
 from ..render import estimate_lines
 from ..report import TOP_CAMPAIGNS, Estimate, estimates
-from .select import BATCH_MAX, Filters, RestorePlan
+from .select import BATCH_MAX, Filters, RestorePlan, Unnamed
 
 AFRESH = (
     "a restored enrollment starts the campaign afresh: the contact's step progress is not "
@@ -29,6 +29,7 @@ class RestoreFigures:
     filters: list[str]
     unlisted_rows: int
     lost_then_not_enrolled: int
+    unnamed: Unnamed
     settled_before: int
     to_send: int
     resend: int
@@ -45,6 +46,7 @@ class RestoreFigures:
             "filtered_out": self.filtered_out,
             "filters": self.filters,
             "lost_then_not_enrolled": self.lost_then_not_enrolled,
+            "removed_without_a_pair": self.unnamed.count,
             "settled_before": self.settled_before,
             "to_send": self.to_send,
             "resend": self.resend,
@@ -69,6 +71,7 @@ def restore_figures(
         filters=filters.described(),
         unlisted_rows=plan.unlisted_rows,
         lost_then_not_enrolled=plan.lost_then_not_enrolled,
+        unnamed=plan.unnamed,
         settled_before=sum(plan.settled_before.values()),
         to_send=plan.to_send,
         resend=plan.resend,
@@ -100,6 +103,12 @@ def restore_lines(f: RestoreFigures) -> list[str]:
             "a lost answer (most likely",
             "      removed by the run, but not certainly; `bulk-unenroll report RESULTS --status "
             "not_enrolled` lists them)",
+        ]
+    if f.unnamed.count:
+        lines += [
+            f"  not restored: {_n(f.unnamed.count)} record(s) marked removed without a "
+            f"campaign_id or contact_id (the first at row {f.unnamed.first}):",
+            "      no pair to restore them to (was the file edited?)",
         ]
     lines += [
         f"  settled by an earlier restore{_n(f.settled_before):>10}",
