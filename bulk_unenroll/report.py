@@ -525,9 +525,10 @@ def _exported(chunk: pl.DataFrame, report: ResultsReport, for_csv: bool) -> pl.D
     """One piece of the selection as rows of a new input file."""
     if not report.chosen:
         chunk = chunk.filter(~_rejected_for_good())
+    ids = ("campaign_id", "contact_id")
+    escaped = chunk.select(pl.col(ids).str.starts_with("'").any()).row(0, named=True)
     rows = chunk.select(
-        _exported_id("campaign_id", for_csv),
-        _exported_id("contact_id", for_csv),
+        *(_exported_id(c, for_csv) if escaped[c] else c for c in ids),  # none: as stored
         pl.col("row").alias("results_row"),
         "status",
         pl.col("error_code").fill_null(""),
@@ -535,7 +536,7 @@ def _exported(chunk: pl.DataFrame, report: ResultsReport, for_csv: bool) -> pl.D
     )
     if not for_csv:
         # Context columns are read back as stored in the results file (escaped): undo that.
-        rows = rows.with_columns(unescape("error_code"), unescape("detail"))
+        rows = _unescaped(rows, ["error_code", "detail"])
     return _scrubbed(rows)
 
 
@@ -558,7 +559,7 @@ def _write_parquet(pieces: Iterator[pl.DataFrame], tmp: Path) -> int:
         written, names = 0, []
         for n, rows in enumerate(pieces):
             names.append(Path(parts) / f"{n:06d}.parquet")
-            rows.write_parquet(names[-1])
+            rows.write_parquet(names[-1], compression=SPOOL_COMPRESSION)  # read back once
             written += rows.height
         pl.scan_parquet(names).sink_parquet(tmp)
     return written
