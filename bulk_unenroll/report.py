@@ -5,11 +5,10 @@ results file, and the export of chosen rows as a new input file. Rendering lives
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -330,11 +329,6 @@ class ResultsReport:
     """The first TABLE_ROWS selected rows as the results file has them (cells escaped)."""
     chosen_records: pl.LazyFrame = field(default_factory=pl.LazyFrame, repr=False)
     """Every selected record, in file order; readable while the report is open."""
-    spool: Path | None = None
-    """The selected records (superseded ones too) written while the figures were read
-    (`open_report(..., rows=True)`), or at the first `selection`."""
-    superseded: pl.Series = field(default_factory=lambda: pl.Series("i", [], pl.UInt32))
-    """The numbers (`i`) of the records in `spool` that a later record supersedes."""
     pieces: list[tuple[int | None, int | None]] = field(default_factory=list, repr=False)
     """Row number ranges [low, high) holding about CHUNK_ROWS selected rows each."""
     rejected_for_good: int = 0
@@ -344,22 +338,17 @@ class ResultsReport:
         """The selected rows in row order (file order among equal rows), cells escaped, piece
         by piece: they are spooled once to a Parquet file, then each piece is read back and
         sorted on its own. Flat memory at any size; one pass over the results file."""
-        with contextlib.ExitStack() as stack:
-            spool = self.spool
-            if spool is None:
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bulk-unenroll-"))
-                spool = Path(tmp) / "selected.parquet"
-                _spool(self.chosen_records, spool).collect(engine="streaming")
-            gone = self.superseded.implode()
+        with tempfile.TemporaryDirectory(prefix="bulk-unenroll-") as tmp:
+            spool = Path(tmp) / "selected.parquet"
+            self.chosen_records.sink_parquet(
+                spool, row_group_size=SPOOL_ROW_GROUP, compression=SPOOL_COMPRESSION
+            )
             for low, high in self.pieces or [(None, None)]:
                 rows = pl.col("row")
                 inside = (rows >= low if low is not None else pl.lit(True)) & (
                     rows < high if high is not None else pl.lit(True)
                 )
-                piece = pl.scan_parquet(spool).filter(inside).collect()
-                if not self.superseded.is_empty():
-                    piece = piece.filter(~pl.col("i").is_in(gone))
-                yield _in_row_order(piece)
+                yield _in_row_order(pl.scan_parquet(spool).filter(inside).collect())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -381,18 +370,15 @@ def _kinds(counts: dict[str, int]) -> tuple[Outcome, ...]:
     return RESTORE_OUTCOMES if any(counts.get(o.value) for o in RESTORE_ONLY) else RUN_OUTCOMES
 
 
-def _facts(
-    latest: records.Latest, sink: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None
-) -> tuple[pl.DataFrame, pl.Series]:
+def _facts(latest: records.Latest) -> tuple[pl.DataFrame, pl.Series]:
     """What the figures need of every record, and whether it is the latest of its pair: a few
-    bytes each, read in one pass (`sink`: spooling the selected rows in the same pass)."""
+    bytes each, read in one pass."""
     return latest.marked(
         pl.col("status").cast(pl.Categorical),
         pl.col("error_code").cast(pl.Categorical),
         pl.col("finished_at").str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False),
         "row",
         "i",
-        sink=sink,
     )
 
 
@@ -400,13 +386,6 @@ def _is_selected(statuses: tuple[Outcome, ...]) -> pl.Expr:
     """Whether a record's status is one of `statuses` (a string or a categorical column:
     compared as it is, never cast: a cast of 10 million categoricals took 0.25 s)."""
     return pl.col("status").is_in([o.value for o in statuses])
-
-
-def _spool(records: pl.LazyFrame, spool: Path) -> pl.LazyFrame:
-    """A lazy sink of `records` to the Parquet file `selection` reads back piece by piece."""
-    return records.sink_parquet(
-        spool, row_group_size=SPOOL_ROW_GROUP, compression=SPOOL_COMPRESSION, lazy=True
-    )
 
 
 def _in_row_order(piece: pl.DataFrame) -> pl.DataFrame:
@@ -465,38 +444,22 @@ def _figures(
 
 
 @contextlib.contextmanager
-def open_report(
-    path: Path, statuses: tuple[Outcome, ...] | None = None, rows: bool = False
-) -> Iterator[ResultsReport]:
+def open_report(path: Path, statuses: tuple[Outcome, ...] | None = None) -> Iterator[ResultsReport]:
     """The report of a results file: its figures from one streaming pass over the latest
-    record of each pair (`records.latest`), its selected rows read when asked for. `rows`:
-    they will be (a listing, an export), so they are spooled in that same pass (a second
-    pass over a 10M-record file took 2-3 s)."""
+    record of each pair (`records.latest`), its selected rows read when asked for."""
     selected = statuses or NEEDS_A_LOOK
     with contextlib.ExitStack() as stack:
         with records.read_errors(path):
             latest = stack.enter_context(records.latest(path))
-            spool, sink = None, None
-            if rows:
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bulk-unenroll-"))
-                spool = Path(tmp) / "selected.parquet"
-                sink = functools.partial(_spool_selected, _is_selected(selected), spool)
-            facts, speaks = _facts(latest, sink)
+            facts, speaks = _facts(latest)
             chosen = facts.select(_is_selected(selected)).to_series() & speaks
             found = _figures(path, facts, speaks, chosen)
             first = _first_rows(pl.DataFrame([facts[c].filter(chosen) for c in ("row", "i")]))
             del facts, speaks, chosen  # a few bytes a record: gone before any row is read
             found.first_rows = latest.read(first.get_column("i")).sort("row", "i")
         found.selected, found.chosen = selected, statuses is not None
-        if spool is not None:
-            found.spool, found.superseded = spool, latest.superseded
-        else:
-            found.chosen_records = latest.records.filter(_is_selected(selected))
+        found.chosen_records = latest.records.filter(_is_selected(selected))
         yield found
-
-
-def _spool_selected(selected: pl.Expr, spool: Path, every: pl.LazyFrame) -> pl.LazyFrame:
-    return _spool(every.filter(selected), spool)
 
 
 def write_rows(report: ResultsReport, fmt: str, out: IO[bytes]) -> None:

@@ -149,13 +149,11 @@ def test_report_figures_and_rows_equal_a_plain_reading(
     assert shown == chosen
 
 
-@pytest.mark.parametrize("spooled_while_counting", [False, True])
 def test_selected_rows_read_in_pieces_equal_one_reading(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spooled_while_counting: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows beyond CHUNK_ROWS are sorted piece by piece: the pieces join up in row order,
-    and every export format holds each row once; alike when the rows were spooled in the
-    figures' pass (superseded records among them, left out when read back)."""
+    and every export format holds each row once."""
     lines = history(3, n=600)
     latest = plain_latest(lines)
     path = write_canonical(tmp_path / "results.csv", lines)
@@ -163,9 +161,8 @@ def test_selected_rows_read_in_pieces_equal_one_reading(
     chosen = in_row_order(latest, {o.value for o in statuses})
     monkeypatch.setattr(report, "CHUNK_ROWS", 7)
 
-    with report.open_report(path, statuses, spooled_while_counting) as found:
+    with report.open_report(path, statuses) as found:
         assert len(found.pieces) > 5
-        assert (found.spool is not None) == spooled_while_counting
         listing = io.BytesIO()
         report.write_rows(found, "csv", listing)
         _, *shown = csv.reader(io.StringIO(listing.getvalue().decode()))

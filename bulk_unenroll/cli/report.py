@@ -115,8 +115,7 @@ def report(
             raise InputError(f"{' and '.join(to_stdout)} both write to stdout; choose one")
         statuses = parse_statuses(status)
         stdout = sys.stdout.buffer
-        rows = rows_format != "table" or export is not None
-        with open_report(results, statuses, rows) as found:
+        with open_report(results, statuses) as found:
             shown = "csv" if export == STDOUT else rows_format
             console.report(found, as_json, "none" if as_json else shown)
             if rows_format != "table":

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -339,28 +339,16 @@ class Latest:
         self._numbered = numbered
         self._superseded: pl.Series | None = None
 
-    def marked(
-        self,
-        *columns: pl.Expr | str,
-        sink: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None,
-    ) -> tuple[pl.DataFrame, pl.Series]:
+    def marked(self, *columns: pl.Expr | str) -> tuple[pl.DataFrame, pl.Series]:
         """`columns` of every record, in file order, and beside them whether each still
         speaks (the latest of its key), from one streaming pass that also finds the
         superseded records. Keep the columns narrow (codes, numbers, categoricals): they are
         held for every record, beside one 16-byte key. Nothing is copied: filter each column
         by the mask as it is used (a copy of the latest records held 240 MiB more at 10M
         records, and so does a frame operation on the columns with the mask among them:
-        polars copies the whole frame into one chunk to line them up).
-
-        `sink`: a lazy sink (`sink_parquet(..., lazy=True)`) of `every` record, run in the same
-        pass over the file: a listing's rows spooled without reading the file twice (the
-        superseded ones too, left out when read back: see `superseded`)."""
+        polars copies the whole frame into one chunk to line them up)."""
         os.environ.setdefault("POLARS_CSV_CHUNK_SIZE", str(CSV_CHUNK_BYTES))
-        facts = self._numbered.select(*_record_key(), *columns)
-        if sink is None:
-            frame = facts.collect(engine="streaming")
-        else:
-            frame = pl.collect_all([facts, sink(self._numbered)], engine="streaming")[0]
+        frame = self._numbered.select(*_record_key(), *columns).collect(engine="streaming")
         latest = is_latest(frame.get_column("key"), frame.get_column("bucket"))
         self._superseded = latest.not_().arg_true()
         return frame.drop("key", "bucket"), latest
@@ -376,12 +364,6 @@ class Latest:
             return self._numbered.head(0).collect()
         upto = self._numbered.head(int(at.max()) + 1)  # type: ignore[arg-type]
         return spooled(upto.filter(pl.col("i").is_in(at.implode())))
-
-    @property
-    def superseded(self) -> pl.Series:
-        """The numbers (`i`) of the records a later one supersedes, ascending (after `marked`)."""
-        assert self._superseded is not None, "marked() finds them"
-        return self._superseded
 
     @property
     def every(self) -> pl.LazyFrame:
