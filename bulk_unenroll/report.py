@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Final, Protocol
 
 import polars as pl
 
@@ -307,6 +307,8 @@ CHUNK_ROWS = 500_000
 SPOOL_ROW_GROUP = 50_000
 """Rows per Parquet row group in the spool: what its writer holds, and what a piece's read
 skips or takes at a time."""
+SPOOL_COMPRESSION: Final = "lz4"
+"""The spool is read back once, soon: zstd's smaller file cost a fifth more time to write."""
 
 
 @dataclass
@@ -338,13 +340,15 @@ class ResultsReport:
         sorted on its own. Flat memory at any size; one pass over the results file."""
         with tempfile.TemporaryDirectory(prefix="bulk-unenroll-") as tmp:
             spool = Path(tmp) / "selected.parquet"
-            self.chosen_records.sink_parquet(spool, row_group_size=SPOOL_ROW_GROUP)
+            self.chosen_records.sink_parquet(
+                spool, row_group_size=SPOOL_ROW_GROUP, compression=SPOOL_COMPRESSION
+            )
             for low, high in self.pieces or [(None, None)]:
                 rows = pl.col("row")
                 inside = (rows >= low if low is not None else pl.lit(True)) & (
                     rows < high if high is not None else pl.lit(True)
                 )
-                yield pl.scan_parquet(spool).filter(inside).collect().sort("row", "i")
+                yield _in_row_order(pl.scan_parquet(spool).filter(inside).collect())
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -382,6 +386,14 @@ def _is_selected(statuses: tuple[Outcome, ...]) -> pl.Expr:
     """Whether a record's status is one of `statuses` (a string or a categorical column:
     compared as it is, never cast: a cast of 10 million categoricals took 0.25 s)."""
     return pl.col("status").is_in([o.value for o in statuses])
+
+
+def _in_row_order(piece: pl.DataFrame) -> pl.DataFrame:
+    """A piece sorted by row, file order among equal rows: a stable sort by row alone when
+    the piece is in file order (as spooled), three times faster than sorting by both."""
+    if piece.get_column("i").is_sorted():
+        return piece.sort("row", maintain_order=True)
+    return piece.sort("row", "i")
 
 
 def _pieces(rows: pl.Series) -> list[tuple[int | None, int | None]]:
@@ -454,14 +466,21 @@ def write_rows(report: ResultsReport, fmt: str, out: IO[bytes]) -> None:
     """The selected rows as CSV (cells as the results file has them, a spreadsheet runs
     none) or JSON lines (values as sent and answered, numbers as numbers), piece by piece."""
     numbers = [pl.col(c).cast(pl.Int64, strict=False) for c in ("http_status", "attempts")]
-    texts = [unescape(c) for c in records.COLUMNS if c not in ("row", "http_status", "attempts")]
+    texts = [c for c in records.COLUMNS if c not in ("row", "http_status", "attempts")]
     for n, chunk in enumerate(report.selection()):
         rows = chunk.select(records.COLUMNS)
         if fmt == "csv":
             _scrubbed(rows).write_csv(out, include_header=n == 0)
         elif rows.height:
-            _scrubbed(rows.with_columns(*numbers, *texts)).write_ndjson(out)
+            _scrubbed(_unescaped(rows.with_columns(*numbers), texts)).write_ndjson(out)
     out.flush()
+
+
+def _unescaped(rows: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """`unescape` the columns of `rows` that hold an escaped cell (a column of millions of
+    plain cells is left as it is, not copied)."""
+    escaped = rows.select(pl.col(columns).str.starts_with("'").any()).row(0)
+    return rows.with_columns(unescape(c) for c, some in zip(columns, escaped, strict=True) if some)
 
 
 def _scrubbed(rows: pl.DataFrame) -> pl.DataFrame:
@@ -506,9 +525,10 @@ def _exported(chunk: pl.DataFrame, report: ResultsReport, for_csv: bool) -> pl.D
     """One piece of the selection as rows of a new input file."""
     if not report.chosen:
         chunk = chunk.filter(~_rejected_for_good())
+    ids = ("campaign_id", "contact_id")
+    escaped = chunk.select(pl.col(ids).str.starts_with("'").any()).row(0, named=True)
     rows = chunk.select(
-        _exported_id("campaign_id", for_csv),
-        _exported_id("contact_id", for_csv),
+        *(_exported_id(c, for_csv) if escaped[c] else c for c in ids),  # none: as stored
         pl.col("row").alias("results_row"),
         "status",
         pl.col("error_code").fill_null(""),
@@ -516,7 +536,7 @@ def _exported(chunk: pl.DataFrame, report: ResultsReport, for_csv: bool) -> pl.D
     )
     if not for_csv:
         # Context columns are read back as stored in the results file (escaped): undo that.
-        rows = rows.with_columns(unescape("error_code"), unescape("detail"))
+        rows = _unescaped(rows, ["error_code", "detail"])
     return _scrubbed(rows)
 
 
@@ -534,14 +554,15 @@ def _write_pieces(pieces: Iterator[pl.DataFrame], suffix: str, out: IO[bytes]) -
 
 
 def _write_parquet(pieces: Iterator[pl.DataFrame], tmp: Path) -> int:
-    """Each piece to a part file of its own, then the parts streamed into one file."""
+    """Each piece to a part file of its own (Arrow IPC: read back once, written in half the
+    time of Parquet), then the parts streamed into one Parquet file."""
     with tempfile.TemporaryDirectory(prefix="bulk-unenroll-", dir=tmp.parent) as parts:
         written, names = 0, []
         for n, rows in enumerate(pieces):
-            names.append(Path(parts) / f"{n:06d}.parquet")
-            rows.write_parquet(names[-1])
+            names.append(Path(parts) / f"{n:06d}.arrow")
+            rows.write_ipc(names[-1], compression="uncompressed")
             written += rows.height
-        pl.scan_parquet(names).sink_parquet(tmp)
+        pl.scan_ipc(names).sink_parquet(tmp)
     return written
 
 

@@ -15,10 +15,11 @@ import csv
 import math
 import os
 import random
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -30,21 +31,22 @@ from .api.session import Hold, Session
 from .config import JobConfig
 from .errors import AuthError, ResultsFileError
 from .events import Event, Naming, field_name
-from .keys import rows_by_campaign
+from .keys import LOW_BITS, pair_key, rows_by_campaign
 from .limits import PLANS, Plan
 from .models import CAMPAIGN_NOT_FOUND, Outcome, StopReason, Summary
 from .page.figures import VerifyFigures
 from .results.journal import Lock, companion
 from .results.records import (
+    CSV_CHUNK_BYTES,
+    TIMESTAMP,
     escape_cell,
+    is_latest,
+    key_bucket,
     latest,
     mend_tail,
     read_errors,
-    read_stamp,
-    spooled,
     stamp,
     unescape,
-    unescape_cell,
 )
 
 CHECKED = (Outcome.REMOVED, Outcome.NOT_ENROLLED)
@@ -129,58 +131,113 @@ def unchecked_file(out: Path) -> Path:
     return companion(out, ".unchecked.csv")
 
 
-def claimed_absent(results: Path) -> pl.DataFrame:
+def claimed_absent(results: Path, closed: pl.Series | None = None) -> tuple[pl.DataFrame, int, int]:
     """The pairs RESULTS says are not enrolled (latest record per pair), ids as sent, in file
-    order; campaigns and outcomes as categoricals (a few bytes a pair beside its contact)."""
-    with read_errors(results), latest(results) as found:
+    order, less those whose keys are in `closed` (sorted); campaigns and outcomes as
+    categoricals (a few bytes a pair beside its contact). Beside them, how many pairs it
+    says are not enrolled and in how many campaigns, `closed` or not: counted in the same
+    pass, so the pairs judged before are never held (8M pairs of 10M records held 1.5 GiB)."""
+    with (
+        read_errors(results),
+        latest(results) as found,
+        tempfile.TemporaryDirectory(prefix="bulk-unenroll-") as tmp,
+    ):
         claimed = found.records.filter(pl.col("status").is_in([o.value for o in CHECKED]))
-        return spooled(
-            claimed.select(
-                unescape("campaign_id").cast(pl.Categorical),
-                unescape("contact_id"),
-                pl.col("status").cast(pl.Categorical),
-            )
-        )
+        claimed = claimed.select(unescape("campaign_id"), unescape("contact_id"), "status")
+        counts = claimed.select(pl.len(), pl.col("campaign_id").n_unique())
+        todo = claimed
+        if closed is not None and not closed.is_empty():
+            key = pair_key(pl.col("campaign_id"), pl.col("contact_id"))
+            todo = claimed.filter(~key.is_in(closed.implode()))
+        spool = Path(tmp) / "todo.parquet"
+        sink = todo.select(
+            pl.col("campaign_id").cast(pl.Categorical),
+            "contact_id",
+            pl.col("status").cast(pl.Categorical),
+        ).sink_parquet(spool, lazy=True)
+        figures = pl.collect_all([counts, sink], engine="streaming")[0]
+        pairs, campaigns = figures.row(0)
+        return pl.read_parquet(spool), int(pairs), int(campaigns) if pairs else 0
 
 
 def read_verdicts(out: Path) -> dict[tuple[str, str], str]:
-    """The latest verdict per pair in an earlier verify file (a torn last line is cut)."""
-    return {pair: record[3] for pair, record in _records(out).items()}
+    """The latest verdict per pair in an earlier verify file (a torn last line is cut), as
+    Python objects: for a few pairs (tests, a look by hand); the commands use `judged`."""
+    found = judged(out, *PAIR)
+    rows = found.frame.filter(found.latest).select(*PAIR, "verdict").iter_rows()
+    return {(campaign, contact): verdict for campaign, contact, verdict in rows}
 
 
-def _records(out: Path) -> dict[tuple[str, str], list[str]]:
-    """The latest record per pair of a verify file; none when there is no file yet."""
+@dataclass
+class Judged:
+    """Every record of a verify file: its pair's `key` and `verdict` beside the columns asked
+    for, in file order, and whether it is the latest record of its pair (`latest`)."""
+
+    frame: pl.DataFrame
+    latest: pl.Series
+
+    def verdicts(self) -> Counter[str]:
+        """Per verdict, the pairs whose latest record gives it."""
+        counts = self.frame.get_column("verdict").filter(self.latest).value_counts()
+        return Counter({str(v): int(n) for v, n in counts.iter_rows()})
+
+    def closed(self) -> pl.Series:
+        """The sorted keys of pairs judged for good (a rerun does not check them again)."""
+        verdict = self.frame.get_column("verdict")
+        done = self.latest & ~verdict.is_in(list(OPEN))
+        return self.frame.get_column("key").filter(done).sort()
+
+
+def judged(out: Path, *columns: str) -> Judged:
+    """What a verify file says, streamed: 16 bytes of key and a verdict per record beside the
+    `columns` asked for (a dict of every record held about a kilobyte a pair); none when
+    there is no file yet. The ids are read as sent (`unescape`). A torn last line is cut."""
+    names = {c: pl.String() for c in COLUMNS}
+    empty = pl.DataFrame(
+        schema={"key": pl.UInt128, "verdict": pl.String} | {c: pl.String for c in columns}
+    )
     if not out.exists():
-        return {}
+        return Judged(empty, pl.Series("latest", [], pl.Boolean))
     try:
         mend_tail(out)
         with out.open(newline="", encoding="utf-8") as f:
-            rows = csv.reader(f)
-            if tuple(next(rows, ())) != COLUMNS:
+            if tuple(next(csv.reader(f), ())) != COLUMNS:
                 raise ResultsFileError(
                     f"{out} exists but is not a verify file (its first line is not "
                     f"{','.join(COLUMNS)}); nothing was changed: choose another --out"
                 )
-            return {
-                (unescape_cell(r[0]), unescape_cell(r[1])): r
-                for r in rows
-                if len(r) == len(COLUMNS)
-            }
+        with read_errors(out):
+            os.environ.setdefault("POLARS_CSV_CHUNK_SIZE", str(CSV_CHUNK_BYTES))
+            key = pair_key(unescape("campaign_id"), unescape("contact_id"))
+            frame = (
+                pl.scan_csv(out, schema=names, truncate_ragged_lines=True)
+                .filter(pl.col("verdict").is_not_null())  # blank lines, hand-cut ones
+                .select(
+                    key,
+                    key_bucket(key // pl.lit(LOW_BITS, pl.UInt128)).alias("bucket"),
+                    pl.col("verdict").cast(pl.Categorical),
+                    *(unescape(c) if c in PAIR else pl.col(c) for c in columns),
+                )
+                .collect(engine="streaming")
+            )
     except OSError as exc:
         raise ResultsFileError(f"cannot read {out}: {exc.strerror or exc}") from None
+    latest = is_latest(frame.get_column("key"), frame.get_column("bucket"))
+    return Judged(frame.drop("bucket"), latest)
 
 
 def tally(out: Path) -> VerifyFigures:
     """The latest verdict per pair of a verify file, counted as the report page shows it."""
-    records = _records(out)
-    counts = Counter(record[3] for record in records.values())
+    found = judged(out, "checked_at")
+    counts = found.verdicts()
     # The oldest check among them: a rerun into the same file keeps earlier verdicts, so the
-    # page must not date them all by the newest.
-    stamps = (_moment(record[5]) for record in records.values())
-    checked_at = min((s for s in stamps if s is not None), default=None)
+    # page must not date them all by the newest. A cell a spreadsheet re-saved is no moment.
+    stamps = found.frame.get_column("checked_at").filter(found.latest)
+    moments = stamps.str.to_datetime(TIMESTAMP, time_zone="UTC", strict=False)
+    oldest = moments.min()
     unchecked = counts[UNCHECKED] + counts[NOT_SAMPLED]
     return VerifyFigures(
-        checked_at=checked_at,
+        checked_at=oldest.replace(tzinfo=UTC) if isinstance(oldest, datetime) else None,
         pairs_checked=counts.total() - unchecked,
         still_absent=counts[HOLDS] + counts[CAMPAIGN_GONE],
         enrolled_again=counts[ENROLLED_AGAIN],
@@ -190,30 +247,11 @@ def tally(out: Path) -> VerifyFigures:
     )
 
 
-def _moment(cell: str) -> datetime | None:
-    """A `checked_at` cell; None when a hand edit or a spreadsheet re-save changed its form."""
-    try:
-        return read_stamp(cell)
-    except ValueError:
-        return None
-
-
 def plan(results: Path, out: Path) -> VerifyPlan:
-    frame = claimed_absent(results)
-    closed = [pair for pair, verdict in read_verdicts(out).items() if verdict not in OPEN]
-    todo = (
-        frame
-        if not closed
-        else frame.join(_pairs(closed), on=PAIR, how="anti", maintain_order="left")
-    )
-    campaigns = frame["campaign_id"].n_unique() if frame.height else 0
-    return VerifyPlan(todo, frame.height, campaigns, frame.height - todo.height)
-
-
-def _pairs(pairs: list[tuple[str, str]]) -> pl.DataFrame:
-    """Pairs as a frame to join with `claimed_absent`'s."""
-    frame = pl.DataFrame(pairs, schema={c: pl.String for c in PAIR}, orient="row")
-    return frame.with_columns(pl.col("campaign_id").cast(pl.Categorical))
+    """The pairs left to check: the verify file's judged pairs are read first (their keys
+    alone are kept), then left out while RESULTS is read."""
+    todo, pairs, campaigns = claimed_absent(results, judged(out).closed())
+    return VerifyPlan(todo, pairs, campaigns, pairs - todo.height)
 
 
 GONE = f"404 {CAMPAIGN_NOT_FOUND[0]}"
@@ -287,25 +325,34 @@ def write_followups(out: Path) -> tuple[int, int]:
     """Rewrite the ready input files from the whole verify file: pairs enrolled again (a run
     removes them again), pairs left unchecked. Returns their counts; an empty list's file is
     removed, so a stale one never lingers."""
-    verdicts = read_verdicts(out)
+    found = judged(out, *PAIR)
+    keys, verdict = found.frame.get_column("key"), found.frame.get_column("verdict")
     counts = []
     for path, wanted in ((again_file(out), ENROLLED_AGAIN), (unchecked_file(out), UNCHECKED)):
-        pairs = [pair for pair, verdict in verdicts.items() if verdict == wanted]
-        counts.append(len(pairs))
-        if not pairs:
+        pairs = _first_seen(found, found.latest & (verdict == wanted), keys)
+        counts.append(pairs.height)
+        if pairs.is_empty():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             continue
         try:
-            with path.open("w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f, lineterminator="\n")
-                writer.writerow(("campaign_id", "contact_id"))
-                writer.writerows(pairs)  # valid ids, as sent (as `report --export` writes them)
+            with path.open("wb") as f:  # valid ids, as sent (as `report --export` writes them)
+                pairs.write_csv(f, line_terminator="\n", quote_style="necessary")
         except OSError as exc:
             raise ResultsFileError(
                 f"cannot write {path}: {exc.strerror or exc}; the verdicts are intact in {out}"
             ) from None
     return counts[0], counts[1]
+
+
+def _first_seen(found: Judged, chosen: pl.Series, keys: pl.Series) -> pl.DataFrame:
+    """The pairs of the `chosen` records, in the order the verify file first names them."""
+    pairs = found.frame.select(*PAIR, "key").filter(chosen)
+    if pairs.is_empty():
+        return pairs.drop("key")
+    first = keys.is_in(pairs.get_column("key").implode()) & keys.is_first_distinct()
+    order = pl.DataFrame({"key": keys.filter(first), "at": first.arg_true()})
+    return pairs.join(order, on="key").sort("at").select(PAIR)
 
 
 def sampled(campaign: str, pairs: list[tuple[str, str]], size: int | None) -> set[str]:
@@ -379,7 +426,7 @@ class Verification:
             self.summary.calls = self._calls.calls
         if self.summary.stop_reason is StopReason.ABORTED:
             raise session.abort_error(self.summary.stop_event or str(self.summary.stop_reason))
-        self.summary.verdicts = Counter(read_verdicts(self.out).values())
+        self.summary.verdicts = judged(self.out).verdicts()
         return self.summary
 
     def _judged(

@@ -695,8 +695,15 @@ def test_not_enrolled_after_a_lost_answer_is_named_but_never_restored(
             ]
         )
     api = Sandbox(campaigns=["cmp_a"])
-    done = run_cli(restore(results, tmp_path / "o.csv"), cli_env(serve(api).base_url))
+    env = cli_env(serve(api).base_url)
+    other = run_cli(restore(results, tmp_path / "o.csv", "--campaign", "cmp_b", "--dry-run"), env)
+    done = run_cli(restore(results, tmp_path / "o.csv"), env)
 
     assert done.returncode == 0, done.stderr
     assert "not restored: 1 pair(s) it marks not_enrolled after a lost answer" in done.stderr
     assert set(api.state.added) == {("cmp_a", contact(0)), ("cmp_a", contact(1))}
+    # Another campaign's plan counts the whole file's pairs as one of all campaigns does.
+    assert other.returncode == 0, other.stderr
+    said = " ".join(other.stderr.split())
+    assert "pairs it marks removed 2" in said and "left out by the filters 2" in said
+    assert "not restored: 1 pair(s) it marks not_enrolled after a lost answer" in other.stderr

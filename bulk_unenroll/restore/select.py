@@ -138,12 +138,28 @@ class RestorePlan:
                 yield Batch(str(campaign), tuple(Enrollment(*r) for r in chunk.iter_rows()))
 
 
-def removed_pairs(results: Path, filters: Filters) -> tuple[pl.DataFrame, int, Unnamed]:
+@dataclass
+class Removed:
+    """What a results file says was removed: see `removed_pairs`."""
+
+    pairs: pl.DataFrame
+    """The removed pairs --campaign keeps (all when it is not given), as `removed_pairs` says."""
+    removed: int
+    """Pairs the file marks `removed`, whatever the filters."""
+    lost: int
+    """Pairs it marks `not_enrolled` after a lost answer."""
+    unnamed: Unnamed
+    """Records it marks `removed` that name no pair (not in `removed`)."""
+
+
+def removed_pairs(results: Path, filters: Filters) -> Removed:
     """The pairs RESULTS marks `removed` by its latest record of each pair, in file order:
     `row`, `campaign_id` (categorical) and `contact_id` as sent, their `key`, and whether
     the time and campaign filters keep them (`kept`); how many it marks `not_enrolled` after
-    a lost answer; and the records marked removed that name no pair. About 64 bytes a pair:
-    the ids, which a restore sends, and a key."""
+    a lost answer; the records marked removed that name no pair. About 64 bytes a pair: the
+    ids, which a restore sends, and a key. With --campaign, only that campaign's pairs are
+    held (the others are counted while the latest records are found: a plan of one campaign
+    of a 10M-record run held 8M pairs)."""
     if not results.is_file():
         where = "is a folder" if results.is_dir() else "does not exist"
         raise InputError(
@@ -152,19 +168,28 @@ def removed_pairs(results: Path, filters: Filters) -> tuple[pl.DataFrame, int, U
     lost = (pl.col("status") == Outcome.NOT_ENROLLED.value) & pl.col("detail").str.starts_with(
         MAY_HAVE_REMOVED
     )
+    removed = pl.col("status") == Outcome.REMOVED.value
     campaign, contact = unescape(CAMPAIGN), unescape(CONTACT)
-    names_a_pair = (campaign.str.len_bytes() > 0) & (contact.str.len_bytes() > 0)
+    named = ((campaign.str.len_bytes() > 0) & (contact.str.len_bytes() > 0)).fill_null(False)
+    wanted, counts = pl.lit(True), None
     try:
         with records.read_errors(results), records.latest(results) as latest:
+            if filters.campaigns:
+                counts = latest.marked(
+                    (removed & named).alias("removed"),
+                    lost.fill_null(False).alias("lost"),
+                    pl.when(removed & ~named).then(pl.col("row")).alias("unnamed"),
+                )
+                wanted = campaign.is_in(sorted(filters.campaigns))
             frame = records.spooled(
-                latest.records.filter((pl.col("status") == Outcome.REMOVED.value) | lost).select(
+                latest.records.filter((removed | lost) & wanted).select(
                     "row",
                     campaign.cast(pl.Categorical),
                     contact,
                     pair_key(campaign, contact),
                     _kept(filters, campaign).alias("kept"),
                     lost.fill_null(False).alias("lost"),
-                    names_a_pair.fill_null(False).alias("named"),
+                    named.alias("named"),
                 )
             )
     except ResultsFileError as exc:
@@ -173,10 +198,23 @@ def removed_pairs(results: Path, filters: Filters) -> tuple[pl.DataFrame, int, U
             f"({str(exc).split(': ', 1)[-1].split('. ')[0]}); give the results file (--out) of "
             "the run to undo. Nothing was sent"
         ) from None
-    was_lost, named = frame.drop_in_place("lost"), frame.drop_in_place("named")
-    nameless = frame["row"].filter(~named & ~was_lost).head(1)
-    unnamed = Unnamed(int((~named & ~was_lost).sum()), nameless.item() if nameless.len() else None)
-    return records.kept_rows(frame, named & ~was_lost), int(was_lost.sum()), unnamed
+    was_lost, has_pair = frame.drop_in_place("lost"), frame.drop_in_place("named")
+    nameless = frame["row"].filter(~has_pair & ~was_lost)
+    pairs = records.kept_rows(frame, has_pair & ~was_lost)
+    if counts is None:
+        return Removed(pairs, pairs.height, int(was_lost.sum()), _unnamed(nameless))
+    facts, speaks = counts
+    return Removed(
+        pairs,
+        int((facts.get_column("removed") & speaks).sum()),
+        int((facts.get_column("lost") & speaks).sum()),
+        _unnamed(facts.get_column("unnamed").filter(speaks).drop_nulls()),
+    )
+
+
+def _unnamed(rows: pl.Series) -> Unnamed:
+    """How many records `rows` (the rows of those naming no pair) are, and the first's row."""
+    return Unnamed(rows.len(), rows.head(1).item() if rows.len() else None)
 
 
 def _kept(filters: Filters, campaign: pl.Expr) -> pl.Expr:
@@ -217,18 +255,19 @@ def build_restore_plan(results: Path, history: History, filters: Filters) -> Res
     """The plan: removed pairs, filtered, less what `history` (the restore's own results
     file) settled; the rest in batches of at most BATCH_MAX per campaign. Masks, not copies:
     the pairs may be most of a 10-million-row run."""
-    frame, lost, unnamed = removed_pairs(results, filters)
+    found = removed_pairs(results, filters)
+    frame = found.pairs
     kept, unlisted = frame.drop_in_place("kept"), 0
     if filters.pairs is not None:
         listed, unlisted = _listed(filters.pairs, filters.read)
         kept &= is_in(listed, frame["key"])
     plan = RestorePlan(
         results,
-        frame.height,
-        frame.height - int(kept.sum()),
+        found.removed,
+        found.removed - int(kept.sum()),
         unlisted_rows=unlisted,
-        lost_then_not_enrolled=lost,
-        unnamed=unnamed,
+        lost_then_not_enrolled=found.lost,
+        unnamed=found.unnamed,
     )
     keys = frame.drop_in_place("key")
     prev = history.prev(keys)
