@@ -23,7 +23,16 @@ import polars as pl
 
 from bulk_unenroll.results.records import HEADER
 
-from .input_scale import OUT, Figure, _best, _child_env, _ids, _write_chunks, measure
+from .input_scale import (
+    OUT,
+    Figure,
+    _best,
+    _child_env,
+    _ids,
+    _write_chunks,
+    built_apart,
+    measure,
+)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-results.md"
 TIME_GOAL, MEMORY_GOAL_MIB = 2.0, 1024
@@ -82,6 +91,19 @@ YARDSTICKS: dict[str, str] = {
     ),
     "polars: latest per pair + filter + sort + export columns + sink_parquet": (
         _LATEST + _ROWS.format(statuses="['removed']") + _EXPORTED + "rows.sink_parquet(out)"
+    ),
+    "polars: latest per pair + filter + sort + export columns + write_json": (
+        # polars has no JSON-array sink: collected, then written whole.
+        _LATEST
+        + _ROWS.format(statuses="['removed']")
+        + _EXPORTED
+        + "rows.collect(engine='streaming').write_json(out)"
+    ),
+    "polars: latest per pair + filter + sort + export columns + write_excel": (
+        _LATEST
+        + _ROWS.format(statuses=_NEEDS_A_LOOK)
+        + _EXPORTED
+        + "rows.collect(engine='streaming').write_excel(open(out, 'wb'), worksheet='rows')"
     ),
     "polars: latest per pair + removed pairs + group_by campaign": (
         _LATEST + _PLAN.format(pairs="latest.filter(pl.col('status') == 'removed')")
@@ -176,17 +198,18 @@ def _reruns(start: int, n: int) -> pl.DataFrame:
 
 
 def prepare(rows: int) -> Path:
-    """A results file of `rows` records, then a rerun's records superseding half the failed."""
+    """A results file of `rows` records, then a rerun's records superseding half the failed;
+    the verify file beside it (`judged`)."""
     OUT.mkdir(parents=True, exist_ok=True)
     results = OUT / f"results-{rows}-mixed.csv"
-    if results.exists():
-        return results
-    part = results.with_name(results.name + ".body")
-    _write_chunks(part, rows, _records, HEADER)
-    with part.open("ab") as f:
-        for start in range(0, rows, 1_000_000):
-            _reruns(start, min(1_000_000, rows - start)).write_csv(f, include_header=False)
-    part.replace(results)
+    if not results.exists():
+        part = results.with_name(results.name + ".body")
+        _write_chunks(part, rows, _records, HEADER)
+        with part.open("ab") as f:
+            for start in range(0, rows, 1_000_000):
+                _reruns(start, min(1_000_000, rows - start)).write_csv(f, include_header=False)
+        part.replace(results)
+    judged(results)
     return results
 
 
@@ -244,11 +267,13 @@ YARDSTICK_OF = {
     "report --status removed --format jsonl": Y[3],
     "report --export fix.csv": Y[4],
     "report --status removed --export removed.parquet": Y[5],
-    "restore --dry-run": Y[6],
-    "restore --campaign C --dry-run": Y[7],
-    "verify's plan (no API: verify.plan)": Y[8],
-    "verify's plan beside a verify file of half the pairs": Y[9],
-    JOURNAL: Y[10],
+    "report --status removed --export removed.json": Y[6],
+    "report --export fix.xlsx": Y[7],
+    "restore --dry-run": Y[8],
+    "restore --campaign C --dry-run": Y[9],
+    "verify's plan (no API: verify.plan)": Y[10],
+    "verify's plan beside a verify file of half the pairs": Y[11],
+    JOURNAL: Y[12],
 }
 """Each measured command, and the yardstick doing its work."""
 
@@ -276,6 +301,13 @@ def commands(results: Path) -> dict[str, list[str]]:
             "--export",
             str(OUT / "removed.parquet"),
         ],
+        "report --status removed --export removed.json": [
+            *cli,
+            *removed,
+            "--export",
+            str(OUT / "removed.json"),
+        ],
+        "report --export fix.xlsx": [*cli, "--export", str(OUT / "fix.xlsx")],
         "restore --dry-run": [*restore, str(restore_out)],
         "restore --campaign C --dry-run": [*restore, str(restore_out), "--campaign", campaign],
         "verify's plan (no API: verify.plan)": [*verify, str(verify_out)],
@@ -284,7 +316,7 @@ def commands(results: Path) -> dict[str, list[str]]:
 
 
 def run_size(rows: int, repeat: int) -> dict[str, Figure]:
-    results = prepare(rows)
+    results = built_apart(prepare, rows)
     python = sys.executable
     env = _child_env()
     campaign = str(_ids(1, 1)["campaign_id"][0])

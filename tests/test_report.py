@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 from conftest import cli_env, new_uuid, read_results, run_cli, write_csv
 from helpers import QUICK, Serve
 
+from bulk_unenroll import report
+from bulk_unenroll.errors import InputError
 from bulk_unenroll.results.records import HEADER
 from bulk_unenroll.sandbox import Sandbox, SandboxThread
 
@@ -106,6 +109,66 @@ def test_parquet_and_excel_exports_read_back_as_input(
     assert planned.returncode == 0, planned.stderr
     plan = json.loads(planned.stderr.splitlines()[-1])
     assert (plan["to_send"], plan["invalid"], plan["campaigns"]) == (7, 0, 2)
+
+
+def test_every_export_format_is_written_piece_by_piece_alike(
+    tmp_path: Path, finished_run: Finished, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JSON, workbooks, Parquet and JSON lines hold the same rows whether the selection is
+    read in one piece or in pieces of 2 rows; JSON byte for byte as polars writes it whole."""
+    out, _ = finished_run
+    statuses = report.parse_statuses("rejected,invalid,not_enrolled,removed")
+    suffixes = (".json", ".xlsx", ".parquet", ".jsonl")
+
+    def exported(folder: str) -> dict[str, list[dict[str, object]]]:
+        rows = {}
+        with report.open_report(out, statuses) as found:
+            pieces = len(found.pieces)
+            for suffix in suffixes:
+                dest = tmp_path / folder / f"rows{suffix}"
+                dest.parent.mkdir(exist_ok=True)
+                assert report.export_rows(found, dest, io.BytesIO()).rows == 25
+                rows[suffix] = read(dest)
+        assert (pieces > 1) == (folder == "pieces")
+        return rows
+
+    def read(dest: Path) -> list[dict[str, object]]:
+        frame = {
+            ".json": pl.read_json,
+            ".xlsx": pl.read_excel,
+            ".parquet": pl.read_parquet,
+            ".jsonl": pl.read_ndjson,
+        }[dest.suffix](dest)
+        return frame.with_columns(pl.all().cast(pl.String).fill_null("")).to_dicts()
+
+    whole = exported("whole")
+    monkeypatch.setattr(report, "CHUNK_ROWS", 2)
+    assert exported("pieces") == whole
+    for rows in whole.values():
+        assert rows == whole[".parquet"]
+    assert {r["status"] for r in whole[".json"]} == {
+        "removed",
+        "not_enrolled",
+        "rejected",
+        "invalid",
+    }
+    written = (tmp_path / "pieces" / "rows.json").read_bytes()
+    assert written == pl.read_parquet(tmp_path / "whole" / "rows.parquet").write_json().encode()
+
+
+def test_a_workbook_export_over_a_worksheets_rows_stops_before_writing(
+    tmp_path: Path, finished_run: Finished, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, _ = finished_run
+    monkeypatch.setattr(report, "SHEET_ROWS", 8)
+    dest = tmp_path / "fix.xlsx"
+    with report.open_report(out, report.parse_statuses("rejected,invalid")) as found:
+        with pytest.raises(
+            InputError, match=r"9 rows to export, more than a worksheet holds \(8\)"
+        ):
+            report.export_rows(found, dest, io.BytesIO())
+        assert report.export_rows(found, tmp_path / "fix.csv", io.BytesIO()).rows == 9
+    assert list(tmp_path.iterdir()) == [tmp_path / "fix.csv"]
 
 
 def test_csv_export_keeps_a_formula_inert(tmp_path: Path, finished_run: Finished) -> None:
