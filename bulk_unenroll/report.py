@@ -570,14 +570,14 @@ def _write_parquet(pieces: Iterator[pl.DataFrame], tmp: Path) -> int:
     return written
 
 
-def _write_workbook(pieces: Iterator[pl.DataFrame], tmp: Path) -> int:
+def _write_workbook(pieces: Iterator[pl.DataFrame], out: IO[bytes]) -> int:
     """One worksheet written row by row in xlsxwriter's constant-memory mode, each row on
     disk once written: polars' `write_excel` holds every cell (a full sheet of 1,048,575 rows
     peaked at 2.3 GiB, 455 MiB of it the frame; this writer adds nothing to the frame's)."""
     options = {"constant_memory": True, "strings_to_numbers": False}
     options |= {"strings_to_formulas": False, "strings_to_urls": False}
     written, width = 0, 0
-    with xlsxwriter.Workbook(tmp, options) as book:
+    with xlsxwriter.Workbook(out, options) as book:
         sheet = book.add_worksheet("rows")
         sheet.freeze_panes(1, 0)
         sheet.set_column(0, 1, 38)  # a UUID and a little
@@ -641,12 +641,12 @@ def export_rows(report: ResultsReport, dest: Path, stdout: IO[bytes]) -> Export:
     try:
         if suffix == ".parquet":
             written = _write_parquet(pieces, tmp)
-        elif suffix == ".xlsx":
-            written = _write_workbook(pieces, tmp)
         else:
             with tmp.open("wb") as out:
                 if suffix == ".json":
                     written = _write_json(pieces, out)
+                elif suffix == ".xlsx":
+                    written = _write_workbook(pieces, out)
                 else:
                     written = _write_pieces(pieces, suffix, out)
         tmp.replace(dest)

@@ -210,12 +210,16 @@ def test_report_reads_a_killed_runs_file(tmp_path: Path) -> None:
         (["--status", "removed,gone"], 2, "'gone' is not a status"),
         (["--export", "fix.txt"], 2, "use .csv, .parquet, .xlsx, .json, .jsonl"),
         (["--export", "{out}"], 2, "is the results file itself"),
+        *(
+            (["--export", f"{{tmp}}/missing/fix{suffix}"], 2, "No such file or directory")
+            for suffix in (".xlsx", ".json", ".parquet", ".csv")
+        ),
     ],
 )
 def test_report_usage_errors(tmp_path: Path, args: list[str], code: int, message: str) -> None:
     out = tmp_path / "results.csv"
     out.write_text(HEADER, encoding="utf-8")
-    args = [a.replace("{out}", str(out)) for a in args]
+    args = [a.replace("{out}", str(out)).replace("{tmp}", str(tmp_path)) for a in args]
     result = run_cli(["report", str(out), *args], cli_env("http://127.0.0.1:9"))
     assert result.returncode == code
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
